@@ -1,0 +1,98 @@
+"""A bucket: the parameters of one group that share a dtype, with their state.
+
+The bucket owns the state of its parameters in one array ``state`` of shape
+``(rows, total)`` (rows ``exp_avg``, ``exp_avg_sq`` and, with AMSGrad,
+``max_exp_avg_sq``) and the int64 ``table`` the kernels read (see
+:mod:`numadam._cpu`). Per-parameter state as users see it
+(``opt.state[p]["exp_avg"]``) is a view into ``state``.
+"""
+
+import numpy as np
+
+from . import _cpu
+from ._config import config
+from ._cpu import LIVE, NCOLS, OFFSET, PTR_G, PTR_P, SIZE, STEP
+
+STATE_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+
+
+class Bucket:
+    """Parameters ``params`` (global indices ``indices``) of group ``group_index``."""
+
+    def __init__(self, params, indices, group_index):
+        self.params = list(params)
+        self.indices = list(indices)
+        self.group_index = group_index
+        self.dtype = self.params[0].dtype
+        self.like = np.empty(0, self.dtype)  # carries the dtype into kernels
+        self.table = np.zeros((len(self.params), NCOLS), np.int64)
+        offset = 0
+        for k, param in enumerate(self.params):
+            self.table[k, PTR_P] = _cpu.address(param)
+            self.table[k, OFFSET] = offset
+            self.table[k, SIZE] = param.size
+            offset += param.size
+        self.total = offset
+        self.state = None
+        self.owned_grad_addresses = None
+        self.uses_owned_grads = False
+
+    # ----------------------------------------------------------------- state
+    def rows_for(self, amsgrad):
+        return 3 if amsgrad else 2
+
+    def allocate(self, amsgrad):
+        """Create the (zero) state at the first step, as torch does lazily.
+
+        ``np.zeros`` leaves the pages untouched until the kernel's threads
+        write them, so each thread's share lands in its own memory.
+        """
+        self.state = np.zeros((self.rows_for(amsgrad), self.total), self.dtype)
+
+    def check_amsgrad(self, amsgrad, where):
+        """AMSGrad cannot be switched on once the state exists without it."""
+        if amsgrad and self.state is not None and self.state.shape[0] < 3:
+            raise ValueError(
+                f"{where}: amsgrad was switched on after the first step; the group "
+                "has no max_exp_avg_sq to continue from (torch fails here too). "
+                "Create the optimizer with amsgrad=True instead")
+
+    def is_live(self, k):
+        return bool(self.table[k, LIVE])
+
+    def view(self, k, row):
+        """Parameter ``k``'s slice of state row ``row``, in the parameter's shape."""
+        offset = self.table[k, OFFSET]
+        return self.state[row, offset:offset + self.table[k, SIZE]].reshape(
+            self.params[k].shape)
+
+    def param_state(self, k):
+        """Parameter ``k``'s state as a plain dict of copies (for state_dict)."""
+        out = {"step": int(self.table[k, STEP])}
+        for row in range(self.state.shape[0]):
+            out[STATE_KEYS[row]] = self.view(k, row).copy()
+        return out
+
+    # ------------------------------------------------------------- gradients
+    def use_gradients(self, addresses):
+        """Point the table at the gradients of this step (``None``: owned ones)."""
+        if addresses is None:
+            if not self.uses_owned_grads:
+                self.table[:, PTR_G] = self.owned_grad_addresses
+                self.uses_owned_grads = True
+        else:
+            if len(addresses) == 1:  # a third of the cost of the slice assignment
+                self.table[0, PTR_G] = addresses[0]
+            else:
+                self.table[:, PTR_G] = addresses
+            self.uses_owned_grads = False
+
+    def first_nonfinite(self):
+        """Row of the first parameter whose gradient is not all finite, or -1."""
+        return _cpu.first_nonfinite(self.table, self.like, config.min_task)
+
+    # ------------------------------------------------------------------ step
+    def step(self, args):
+        """Run one update of the whole bucket with validated ``args``."""
+        kernel = _cpu.step_serial if self.total < config.serial_below else _cpu.step_parallel
+        kernel(self.table, self.state, *args, config.min_task)

@@ -1,0 +1,27 @@
+"""Run-time knobs, read at every call (never baked into compiled code)."""
+
+from dataclasses import dataclass
+
+__all__ = ["config"]
+
+
+@dataclass
+class Config:
+    """Tuning knobs of the CPU backend; edit ``numadam.config`` to change them.
+
+    Attributes
+    ----------
+    serial_below : int
+        A bucket (the arrays of one group sharing a dtype) with fewer elements
+        than this is updated on the calling thread: waking Numba's thread pool
+        costs about 2 us, more than it saves on a small problem.
+    min_task : int
+        The fewest elements a parallel task gets; a bucket is cut into at most
+        one task per Numba thread.
+    """
+
+    serial_below: int = 1 << 15
+    min_task: int = 1 << 14
+
+
+config = Config()

@@ -1,0 +1,107 @@
+"""The per-element Adam update: the one definition every backend compiles.
+
+The grouping of every operation below is deliberate. Together with the scalars
+prepared by :func:`scalars_into` it reproduces ``torch.optim.Adam(fused=True)``
+on the CPU bit for bit (see ``DESIGN.md`` and ``tests/test_golden.py``):
+
+.. code-block:: text
+
+    g     = -grad if maximize else grad
+    p     = p * (1 - lr*wd)                  # AdamW, wd != 0
+    g     = fma(p, wd, g)                    # Adam (L2), wd != 0
+    m     = fma(w, g - m, m)                 # lerp(m, g, w), w = 1 - beta1 < 0.5
+    m     = fma(w - 1, g - m, g)             # lerp(m, g, w), w >= 0.5
+    v     = fma(c2 * g, g, v * beta2)        # c2 = 1 - beta2
+    vmax  = max(vmax, v)                     # AMSGrad, NaN-propagating
+    denom = sqrt(v or vmax) / sqrt(1 - beta2**t) + eps
+    p     = p + (-(lr / (1 - beta1**t)) * m) / denom
+
+Every scalar is computed once per step in float64 and rounded once to the
+parameter dtype; the element math then runs entirely in that dtype.
+"""
+
+import math
+
+import numpy as np
+from numba import njit, types
+from numba.extending import intrinsic
+
+__all__ = ["fma", "adam_element", "scalars_into", "NSCALARS"]
+
+# Layout of the per-step scalar vector (parameter dtype) built by scalars_into.
+NEG_STEP, BC2_SQRT, EPS, WD, W1, W1M1, C2, BETA2, DECAY = range(9)
+NSCALARS = 9
+
+
+@intrinsic
+def fma(typingctx, a, b, c):
+    """``a * b + c`` with a single rounding (LLVM's ``llvm.fma``).
+
+    Numba never contracts a multiply and an add by itself, so the places where
+    torch's compiled kernels use a fused multiply-add must say so explicitly.
+    """
+    if not (isinstance(a, types.Float) and a == b == c):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.fma(*args)
+
+    return a(a, b, c), codegen
+
+
+@njit(cache=True, error_model="numpy")
+def scalars_into(out, step, lr, beta1, beta2, eps, weight_decay):
+    """Fill ``out`` (length ``NSCALARS``, parameter dtype) for step ``step``.
+
+    The bias corrections use float64 and libm's ``pow``, exactly as torch's
+    fused kernel does (``1 - std::pow(beta1, step)``), and are rounded to the
+    parameter dtype only at the end.
+    """
+    t = float(step)
+    bias_correction1 = 1.0 - math.pow(beta1, t)
+    bias_correction2 = 1.0 - math.pow(beta2, t)
+    out[NEG_STEP] = -(lr / bias_correction1)
+    out[BC2_SQRT] = math.sqrt(bias_correction2)
+    out[EPS] = eps
+    out[WD] = weight_decay
+    out[W1] = 1.0 - beta1
+    # torch forms (w - 1) from w already rounded to the parameter dtype; the
+    # subtraction is exact for w in [0.5, 1], so float64 gives the same value.
+    out[W1M1] = out[W1] - 1.0
+    out[C2] = 1.0 - beta2
+    out[BETA2] = beta2
+    out[DECAY] = 1.0 - lr * weight_decay
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def adam_element(p, g, m, v, vmax, neg_step, bc2_sqrt, eps, weight_decay, w1,
+                 w1m1, c2, beta2, decay, amsgrad, maximize, decoupled):
+    """One element of the update; returns the new ``(p, m, v, vmax)``.
+
+    Every scalar is already in the element dtype (see :func:`scalars_into`),
+    so no operation here widens to float64. Callers load the scalars into
+    locals before their loop: loads from an array inside the loop could alias
+    the parameters and would stop LLVM from hoisting the branches and
+    vectorising.
+    """
+    if maximize:
+        g = -g
+    if weight_decay != 0:
+        if decoupled:
+            p = p * decay
+        else:
+            g = fma(p, weight_decay, g)
+    if abs(w1) < 0.5:
+        m = fma(w1, g - m, m)
+    else:
+        m = fma(w1m1, g - m, g)
+    v = fma(c2 * g, g, v * beta2)
+    if amsgrad:
+        # torch's vectorised maximum propagates a NaN from either side.
+        if vmax == vmax and not (v <= vmax):
+            vmax = v
+        denom = np.sqrt(vmax) / bc2_sqrt + eps
+    else:
+        denom = np.sqrt(v) / bc2_sqrt + eps
+    p = p + (neg_step * m) / denom
+    return p, m, v, vmax

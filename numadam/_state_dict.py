@@ -1,0 +1,163 @@
+"""State dicts in torch's layout: export, and validated all-or-nothing import."""
+
+import numbers
+from collections.abc import Mapping
+
+import numpy as np
+
+from ._bucket import STATE_KEYS
+from ._cpu import LIVE, OFFSET, SIZE, STEP
+from ._validation import HYPERPARAMETERS
+
+# Written by torch but meaningless here; dropped on load.
+_TORCH_ONLY_KEYS = frozenset({"foreach", "capturable", "differentiable", "fused"})
+# Hyperparameters newer than the oldest state dicts (torch's __setstate__ fills
+# them the same way); every other hyperparameter must be present.
+_LATER_ADDITIONS = ("amsgrad", "maximize", "decoupled_weight_decay")
+
+
+def as_step(value, where):
+    """A step count as a non-negative Python int (torch stores a float tensor)."""
+    if isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{where} must be a whole number, got {value!r}")
+    if not isinstance(value, numbers.Real):
+        array = np.asarray(value)
+        if array.size != 1 or array.dtype.kind not in "iuf":
+            raise ValueError(f"{where} must be a whole number, got {value!r}")
+        value = array.reshape(()).item()
+    if isinstance(value, numbers.Integral):
+        step = int(value)
+    elif float(value).is_integer():
+        step = int(value)
+    else:
+        raise ValueError(f"{where} must be a whole number, got {value!r}")
+    if step < 0:
+        raise ValueError(f"{where} must be >= 0, got {step}")
+    return step
+
+
+def export(opt):
+    """``opt``'s state dict, holding copies of its state arrays."""
+    state = {}
+    for index, (bucket, row) in enumerate(opt._slots):
+        if bucket.state is not None and bucket.table[row, LIVE]:
+            state[index] = bucket.param_state(row)
+    groups = []
+    first = 0
+    for group in opt.param_groups:
+        saved = {key: value for key, value in group.items() if key != "params"}
+        saved["betas"] = tuple(group["betas"])
+        saved["params"] = list(range(first, first + len(group["params"])))
+        first += len(group["params"])
+        groups.append(saved)
+    return {"state": state, "param_groups": groups}
+
+
+def _merged_group(opt, saved, gi):
+    """The group ``saved`` describes, with defaults for later additions."""
+    if not isinstance(saved, Mapping):
+        raise ValueError(f"param_groups[{gi}] must be a dict, got {saved!r}")
+    group = {}
+    for key in HYPERPARAMETERS:
+        if key in saved:
+            group[key] = saved[key]
+        elif key in _LATER_ADDITIONS:
+            group[key] = opt.defaults[key]
+        else:
+            raise ValueError(f"param_groups[{gi}] has no {key!r}")
+    group.update((k, v) for k, v in saved.items()
+                 if k not in group and k != "params" and k not in _TORCH_ONLY_KEYS)
+    return group
+
+
+def _state_array(entry, key, param, where):
+    if key not in entry:
+        raise ValueError(f"{where} has no {key!r}")
+    value = entry[key]
+    array = value if isinstance(value, np.ndarray) else np.asarray(value)
+    if array.dtype != param.dtype:
+        raise ValueError(f"{where}[{key!r}] has dtype {array.dtype}; its parameter "
+                         f"has dtype {param.dtype}")
+    if array.shape != param.shape:
+        raise ValueError(f"{where}[{key!r}] has shape {array.shape}; its parameter "
+                         f"has shape {param.shape}")
+    return array
+
+
+def _parse(opt, state_dict):
+    """Check ``state_dict`` against ``opt``; return what to install."""
+    if not isinstance(state_dict, Mapping) or not {"state", "param_groups"} <= state_dict.keys():
+        raise ValueError("a state dict is a dict with 'state' and 'param_groups'")
+    saved_groups = state_dict["param_groups"]
+    if len(saved_groups) != len(opt.param_groups):
+        raise ValueError(f"the state dict has {len(saved_groups)} parameter groups, "
+                         f"the optimizer {len(opt.param_groups)}")
+    groups, group_args, index_of_id = [], [], {}
+    first = 0
+    for gi, (saved, group) in enumerate(zip(saved_groups, opt.param_groups)):
+        merged = _merged_group(opt, saved, gi)
+        saved_ids = list(saved.get("params", ()))
+        if len(saved_ids) != len(group["params"]):
+            raise ValueError(f"param_groups[{gi}] of the state dict has {len(saved_ids)} "
+                             f"parameters, the optimizer's {len(group['params'])}")
+        for k, saved_id in enumerate(saved_ids):
+            if saved_id in index_of_id:
+                raise ValueError(f"parameter id {saved_id!r} appears twice in the state dict")
+            index_of_id[saved_id] = first + k
+        first += len(saved_ids)
+        merged["params"] = group["params"]
+        group_args.append(opt._validate_group(merged, gi))
+        groups.append(merged)
+
+    saved_state = state_dict["state"]
+    if not isinstance(saved_state, Mapping):
+        raise ValueError("state_dict['state'] must be a dict keyed by parameter id")
+    entries = {}
+    for saved_id, entry in saved_state.items():
+        where = f"state[{saved_id!r}]"
+        if saved_id not in index_of_id:
+            raise ValueError(f"{where} belongs to no parameter of the state dict's groups")
+        index = index_of_id[saved_id]
+        bucket, row = opt._slots[index]
+        if not isinstance(entry, Mapping):
+            raise ValueError(f"{where} must be a dict, got {entry!r}")
+        unknown = set(entry) - {"step", *STATE_KEYS}
+        if unknown:
+            raise ValueError(f"{where} has unknown entries {sorted(map(str, unknown))}")
+        amsgrad = group_args[bucket.group_index][1][5]
+        param = bucket.params[row]
+        keys = STATE_KEYS[:3 if amsgrad else 2]
+        entries[index] = (as_step(entry.get("step"), f"{where}['step']"),
+                          [_state_array(entry, key, param, where) for key in keys])
+    return groups, group_args, entries
+
+
+def load(opt, state_dict):
+    """Install ``state_dict`` into ``opt``, or raise and change nothing."""
+    groups, group_args, entries = _parse(opt, state_dict)
+    installs = []
+    for bucket in opt._buckets:
+        amsgrad = group_args[bucket.group_index][1][5]
+        steps = np.zeros(len(bucket.params), np.int64)
+        live = np.zeros(len(bucket.params), np.int64)
+        state = None
+        if any(index in entries for index in bucket.indices):
+            state = np.zeros((3 if amsgrad else 2, bucket.total), bucket.dtype)
+            for row, index in enumerate(bucket.indices):
+                if index not in entries:
+                    continue
+                step, arrays = entries[index]
+                steps[row], live[row] = step, 1
+                lo = bucket.table[row, OFFSET]
+                for r, array in enumerate(arrays):
+                    state[r, lo:lo + bucket.table[row, SIZE]] = array.reshape(-1)
+        installs.append((bucket, state, steps, live))
+    # Nothing below can fail: the optimizer changes all at once.
+    for gi, group in enumerate(groups):
+        opt.param_groups[gi].clear()
+        opt.param_groups[gi].update(group)
+        opt._group_args[gi] = group_args[gi]
+    for bucket, state, steps, live in installs:
+        bucket.state = state
+        bucket.table[:, STEP] = steps
+        bucket.table[:, LIVE] = live

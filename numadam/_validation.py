@@ -1,0 +1,106 @@
+"""Checks that run before anything is touched, with errors that name the culprit."""
+
+import math
+import numbers
+
+import numpy as np
+
+SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+# Hyperparameters of a parameter group, in the order torch writes them.
+HYPERPARAMETERS = ("lr", "betas", "eps", "weight_decay", "amsgrad", "maximize",
+                   "decoupled_weight_decay")
+
+
+def _real(name, value, *, low=0.0):
+    """``value`` as a finite float >= ``low``, or a ValueError naming ``name``."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be a real number, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value) or value < low:
+        raise ValueError(f"{name} must be a finite number >= {low}, got {value!r}")
+    return value
+
+
+def _flag(name, value):
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def hyperparameters(group):
+    """Validate the hyperparameters of ``group`` (a dict).
+
+    Returns the tuple the kernels take, ``(lr, beta1, beta2, eps, weight_decay,
+    amsgrad, maximize, decoupled)``, as plain Python floats and bools so that
+    Numba never compiles a second specialisation for an ``int`` learning rate.
+    """
+    lr = _real("lr", group["lr"])
+    eps = _real("eps", group["eps"])
+    weight_decay = _real("weight_decay", group["weight_decay"])
+    betas = group["betas"]
+    if isinstance(betas, (str, bytes)) or not hasattr(betas, "__len__") or len(betas) != 2:
+        raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
+    beta1, beta2 = (_real(f"betas[{i}]", b) for i, b in enumerate(betas))
+    for i, b in enumerate((beta1, beta2)):
+        if not b < 1.0:
+            raise ValueError(f"betas[{i}] must be in [0, 1), got {b!r}")
+    return (lr, beta1, beta2, eps, weight_decay,
+            _flag("amsgrad", group["amsgrad"]), _flag("maximize", group["maximize"]),
+            _flag("decoupled_weight_decay", group["decoupled_weight_decay"]))
+
+
+def describe(array):
+    """A short description of what the user passed, for error messages."""
+    if isinstance(array, np.ndarray):
+        return f"array of shape {array.shape} and dtype {array.dtype}"
+    return f"object of type {type(array).__module__}.{type(array).__qualname__}"
+
+
+def is_sparse(obj):
+    """True for scipy.sparse matrices and arrays, without importing scipy."""
+    module = type(obj).__module__ or ""
+    return module.startswith("scipy.sparse") or hasattr(obj, "tocsr")
+
+
+def parameter(param, where):
+    """Check one parameter array; return it unchanged."""
+    if is_sparse(param):
+        raise TypeError(f"{where} is a sparse matrix; Adam updates dense arrays only")
+    if not isinstance(param, np.ndarray):
+        raise TypeError(
+            f"{where} must be a NumPy array updated in place, got {describe(param)}")
+    if param.dtype not in SUPPORTED_DTYPES:
+        raise ValueError(
+            f"{where} has unsupported dtype {param.dtype}; use float32 or float64")
+    if not param.flags.c_contiguous:
+        raise ValueError(
+            f"{where} is not C-contiguous (strides {param.strides}); the optimizer "
+            "updates parameters in place through their memory, so pass a contiguous "
+            "array (np.ascontiguousarray makes a copy you then keep using)")
+    if not param.flags.writeable:
+        raise ValueError(f"{where} is read-only; parameters are updated in place")
+    return param
+
+
+def gradient_error(grad, param, where):
+    """The exception for a gradient that does not fit ``param``."""
+    if grad is None:
+        return None
+    if is_sparse(grad):
+        return TypeError(
+            f"{where} is a sparse matrix; Adam needs a dense gradient "
+            "(sparse gradients would silently treat missing entries as zero)")
+    if not isinstance(grad, np.ndarray):
+        return TypeError(f"{where} must be a NumPy array, got {describe(grad)}")
+    if grad.dtype != param.dtype:
+        return ValueError(
+            f"{where} has dtype {grad.dtype} but its parameter has dtype {param.dtype}")
+    if grad.shape != param.shape:
+        return ValueError(
+            f"{where} has shape {grad.shape} but its parameter has shape {param.shape}")
+    if not grad.flags.c_contiguous:
+        return ValueError(
+            f"{where} is not C-contiguous (strides {grad.strides}); "
+            "pass np.ascontiguousarray(grad)")
+    return None
