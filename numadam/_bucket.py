@@ -7,6 +7,7 @@ The bucket owns the state of its parameters in one array ``state`` of shape
 (``opt.state[p]["exp_avg"]``) is a view into ``state``.
 """
 
+import numba
 import numpy as np
 
 from . import _cpu
@@ -89,10 +90,14 @@ class Bucket:
 
     def first_nonfinite(self):
         """Row of the first parameter whose gradient is not all finite, or -1."""
-        return _cpu.first_nonfinite(self.table, self.like, config.min_task)
+        return _cpu.first_nonfinite(self.table, self.like, config.min_task,
+                                    numba.get_num_threads())
 
     # ------------------------------------------------------------------ step
     def step(self, args):
         """Run one update of the whole bucket with validated ``args``."""
-        kernel = _cpu.step_serial if self.total < config.serial_below else _cpu.step_parallel
-        kernel(self.table, self.state, *args, config.min_task)
+        if self.total < config.serial_below:
+            _cpu.step_serial(self.table, self.state, *args)
+        else:
+            _cpu.step_parallel(self.table, self.state, *args, config.min_task,
+                               numba.get_num_threads())

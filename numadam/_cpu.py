@@ -15,7 +15,7 @@ split (and the thread count) cannot change a single bit of the result.
 """
 
 import numpy as np
-from numba import carray, get_num_threads, njit, prange, types
+from numba import carray, njit, prange, types
 from numba.extending import intrinsic
 
 from ._math import (BC2_SQRT, BETA2, C2, DECAY, EPS, NEG_STEP, NSCALARS, W1, W1M1,
@@ -125,7 +125,7 @@ def _run_task(table, state, scal, lo, hi, amsgrad, maximize, decoupled):
 
 @njit(cache=True, error_model="numpy")
 def step_serial(table, state, lr, beta1, beta2, eps, weight_decay,
-                amsgrad, maximize, decoupled, min_task):
+                amsgrad, maximize, decoupled):
     """One step of a bucket on the calling thread (for small buckets)."""
     scal = _prepare(table, state, lr, beta1, beta2, eps, weight_decay)
     _run_task(table, state, scal, 0, state.shape[1], amsgrad, maximize, decoupled)
@@ -133,17 +133,19 @@ def step_serial(table, state, lr, beta1, beta2, eps, weight_decay,
 
 @njit(cache=True, parallel=True, error_model="numpy")
 def step_parallel(table, state, lr, beta1, beta2, eps, weight_decay,
-                  amsgrad, maximize, decoupled, min_task):
+                  amsgrad, maximize, decoupled, min_task, nthreads):
     """One step of a bucket spread over Numba's threads.
 
     The concatenated element range is cut into one contiguous task per thread
-    (fewer when that would leave tasks under ``min_task`` elements), so the
+    (``nthreads``, read by the caller: ``numba.get_num_threads()`` inside a
+    kernel would make it uncacheable), fewer when that would leave tasks under
+    ``min_task`` elements, so the
     static schedule of ``prange`` is balanced whatever the array sizes. Task
     boundaries are rounded to 16 elements to keep them on cache lines.
     """
     scal = _prepare(table, state, lr, beta1, beta2, eps, weight_decay)
     total = state.shape[1]
-    ntasks = max(1, min(get_num_threads(), total // max(min_task, 1)))
+    ntasks = max(1, min(nthreads, total // max(min_task, 1)))
     chunk = ((total + ntasks - 1) // ntasks + 15) // 16 * 16
     for task in prange(ntasks):
         lo = min(task * chunk, total)
@@ -169,14 +171,14 @@ def _span_is_finite(g, lo, hi):
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
-def first_nonfinite(table, like, min_task):
+def first_nonfinite(table, like, min_task, nthreads):
     """Row of the first parameter whose gradient holds a NaN or an Inf, or -1.
 
     Reads the gradients only; used by the opt-in guard before any update.
     """
     n = table.shape[0]
     total = table[n - 1, OFFSET] + table[n - 1, SIZE] if n else 0
-    ntasks = max(1, min(get_num_threads(), total // max(min_task, 1)))
+    ntasks = max(1, min(nthreads, total // max(min_task, 1)))
     chunk = ((total + ntasks - 1) // ntasks + 15) // 16 * 16
     first_bad = np.full(ntasks, n, np.int64)
     for task in prange(ntasks):

@@ -11,9 +11,12 @@ from ._validation import HYPERPARAMETERS
 
 # Written by torch but meaningless here; dropped on load.
 _TORCH_ONLY_KEYS = frozenset({"foreach", "capturable", "differentiable", "fused"})
-# Hyperparameters newer than the oldest state dicts (torch's __setstate__ fills
-# them the same way); every other hyperparameter must be present.
-_LATER_ADDITIONS = ("amsgrad", "maximize", "decoupled_weight_decay")
+# Hyperparameters newer than the oldest state dicts. A state dict without one
+# was written before it existed, so it gets the value that reproduces that
+# behaviour (as torch's __setstate__ fills them): the signature default, and
+# the class's own kind of weight decay. Every other hyperparameter must be there.
+_LATER_ADDITIONS = {"amsgrad": lambda opt: False, "maximize": lambda opt: False,
+                    "decoupled_weight_decay": lambda opt: opt._decoupled}
 
 
 def as_step(value, where):
@@ -62,7 +65,7 @@ def _merged_group(opt, saved, gi):
         if key in saved:
             group[key] = saved[key]
         elif key in _LATER_ADDITIONS:
-            group[key] = opt.defaults[key]
+            group[key] = _LATER_ADDITIONS[key](opt)
         else:
             raise ValueError(f"param_groups[{gi}] has no {key!r}")
     group.update((k, v) for k, v in saved.items()

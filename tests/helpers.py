@@ -49,7 +49,8 @@ def assert_bits_equal(actual, expected, what):
     actual = np.asarray(actual)
     assert actual.dtype == expected.dtype, (what, actual.dtype, expected.dtype)
     assert actual.shape == expected.shape, (what, actual.shape, expected.shape)
-    differ = actual.view(np.uint8).reshape(actual.size, -1) != \
-        expected.view(np.uint8).reshape(expected.size, -1)
+    width = actual.dtype.itemsize
+    differ = (actual.reshape(-1).view(np.uint8).reshape(-1, width)
+              != expected.reshape(-1).view(np.uint8).reshape(-1, width))
     bad = int(np.any(differ, axis=1).sum())
     assert bad == 0, f"{what}: {bad} of {actual.size} elements differ in their bits"

@@ -1,0 +1,158 @@
+"""The torch-like surface: groups, in-place updates, owned gradients, closures."""
+
+import doctest
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import numadam
+
+
+def test_updates_in_place_and_keeps_the_users_arrays():
+    x = np.ones((2, 2, 3), np.float32)
+    opt = numadam.Adam([x], lr=0.1)
+    opt.step([np.ones_like(x)])
+    assert opt.param_groups[0]["params"][0] is x
+    np.testing.assert_allclose(x, 0.9, rtol=1e-6)
+
+
+def test_any_shape_equals_the_flat_update():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((3, 4, 5))
+    flat = x.reshape(-1).copy()
+    a, b = numadam.Adam([x], lr=0.01), numadam.Adam([flat], lr=0.01)
+    for _ in range(5):
+        g = rng.standard_normal((3, 4, 5))
+        a.step([g])
+        b.step([g.reshape(-1)])
+    assert np.array_equal(x.reshape(-1), flat)
+
+
+def test_scalar_and_empty_parameters():
+    s, e = np.array(2.0), np.zeros((0, 3))
+    opt = numadam.Adam([s, e], lr=0.5)
+    opt.step([np.array(1.0), np.zeros((0, 3))])
+    assert abs(s - 1.5) < 1e-7 and opt.state[e]["step"] == 1
+
+
+def test_mixed_dtypes_in_one_group_match_separate_optimizers():
+    a32, a64 = np.ones(5, np.float32), np.ones(3)
+    b32, b64 = a32.copy(), a64.copy()
+    mixed = numadam.AdamW([a32, a64], lr=0.1)
+    one, two = numadam.AdamW([b32], lr=0.1), numadam.AdamW([b64], lr=0.1)
+    for i in range(4):
+        g32, g64 = np.full(5, i + 0.5, np.float32), np.full(3, -i - 0.5)
+        mixed.step([g32, g64])
+        one.step([g32])
+        two.step([g64])
+    assert np.array_equal(a32, b32) and np.array_equal(a64, b64)
+    assert a32.dtype == np.float32
+
+
+def test_adamw_defaults_and_decay():
+    x = np.ones(4)
+    opt = numadam.AdamW([x], lr=0.1)
+    assert opt.param_groups[0]["weight_decay"] == 1e-2
+    assert opt.param_groups[0]["decoupled_weight_decay"] is True
+    opt.step([np.zeros(4)])                     # zero gradient: only the decay acts
+    np.testing.assert_array_equal(x, 1 - 0.1 * 1e-2)
+    y = np.ones(4)
+    numadam.Adam([y], lr=0.1, weight_decay=1e-2).step([np.zeros(4)])
+    assert not np.array_equal(y, x)             # L2: the decay goes through Adam
+
+
+def test_groups_overrides_and_schedule():
+    x, y = np.zeros(2), np.zeros(2)
+    opt = numadam.Adam([{"params": [x]}, {"params": [y], "lr": 0.5}], lr=0.1)
+    opt.step([np.ones(2), np.ones(2)])
+    np.testing.assert_allclose(x, -0.1)
+    np.testing.assert_allclose(y, -0.5)
+    opt.param_groups[0]["lr"] = 0.0             # a schedule edits the group
+    opt.step([np.ones(2), np.ones(2)])
+    np.testing.assert_allclose(x, -0.1)
+
+
+def test_lr_given_as_int_or_numpy_scalar():
+    a, b, c = np.zeros(3), np.zeros(3), np.zeros(3)
+    for x, lr in ((a, 1), (b, 1.0), (c, np.float32(1.0))):
+        numadam.Adam([x], lr=lr).step([np.ones(3)])
+    assert np.array_equal(a, b) and np.array_equal(a, c)
+
+
+def test_add_param_group_after_steps():
+    x, y = np.zeros(3), np.zeros(2, np.float32)
+    opt = numadam.Adam([x], lr=0.1)
+    g = opt.grads
+    g[0][...] = 1.0
+    opt.step()
+    opt.add_param_group({"params": [y], "lr": 0.2})
+    assert len(opt.grads) == 2 and opt.grads[1].dtype == np.float32
+    opt.grads[1][...] = 1.0
+    opt.step()
+    assert opt.state[x]["step"] == 2 and opt.state[y]["step"] == 1
+    np.testing.assert_allclose(y, -0.2, rtol=1e-6)
+
+
+def test_owned_gradients_and_zero_grad():
+    x = np.zeros(4)
+    opt = numadam.Adam([x], lr=0.1)
+    grads = opt.grads
+    assert isinstance(grads, tuple) and grads[0].shape == (4,) and not grads[0].any()
+    with pytest.raises(TypeError):
+        grads[0] = np.ones(4)                   # buffers cannot be swapped out
+    grads[0][...] = 2.0
+    opt.step()
+    np.testing.assert_allclose(x, -0.1)
+    opt.zero_grad()
+    assert not opt.grads[0].any()
+    opt.step([np.ones(4)])                      # explicit gradients ...
+    opt.step()                                  # ... then the owned (zero) ones again
+    assert opt.state[x]["step"] == 3
+
+
+def test_closure_is_called_once_and_its_loss_returned():
+    x = np.array([3.0])
+    opt = numadam.Adam([x], lr=0.1)
+    calls = []
+
+    def closure():
+        calls.append(1)
+        opt.grads[0][...] = 2 * x
+        return float(x[0] ** 2)
+
+    assert opt.step(closure=closure) == 9.0
+    assert calls == [1] and x[0] < 3.0
+    assert opt.step([np.ones(1)]) is None
+
+
+def test_missing_gradient_leaves_parameter_and_state_alone():
+    x, y = np.zeros(2), np.zeros(2)
+    opt = numadam.Adam([x, y], lr=0.1)
+    opt.step([np.ones(2), None])
+    assert not y.any() and list(opt.state) == [0]
+    opt.step([np.ones(2), np.ones(2)])
+    assert opt.state[x]["step"] == 2 and opt.state[y]["step"] == 1
+    np.testing.assert_allclose(y, -0.1)
+
+
+def test_repr_lists_groups():
+    text = repr(numadam.AdamW([np.zeros(2)], lr=0.3))
+    assert "AdamW" in text and "lr: 0.3" in text and "Parameter Group 0" in text
+
+
+def test_docstring_examples():
+    import numadam.optimizer
+    for module in (numadam, numadam.optimizer):
+        failed, attempted = doctest.testmod(module)
+        assert attempted > 0 and failed == 0, module
+
+
+def test_import_numadam_loads_no_gpu_or_mpi_stack():
+    code = ("import sys, numadam; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('cupy', 'mpi4py', 'torch', 'jax') or m.startswith('numba.cuda')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out == "[]"

@@ -1,0 +1,208 @@
+"""Bad input gets a clear error before anything is touched."""
+
+import numpy as np
+import pytest
+
+import numadam
+
+
+def _problem(dtype=np.float32):
+    params = [np.linspace(-1, 1, 12, dtype=dtype).reshape(3, 4),
+              np.arange(5, dtype=np.float64), np.ones(7, dtype)]
+    grads = [np.full(p.shape, 0.5, p.dtype) for p in params]
+    return params, grads
+
+
+def _snapshot(opt, params):
+    return [p.copy() for p in params], opt.state_dict()
+
+
+def _assert_unchanged(opt, params, snapshot):
+    before_params, before_sd = snapshot
+    for p, q in zip(params, before_params):
+        np.testing.assert_array_equal(p, q)
+    after = opt.state_dict()
+    assert after["param_groups"] == before_sd["param_groups"]
+    assert after["state"].keys() == before_sd["state"].keys()
+    for index, entry in before_sd["state"].items():
+        for key, value in entry.items():
+            np.testing.assert_array_equal(after["state"][index][key], value)
+
+
+@pytest.mark.parametrize("kwargs,name", [
+    (dict(lr=-1e-3), "lr"), (dict(lr=float("nan")), "lr"), (dict(lr="fast"), "lr"),
+    (dict(eps=-1.0), "eps"), (dict(weight_decay=-0.1), "weight_decay"),
+    (dict(betas=(1.0, 0.999)), "betas[0]"), (dict(betas=(0.9, -0.1)), "betas[1]"),
+    (dict(betas=(0.9,)), "betas"), (dict(betas="ab"), "betas"),
+    (dict(amsgrad="yes"), "amsgrad"), (dict(maximize=1), "maximize"),
+    (dict(check_finite="warn"), "check_finite"),
+])
+def test_invalid_hyperparameters_are_named(kwargs, name):
+    with pytest.raises(ValueError, match=name.replace("[", r"\[").replace("]", r"\]")):
+        numadam.Adam([np.zeros(3)], **kwargs)
+
+
+def test_invalid_group_override_names_the_group():
+    with pytest.raises(ValueError, match=r"param_groups\[1\]: lr"):
+        numadam.Adam([{"params": [np.zeros(2)]}, {"params": [np.zeros(2)], "lr": -1}])
+
+
+@pytest.mark.parametrize("param,error,match", [
+    (np.zeros(3, np.float16), ValueError, "unsupported dtype float16"),
+    (np.zeros(3, np.int64), ValueError, "unsupported dtype int64"),
+    (np.zeros((4, 4))[:, ::2], ValueError, "not C-contiguous"),
+    (np.zeros((4, 4)).T, ValueError, "not C-contiguous"),
+    ([1.0, 2.0], TypeError, "must be a NumPy array"),
+])
+def test_invalid_parameters(param, error, match):
+    with pytest.raises(error, match=match):
+        numadam.Adam([param])
+
+
+def test_read_only_parameter_is_refused():
+    x = np.zeros(3)
+    x.flags.writeable = False
+    with pytest.raises(ValueError, match="read-only"):
+        numadam.Adam([x])
+
+
+def test_parameter_containers():
+    with pytest.raises(TypeError, match="single array"):
+        numadam.Adam(np.zeros(3))
+    with pytest.raises(TypeError, match="set"):
+        numadam.Adam({1.0})
+    with pytest.raises(ValueError, match="empty"):
+        numadam.Adam([])
+    x = np.zeros(3)
+    with pytest.raises(ValueError, match="more than one"):
+        numadam.Adam([x, x])
+    opt = numadam.Adam([x])
+    with pytest.raises(ValueError, match="more than one"):
+        opt.add_param_group({"params": [x]})
+    with pytest.raises(TypeError, match="set"):
+        opt.add_param_group({"params": {np.zeros(2).tobytes()}})
+    with pytest.raises(TypeError, match="'params'"):
+        opt.add_param_group([np.zeros(2)])
+    assert len(opt.param_groups) == 1
+
+
+def test_a_sparse_parameter_is_refused():
+    sparse = pytest.importorskip("scipy.sparse")
+    with pytest.raises(TypeError, match="sparse"):
+        numadam.Adam([sparse.csr_matrix(np.eye(3))])
+
+
+def _bad_grads(grads):
+    """(description, grads, error, message) for each way a gradient can be wrong."""
+    wrong_shape = list(grads)
+    wrong_shape[2] = np.ones(6, np.float32)
+    wrong_dtype = list(grads)
+    wrong_dtype[2] = np.ones(7, np.float64)
+    strided = list(grads)
+    strided[2] = np.ones(14, np.float32)[::2]
+    not_array = list(grads)
+    not_array[2] = [1.0] * 7
+    return [
+        ("shape", wrong_shape, ValueError, r"grads\[2\] has shape \(6,\)"),
+        ("dtype", wrong_dtype, ValueError, r"grads\[2\] has dtype float64"),
+        ("contiguity", strided, ValueError, "not C-contiguous"),
+        ("type", not_array, TypeError, "must be a NumPy array"),
+        ("count", grads[:2], ValueError, "got 2 gradients for 3 parameters"),
+        ("container", np.stack([np.ones(3)] * 3), TypeError, "list of arrays"),
+    ]
+
+
+@pytest.mark.parametrize("case", range(6))
+def test_bad_gradients_leave_everything_untouched(case):
+    params, grads = _problem()
+    opt = numadam.Adam(params, lr=0.1, amsgrad=True)
+    opt.step(grads)                                   # state exists
+    snapshot = _snapshot(opt, params)
+    _, bad, error, match = _bad_grads(grads)[case]
+    with pytest.raises(error, match=match):
+        opt.step(bad)
+    _assert_unchanged(opt, params, snapshot)
+    opt.step(grads)                                   # and the optimizer still works
+    assert opt.state[params[0]]["step"] == 2
+
+
+def test_sparse_gradient_is_refused():
+    sparse = pytest.importorskip("scipy.sparse")
+    params, grads = _problem()
+    opt = numadam.Adam(params)
+    grads[0] = sparse.csr_matrix(np.ones((3, 4), np.float32))
+    with pytest.raises(TypeError, match="sparse"):
+        opt.step(grads)
+    assert len(opt.state) == 0
+
+
+def test_parameter_made_read_only_after_construction():
+    params, grads = _problem()
+    opt = numadam.Adam(params)
+    opt.step(grads)
+    snapshot = _snapshot(opt, params)
+    params[2].flags.writeable = False
+    with pytest.raises(ValueError, match="read-only"):
+        opt.step(grads)
+    _assert_unchanged(opt, params, snapshot)
+
+
+def test_group_hyperparameters_edited_to_bad_values():
+    params, grads = _problem()
+    opt = numadam.Adam(params)
+    opt.step(grads)
+    snapshot = _snapshot(opt, params)
+    opt.param_groups[0]["lr"] = -0.5
+    with pytest.raises(ValueError, match="lr must be"):
+        opt.step(grads)
+    opt.param_groups[0]["lr"] = 1e-3
+    _assert_unchanged(opt, params, snapshot)
+    opt.param_groups[0]["betas"] = (0.9, 1.5)
+    with pytest.raises(ValueError, match=r"betas\[1\]"):
+        opt.step(grads)
+    opt.param_groups[0]["betas"] = (0.9, 0.999)
+    opt.param_groups[0]["amsgrad"] = True
+    with pytest.raises(ValueError, match="amsgrad was switched on"):
+        opt.step(grads)
+    opt.param_groups[0]["amsgrad"] = False
+    _assert_unchanged(opt, params, snapshot)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_nonfinite_guard_raise(bad):
+    params, grads = _problem()
+    opt = numadam.Adam(params, check_finite="raise")
+    opt.step(grads)
+    snapshot = _snapshot(opt, params)
+    grads[2] = grads[2].copy()
+    grads[2][5] = bad
+    with pytest.raises(FloatingPointError, match="parameter 2"):
+        opt.step(grads)
+    _assert_unchanged(opt, params, snapshot)
+
+
+def test_nonfinite_guard_skip_and_large_buckets():
+    params = [np.zeros(100_000, np.float32), np.zeros(3, np.float32)]
+    opt = numadam.Adam(params, check_finite="skip")
+    grads = [np.ones(100_000, np.float32), np.ones(3, np.float32)]
+    grads[0][77_777] = np.nan                       # found by the parallel scan
+    opt.step(grads)
+    assert opt.skipped_steps == 1 and len(opt.state) == 0
+    assert not params[0].any() and not params[1].any()
+    grads[0][77_777] = 1.0
+    opt.step(grads)
+    assert opt.skipped_steps == 1 and opt.state[0]["step"] == 1
+    assert params[0].min() < 0
+
+
+def test_without_the_guard_nan_propagates_as_in_torch():
+    x = np.zeros(4)
+    opt = numadam.Adam([x])
+    opt.step([np.array([1.0, np.nan, 1.0, 1.0])])
+    assert np.isnan(x[1]) and np.isfinite(x[[0, 2, 3]]).all()
+
+
+def test_step_without_gradients():
+    opt = numadam.Adam([np.zeros(3)])
+    with pytest.raises(RuntimeError, match="no gradients"):
+        opt.step()
