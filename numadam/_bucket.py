@@ -34,6 +34,8 @@ class Bucket:
             self.table[k, SIZE] = param.size
             offset += param.size
         self.total = offset
+        # (global index, shape, dtype) of each parameter: what a gradient must match.
+        self.expected = [(i, p.shape, p.dtype) for i, p in zip(self.indices, self.params)]
         self.state = None
         self.owned_grad_addresses = None
         self.uses_owned_grads = False

@@ -205,20 +205,25 @@ class Adam:
         if len(grads) != len(self._slots):
             raise ValueError(f"got {len(grads)} gradients for {len(self._slots)} parameters")
         out = []
+        ndarray = np.ndarray
         for bucket in self._buckets:
             addresses = []
-            for i, param in zip(bucket.indices, bucket.params):
+            append = addresses.append
+            # The common case costs ~0.5 us a gradient; anything unusual takes
+            # the slow path, which either explains the problem or accepts it.
+            for i, shape, dtype in bucket.expected:
                 g = grads[i]
-                if (type(g) is np.ndarray and g.dtype == param.dtype
-                        and g.shape == param.shape and g.flags.c_contiguous):
-                    addresses.append(address(g))
+                if (type(g) is ndarray and g.shape == shape and g.dtype is dtype
+                        and g.flags.c_contiguous):
+                    append(address(g))
                 elif g is None:
-                    addresses.append(0)
+                    append(0)
                 else:
+                    param = self._slots[i][0].params[self._slots[i][1]]
                     error = _validation.gradient_error(g, param, f"grads[{i}]")
                     if error is not None:
                         raise error
-                    addresses.append(address(np.asarray(g)))
+                    append(address(np.asarray(g)))
             out.append(addresses)
         return out
 
