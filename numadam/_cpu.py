@@ -162,12 +162,14 @@ def address(array):
 
 @njit(cache=True, error_model="numpy")
 def _span_is_finite(g, lo, hi):
-    bad = False
-    for i in range(lo, hi):
-        # x - x is 0 for every finite x and NaN for NaN and +-Inf; the OR
-        # reduction over booleans vectorises, a float sum would not.
-        bad |= (g[i] - g[i]) != 0
-    return not bad
+    g = g[lo:hi]
+    bad = 0
+    for i in range(g.size):
+        # x - x is 0 for every finite x and NaN for NaN and +-Inf. An integer OR
+        # over a sliced array vectorises (30 GB/s); a boolean OR over g[lo:hi]
+        # indexed directly does not (3.5 GB/s), nor would a float sum.
+        bad |= np.int32((g[i] - g[i]) != 0)
+    return bad == 0
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
