@@ -8,8 +8,8 @@ and gradients are the user's own arrays, reached through their addresses in
 an int64 ``table`` (one row per parameter, columns below), so no Python loop
 over arrays and no copy sits between the user and the kernel.
 
-Work is split into *tasks* of ``chunk`` consecutive elements of the
-concatenated parameter space, so a single huge array and hundreds of small
+The parallel kernel cuts the concatenated parameter space into one equal,
+contiguous *task* per thread, so a single huge array and hundreds of small
 ones both spread evenly over the threads. The update is elementwise, so the
 split (and the thread count) cannot change a single bit of the result.
 """

@@ -2,6 +2,7 @@
 
 import math
 import numbers
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -104,3 +105,29 @@ def gradient_error(grad, param, where):
             f"{where} is not C-contiguous (strides {grad.strides}); "
             "pass np.ascontiguousarray(grad)")
     return None
+
+
+def param_list(params, where):
+    """``params`` (one array or an ordered sequence of them) as a list."""
+    if isinstance(params, np.ndarray):
+        return [params]
+    if isinstance(params, (set, frozenset)):
+        raise TypeError(f"{where} is a set; parameters need a fixed order, use a list")
+    if isinstance(params, Mapping) or not hasattr(params, "__iter__"):
+        raise TypeError(f"{where} must be a list of arrays, got {params!r}")
+    return list(params)
+
+
+def param_groups(params):
+    """The optimizer's ``params`` argument as a list of group dicts."""
+    if isinstance(params, np.ndarray):
+        raise TypeError("params must be a list of arrays or of dicts, got a single "
+                        "array; write Adam([x])")
+    params = param_list(params, "params")
+    if not params:
+        raise ValueError("the optimizer got an empty parameter list")
+    if all(isinstance(p, Mapping) for p in params):
+        return params
+    if any(isinstance(p, Mapping) for p in params):
+        raise TypeError("params mixes arrays and parameter-group dicts")
+    return [{"params": params}]

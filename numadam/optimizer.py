@@ -1,12 +1,13 @@
 """``Adam`` and ``AdamW``: stateful, torch-like optimizers over NumPy arrays."""
 
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Mapping
 
 import numpy as np
 
 from . import _state_dict, _validation
-from ._bucket import STATE_KEYS, Bucket
-from ._cpu import LIVE, STEP, address
+from ._bucket import Bucket
+from ._cpu import address
+from ._state_view import StateView
 from ._validation import HYPERPARAMETERS
 
 __all__ = ["Adam", "AdamW"]
@@ -90,7 +91,7 @@ class Adam:
         self._index_of = {}         # id(array) -> global parameter index
         self._group_args = []       # per group: (raw hyperparameters, kernel args)
         self._grads = None
-        for group in _as_groups(params):
+        for group in _validation.param_groups(params):
             self.add_param_group(group)
 
     # ------------------------------------------------------------ groups
@@ -109,7 +110,7 @@ class Adam:
             raise TypeError("a parameter group must be a dict with a 'params' entry, "
                             f"got {param_group!r}")
         gi = len(self.param_groups)
-        params = _as_param_list(param_group["params"], f"param_groups[{gi}]['params']")
+        params = _validation.param_list(param_group["params"], f"param_groups[{gi}]['params']")
         seen = set()
         for k, param in enumerate(params):
             _validation.parameter(param, f"param_groups[{gi}]['params'][{k}]")
@@ -305,7 +306,7 @@ class Adam:
         the optimizer's buffers (valid until ``load_state_dict``). A parameter
         has state once it has been stepped with a gradient.
         """
-        return _StateView(self)
+        return StateView(self)
 
     def state_dict(self):
         """The optimizer state in torch's layout, holding copies.
@@ -364,95 +365,3 @@ def _raw(group):
     # Spelled out: a generator here would cost a microsecond every step.
     return (group["lr"], group["betas"], group["eps"], group["weight_decay"],
             group["amsgrad"], group["maximize"], group["decoupled_weight_decay"])
-
-
-def _as_param_list(params, where):
-    if isinstance(params, np.ndarray):
-        return [params]
-    if isinstance(params, (set, frozenset)):
-        raise TypeError(f"{where} is a set; parameters need a fixed order, use a list")
-    if isinstance(params, Mapping) or not hasattr(params, "__iter__"):
-        raise TypeError(f"{where} must be a list of arrays, got {params!r}")
-    return list(params)
-
-
-def _as_groups(params):
-    if isinstance(params, np.ndarray):
-        raise TypeError("params must be a list of arrays or of dicts, got a single "
-                        "array; write Adam([x])")
-    params = _as_param_list(params, "params")
-    if not params:
-        raise ValueError("the optimizer got an empty parameter list")
-    if all(isinstance(p, Mapping) for p in params):
-        return params
-    if any(isinstance(p, Mapping) for p in params):
-        raise TypeError("params mixes arrays and parameter-group dicts")
-    return [{"params": params}]
-
-
-class _StateView(Mapping):
-    """``opt.state``: parameters (array or index) -> their live state."""
-
-    def __init__(self, optimizer):
-        self._opt = optimizer
-
-    def _index(self, key):
-        if isinstance(key, np.ndarray):
-            index = self._opt._index_of.get(id(key))
-            if index is None:
-                raise KeyError("this array is not a parameter of the optimizer")
-            return index
-        if isinstance(key, (int, np.integer)) and 0 <= key < len(self._opt._slots):
-            return int(key)
-        raise KeyError(key)
-
-    def __getitem__(self, key):
-        bucket, row = self._opt._slots[self._index(key)]
-        if bucket.state is None or not bucket.table[row, LIVE]:
-            raise KeyError(f"parameter {self._index(key)} has no state yet (never stepped)")
-        return _ParamState(bucket, row)
-
-    def __iter__(self):
-        return (i for i, (b, row) in enumerate(self._opt._slots)
-                if b.state is not None and b.table[row, LIVE])
-
-    def __len__(self):
-        return sum(1 for _ in self)
-
-
-class _ParamState(MutableMapping):
-    """One parameter's state: ``step`` reads and writes the step counter."""
-
-    def __init__(self, bucket, row):
-        self._bucket = bucket
-        self._row = row
-
-    def _keys(self):
-        return ("step",) + STATE_KEYS[:self._bucket.state.shape[0]]
-
-    def __getitem__(self, key):
-        if key == "step":
-            return int(self._bucket.table[self._row, STEP])
-        if key in self._keys():
-            return self._bucket.view(self._row, STATE_KEYS.index(key))
-        raise KeyError(key)
-
-    def __setitem__(self, key, value):
-        if key == "step":
-            self._bucket.table[self._row, STEP] = _state_dict.as_step(value, "step")
-        elif key in self._keys():
-            np.copyto(self[key], value, casting="same_kind")
-        else:
-            raise KeyError(key)
-
-    def __delitem__(self, key):
-        raise TypeError("optimizer state entries cannot be deleted")
-
-    def __iter__(self):
-        return iter(self._keys())
-
-    def __len__(self):
-        return len(self._keys())
-
-    def __repr__(self):
-        return repr(dict(self))

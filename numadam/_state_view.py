@@ -1,0 +1,77 @@
+"""``opt.state``: live, torch-like views of the state held in buckets."""
+
+from collections.abc import Mapping, MutableMapping
+
+import numpy as np
+
+from . import _state_dict
+from ._bucket import STATE_KEYS
+from ._cpu import LIVE, STEP
+
+
+class StateView(Mapping):
+    """``opt.state``: parameters (array or index) -> their live state."""
+
+    def __init__(self, optimizer):
+        self._opt = optimizer
+
+    def _index(self, key):
+        if isinstance(key, np.ndarray):
+            index = self._opt._index_of.get(id(key))
+            if index is None:
+                raise KeyError("this array is not a parameter of the optimizer")
+            return index
+        if isinstance(key, (int, np.integer)) and 0 <= key < len(self._opt._slots):
+            return int(key)
+        raise KeyError(key)
+
+    def __getitem__(self, key):
+        bucket, row = self._opt._slots[self._index(key)]
+        if bucket.state is None or not bucket.table[row, LIVE]:
+            raise KeyError(f"parameter {self._index(key)} has no state yet (never stepped)")
+        return ParamState(bucket, row)
+
+    def __iter__(self):
+        return (i for i, (b, row) in enumerate(self._opt._slots)
+                if b.state is not None and b.table[row, LIVE])
+
+    def __len__(self):
+        return sum(1 for _ in self)
+
+
+class ParamState(MutableMapping):
+    """One parameter's state: ``step`` reads and writes the step counter."""
+
+    def __init__(self, bucket, row):
+        self._bucket = bucket
+        self._row = row
+
+    def _keys(self):
+        return ("step",) + STATE_KEYS[:self._bucket.state.shape[0]]
+
+    def __getitem__(self, key):
+        if key == "step":
+            return int(self._bucket.table[self._row, STEP])
+        if key in self._keys():
+            return self._bucket.view(self._row, STATE_KEYS.index(key))
+        raise KeyError(key)
+
+    def __setitem__(self, key, value):
+        if key == "step":
+            self._bucket.table[self._row, STEP] = _state_dict.as_step(value, "step")
+        elif key in self._keys():
+            np.copyto(self[key], value, casting="same_kind")
+        else:
+            raise KeyError(key)
+
+    def __delitem__(self, key):
+        raise TypeError("optimizer state entries cannot be deleted")
+
+    def __iter__(self):
+        return iter(self._keys())
+
+    def __len__(self):
+        return len(self._keys())
+
+    def __repr__(self):
+        return repr(dict(self))
