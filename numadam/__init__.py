@@ -8,9 +8,12 @@
 array([0.1, 0.1, 0.1])
 """
 
+from . import functional
 from ._config import config
+from ._minimize import minimize
 from .checkpoint import CheckpointError, load, save
 from .optimizer import Adam, AdamW
 
-__all__ = ["Adam", "AdamW", "save", "load", "CheckpointError", "config", "__version__"]
+__all__ = ["Adam", "AdamW", "minimize", "functional", "save", "load", "CheckpointError",
+           "config", "__version__"]
 __version__ = "0.1.0"

@@ -1,0 +1,291 @@
+"""numadam.minimize: scipy's conventions, stopping rules, failures, bit parity."""
+
+import sys
+import types
+
+import numpy as np
+import pytest
+
+import numadam
+from numadam import _minimize_support
+from helpers import assert_bits_equal
+
+TARGET = np.array([1.0, -2.0, 0.5, 3.0])
+
+
+def quadratic(x, target=TARGET):
+    """0.5 * |x - target|^2 with curvatures 1..4, and its gradient."""
+    scale = np.arange(1, x.size + 1, dtype=x.dtype).reshape(x.shape)
+    r = x - target.astype(x.dtype).reshape(x.shape)
+    return float(0.5 * np.sum(scale * r * r)), scale * r
+
+
+def record_iterates():
+    seen = []
+
+    def callback(intermediate_result):
+        seen.append(intermediate_result)
+    return seen, callback
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("method,cls,kwargs", [
+    ("adam", numadam.Adam, dict(weight_decay=0.0)),
+    ("adam", numadam.Adam, dict(weight_decay=0.1)),
+    ("adamw", numadam.AdamW, dict(weight_decay=0.05)),
+    ("amsgrad", numadam.Adam, dict(weight_decay=0.0, amsgrad=True)),
+])
+def test_iterates_are_bit_identical_to_the_class(dtype, method, cls, kwargs):
+    x0 = np.linspace(-1, 1, 4).astype(dtype)
+    seen, callback = record_iterates()
+    options = dict(lr=0.05, betas=(0.8, 0.99), eps=1e-6, maxiter=40, gtol=0.0,
+                   weight_decay=kwargs["weight_decay"])
+    res = numadam.minimize(quadratic, x0, jac=True, method=method, callback=callback,
+                           options=options)
+    assert res.nit == 40 and len(seen) == 40 and res.status == 1
+
+    x = x0.copy()
+    opt = cls([x], lr=0.05, betas=(0.8, 0.99), eps=1e-6, **kwargs)
+    for k in range(40):
+        opt.step([quadratic(x)[1]])
+        assert_bits_equal(seen[k].x, x, f"iterate {k + 1}")
+        assert seen[k].fun == quadratic(x)[0] and seen[k].nit == k + 1
+    assert res.x.dtype == np.dtype(dtype)
+
+
+def test_result_is_scipys_class_with_the_documented_fields():
+    optimize = pytest.importorskip("scipy.optimize")
+    res = numadam.minimize(quadratic, np.zeros(4), jac=True,
+                           options=dict(lr=0.1, maxiter=3000))
+    assert isinstance(res, optimize.OptimizeResult)
+    assert res.success and res.status == 0 and "gtol" in res.message
+    assert np.max(np.abs(res.jac)) <= 1e-5
+    np.testing.assert_allclose(res.x, TARGET, atol=1e-5)
+    assert res.fun == quadratic(res.x)[0]
+    assert res.nfev == res.njev == res.nit + 1
+
+
+def test_without_scipy_the_result_is_a_dict_with_attributes(monkeypatch):
+    monkeypatch.setattr(_minimize_support, "_result_class", None)
+    monkeypatch.setitem(sys.modules, "scipy.optimize", None)    # import fails
+    res = numadam.minimize(quadratic, np.zeros(4), jac=True, options=dict(maxiter=2))
+    assert type(res) is _minimize_support.OptimizeResult
+    assert res.nit == 2 and res["nit"] == 2 and not res.success
+    assert set(res) == {"x", "fun", "jac", "nit", "nfev", "njev", "status", "success",
+                        "message"}
+    assert "nit: 2" in repr(res)
+    with pytest.raises(AttributeError):
+        res.hess_inv
+    monkeypatch.setattr(_minimize_support, "_result_class", None)
+
+
+def test_callable_jac_and_args_give_the_same_run_as_jac_true():
+    target = np.array([3.0, 1.0, -1.0, 0.0])
+    a = numadam.minimize(lambda x, t: quadratic(x, t)[0], np.zeros(4), args=(target,),
+                         jac=lambda x, t: quadratic(x, t)[1], options=dict(maxiter=50))
+    b = numadam.minimize(quadratic, np.zeros(4), args=(target,), jac=True,
+                         options=dict(maxiter=50))
+    assert_bits_equal(a.x, b.x, "x")
+    assert a.fun == b.fun and a.nfev == b.nfev == 51
+
+
+@pytest.mark.parametrize("x0", [np.zeros(4, np.float32), np.zeros((2, 2)), [0, 0, 0, 0]])
+def test_x0_is_never_modified_and_its_shape_and_float32_are_kept(x0):
+    before = np.array(x0, copy=True)
+    seen = []
+
+    def fun(x):
+        seen.append(x)
+        return quadratic(x.reshape(-1))[0], quadratic(x.reshape(-1))[1].reshape(x.shape)
+    res = numadam.minimize(fun, x0, jac=True, options=dict(lr=0.1, maxiter=20))
+    assert_bits_equal(np.asarray(x0), before, "x0")
+    assert res.x.shape == np.shape(x0)
+    assert res.x.dtype == (np.float32 if before.dtype == np.float32 else np.float64)
+    assert len({id(x) for x in seen}) == len(seen)       # fun gets fresh copies
+    assert not np.array_equal(seen[0], seen[-1])
+
+
+def test_ftol_and_patience_stop_on_a_plateau():
+    calls = []
+
+    def plateau(x):
+        calls.append(1)
+        value = 1.0 if len(calls) < 5 else 0.5      # one real improvement, then flat
+        return value, np.ones_like(x)
+    res = numadam.minimize(plateau, np.zeros(3), jac=True,
+                           options=dict(ftol=1e-3, patience=7, maxiter=100))
+    assert res.success and res.status == 0 and "ftol" in res.message
+    assert res.nit == 4 + 7 and res.fun == 0.5
+
+
+def test_tol_sets_gtol_and_ftol_unless_options_do():
+    slow = dict(lr=1e-3, maxiter=10_000)
+    loose = numadam.minimize(quadratic, np.zeros(4), jac=True, tol=1e-2, options=slow)
+    tight = numadam.minimize(quadratic, np.zeros(4), jac=True, tol=1e-2,
+                             options=dict(slow, gtol=0.0, ftol=1e-12, patience=50))
+    assert loose.success and tight.success
+    assert loose.nit < tight.nit
+    assert tight.fun < loose.fun
+
+
+def test_bounds_project_every_iterate_including_x0():
+    seen, callback = record_iterates()
+    bounds = [(None, 0.5), (-1.0, None), (None, None), (0.0, 2.0)]
+    res = numadam.minimize(quadratic, np.array([1.0, -5.0, 0.0, 9.0]), jac=True,
+                           bounds=bounds, callback=callback,
+                           options=dict(lr=0.1, maxiter=2000))
+    np.testing.assert_allclose(res.x, [0.5, -1.0, 0.5, 2.0], atol=1e-6)
+    for r in seen:
+        assert r.x[0] <= 0.5 and r.x[1] >= -1.0 and 0.0 <= r.x[3] <= 2.0
+
+
+def test_bounds_object_with_lb_and_ub_broadcasts():
+    box = types.SimpleNamespace(lb=0.0, ub=np.array([2.0, 2.0, 2.0, 2.0]))
+    res = numadam.minimize(quadratic, np.ones(4), jac=True, bounds=box,
+                           options=dict(lr=0.1, maxiter=2000))
+    np.testing.assert_allclose(res.x, [1.0, 0.0, 0.5, 2.0], atol=1e-6)
+
+
+def test_fun_raising_ends_the_run_with_the_best_x_so_far():
+    seen, callback = record_iterates()
+
+    def fragile(x):
+        if len(seen) == 6:
+            raise ZeroDivisionError("model blew up")
+        return quadratic(x)
+    res = numadam.minimize(fragile, np.zeros(4), jac=True, callback=callback,
+                           options=dict(lr=0.1))
+    assert not res.success and res.status == 2
+    assert "ZeroDivisionError: model blew up" in res.message and "iteration 7" in res.message
+    best = min(seen, key=lambda r: r.fun)
+    assert_bits_equal(res.x, best.x, "best x")
+    assert res.fun == best.fun and res.nit == 7     # the 7th step's point failed
+
+
+@pytest.mark.parametrize("bad,status,words", [
+    (lambda x: (np.nan, x), 3, "NaN"),
+    (lambda x: (np.inf, x), 3, "inf"),
+    (lambda x: (1.0, np.full_like(x, np.nan)), 3, "gradient holds NaN"),
+    (lambda x: (1.0, x[:2]), 2, "shape (2,)"),
+    (lambda x: (np.ones(2), x), 2, "real scalar"),
+    (lambda x: 1.0, 2, "(value, gradient)"),
+])
+def test_bad_values_end_the_run_without_stepping_on_them(bad, status, words):
+    calls = []
+
+    def fun(x):
+        calls.append(1)
+        return quadratic(x) if len(calls) <= 3 else bad(x)
+    res = numadam.minimize(fun, np.zeros(4), jac=True, options=dict(lr=0.1))
+    assert (res.success, res.status, res.nit) == (False, status, 3)
+    assert words in res.message
+    assert np.isfinite(res.x).all() and res.fun == min(quadratic(res.x)[0], res.fun)
+
+
+def test_failure_at_x0_returns_x0():
+    res = numadam.minimize(lambda x: (np.nan, x), np.array([1.0, 2.0]), jac=True)
+    assert res.status == 3 and np.isnan(res.fun) and res.jac is None
+    assert_bits_equal(res.x, np.array([1.0, 2.0]), "x0")
+
+
+def test_callback_stop_iteration_and_the_plain_x_signature():
+    got = []
+
+    def callback(xk):
+        got.append(xk.copy())
+        xk[:] = 99.0                     # a copy: cannot derail the run
+        if len(got) == 5:
+            raise StopIteration
+    res = numadam.minimize(quadratic, np.zeros(4), jac=True, callback=callback)
+    assert (res.success, res.status, res.nit) == (False, 99, 5)
+    assert res.message == "`callback` raised `StopIteration`."
+    assert np.all(np.abs(got[-1]) < 1) and np.all(np.abs(res.x) < 1)
+
+
+def test_disp_without_tqdm_prints_a_summary(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "tqdm", None)
+    numadam.minimize(quadratic, np.zeros(4), jac=True, options=dict(maxiter=3, disp=True))
+    out = capsys.readouterr().out
+    assert "Maximum number of iterations" in out and "Iterations: 3" in out
+
+
+def test_disp_uses_tqdm_when_installed(monkeypatch, capsys):
+    bars = []
+
+    class FakeBar:
+        def __init__(self, total, **kwargs):
+            self.total, self.n, self.closed, self.postfix = total, 0, False, None
+            bars.append(self)
+
+        def update(self, n):
+            self.n += n
+
+        def set_postfix_str(self, text, refresh=True):
+            self.postfix = text
+
+        def close(self):
+            self.closed = True
+    monkeypatch.setitem(sys.modules, "tqdm", types.SimpleNamespace(tqdm=FakeBar))
+    monkeypatch.setattr(_minimize_support.time, "monotonic", iter(range(0, 10**6, 10)).__next__)
+    numadam.minimize(quadratic, np.zeros(4), jac=True, options=dict(maxiter=7, disp=True))
+    (bar,) = bars
+    assert (bar.total, bar.n, bar.closed) == (7, 7, True)
+    assert bar.postfix.startswith("f=") and "best=" in bar.postfix
+
+
+def test_no_display_without_disp(capsys):
+    numadam.minimize(quadratic, np.zeros(4), jac=True, options=dict(maxiter=3))
+    assert capsys.readouterr() == ("", "")
+
+
+def never_called(x):
+    raise AssertionError("fun was called before the input was validated")
+
+
+@pytest.mark.parametrize("kwargs,error,words", [
+    (dict(method="lbfgs"), ValueError, "method must be one of"),
+    (dict(options=dict(learning_rate=0.1)), ValueError, "unknown option(s) ['learning_rate']"),
+    (dict(options=dict(maxiter=-1)), ValueError, "maxiter must be >= 0"),
+    (dict(options=dict(maxiter=2.5)), ValueError, "maxiter must be an integer"),
+    (dict(options=dict(patience=0)), ValueError, "patience must be >= 1"),
+    (dict(options=dict(gtol=-1)), ValueError, "gtol must be a number >= 0"),
+    (dict(options=dict(lr=-0.1)), ValueError, "lr"),
+    (dict(options=dict(betas=(0.9, 1.0))), ValueError, "betas[1]"),
+    (dict(tol="small"), ValueError, "tol must be"),
+    (dict(jac=None), ValueError, "needs the gradient"),
+    (dict(jac="2-point"), ValueError, "jac must be True or a callable"),
+    (dict(bounds=[(0, 1)]), ValueError, "1 pairs for 2 variables"),
+    (dict(bounds=[(0, 1), (2, 1)]), ValueError, "element 1 are crossed"),
+    (dict(bounds=[(0, 1), (0, "a")]), ValueError, "bounds[1][1]"),
+    (dict(bounds=types.SimpleNamespace(lb=[0, 0, 0], ub=1)), ValueError, "bounds.lb"),
+    (dict(callback=42), TypeError, "callback must be callable"),
+    (dict(x0=np.array([1j, 2])), TypeError, "real numbers"),
+    (dict(x0=[]), ValueError, "empty"),
+    (dict(x0=[np.nan, 0.0]), ValueError, "NaN"),
+])
+def test_bad_input_is_rejected_before_fun_is_called(kwargs, error, words):
+    kwargs = {"jac": True, "x0": np.zeros(2), **kwargs}
+    with pytest.raises(error) as info:
+        numadam.minimize(never_called, **kwargs)
+    assert words in str(info.value)
+
+
+def test_method_names_are_case_insensitive_and_adamw_defaults_to_its_decay():
+    a = numadam.minimize(quadratic, np.ones(4), jac=True, method="AdamW",
+                         options=dict(maxiter=5))
+    b = numadam.minimize(quadratic, np.ones(4), jac=True, method="adamw",
+                         options=dict(maxiter=5, weight_decay=1e-2))
+    c = numadam.minimize(quadratic, np.ones(4), jac=True, method="adamw",
+                         options=dict(maxiter=5, weight_decay=0.0))
+    assert_bits_equal(a.x, b.x, "x")
+    assert not np.array_equal(a.x, c.x)
+
+
+def test_rosenbrock():
+    def rosen(x):
+        value = (1 - x[0]) ** 2 + 100 * (x[1] - x[0] ** 2) ** 2
+        return value, np.array([-2 * (1 - x[0]) - 400 * x[0] * (x[1] - x[0] ** 2),
+                                200 * (x[1] - x[0] ** 2)])
+    res = numadam.minimize(rosen, [-1.2, 1.0], jac=True, options=dict(lr=0.02, maxiter=20000))
+    assert res.success
+    np.testing.assert_allclose(res.x, [1.0, 1.0], atol=1e-3)
