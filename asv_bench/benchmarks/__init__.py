@@ -1,0 +1,1 @@
+"""asv benchmarks of numadam; run from this folder: ``asv run``."""

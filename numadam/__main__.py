@@ -1,0 +1,31 @@
+"""``python -m numadam``: command-line tools.
+
+``python -m numadam bench [--quick] [--plot FILE.png]``
+    Compare numadam with NumPy, torch and optax on this machine.
+``python -m numadam compile``
+    Compile every CPU kernel signature into Numba's on-disk cache now (for
+    images and CI: the first step of later processes then skips compilation).
+"""
+
+import argparse
+import sys
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m numadam")
+    commands = parser.add_subparsers(dest="command", required=True)
+    from . import _bench
+    _bench.add_arguments(commands.add_parser(
+        "bench", help="compare numadam with NumPy, torch and optax on this machine"))
+    commands.add_parser("compile", help="fill Numba's on-disk cache with every kernel")
+    args = parser.parse_args(argv)
+    if args.command == "bench":
+        return _bench.main(args)
+    from ._cpu import compile_kernels
+    for name, seconds in compile_kernels():
+        print(f"{name}: {seconds:.2f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,339 @@
+"""``python -m numadam bench``: numadam against what users run today.
+
+Every scenario builds its contenders (see :mod:`numadam._bench_contenders`),
+warms them up, then takes one timing sample of each contender per round, the
+order rotating from round to round, so that drift of the machine (other
+processes, frequency changes) spreads over all contenders instead of
+favouring one. Scenarios too big to keep every contender in memory at once
+build each contender afresh in every round instead. The table reports
+medians over rounds.
+
+Effective bandwidth counts the traffic of an ideal single pass: 7 array
+accesses per element (4 reads, 3 writes; 9 with AMSGrad), 28 bytes per
+float32 element. "% stream" compares with the in-process streaming kernel
+that moves exactly that traffic, at the same size and in the same run.
+"""
+
+import gc
+import json
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+
+import numadam
+
+from . import _bench_contenders as bc
+
+__all__ = ["add_arguments", "main"]
+
+DEFAULT_SIZES = (10**3, 10**4, 10**5, 10**6, 10**7)
+QUICK_SIZES = (10**3, 10**5, 10**6)
+SWEEP = ("numadam", "stream 4r/3w kernel", "NumPy naive", "NumPy in-place",
+         "torch for-loop", "torch foreach", "torch fused", "optax adam jit")
+TINY = ("numadam", "numadam step() owned grads", "torch fused", "optax adam jit",
+        "bare njit call (no-op)")
+MEMORY_BUDGET = 3 << 30     # bytes of contender state kept alive at once
+
+
+def mixed_sizes(count=200, low=100, high=100_000, seed=0):
+    """``count`` sizes spread log-uniformly over [low, high] (2.8 million in all)."""
+    sizes = np.geomspace(low, high, count).round().astype(np.int64)
+    np.random.default_rng(seed).shuffle(sizes)
+    return [int(n) for n in sizes]
+
+
+# ------------------------------------------------------------------ timing
+def _time_calls(fn, number):
+    start = time.perf_counter()
+    for _ in range(number):
+        fn()
+    return time.perf_counter() - start
+
+
+def _calibrate(fn, target):
+    """Calls per sample so that one sample lasts about ``target`` seconds."""
+    number = 1
+    while True:
+        elapsed = _time_calls(fn, number)
+        if elapsed >= target or number >= 1 << 20:
+            return number
+        number = min(1 << 20, number * max(2, min(100, int(target / max(elapsed, 1e-9)))))
+
+
+class _Progress:
+    def __init__(self, total, stream):
+        self.total, self.done, self.stream = total, 0, stream
+        self.tty = stream.isatty()
+
+    def __call__(self, text):
+        self.done += 1
+        line = f"[{self.done}/{self.total}] {text}"
+        if self.tty:
+            self.stream.write("\r\033[K" + line)
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def close(self):
+        if self.tty:
+            self.stream.write("\r\033[K")
+            self.stream.flush()
+
+
+def _fits(contenders, sizes, dtype):
+    """Whether every contender's arrays fit in memory at once."""
+    per_element = sum(c.arrays_per_element for c in contenders)
+    return per_element * sum(sizes) * np.dtype(dtype).itemsize <= MEMORY_BUDGET
+
+
+def measure(contenders, sizes, dtype, amsgrad, rounds, target, progress, label):
+    """Median seconds per step of each contender (``None``: unavailable, with why)."""
+    samples = {c.name: [] for c in contenders}
+    missing = {}
+    if _fits(contenders, sizes, dtype):
+        steps = {}
+        for c in contenders:
+            progress(f"{label}: set up {c.name}")
+            try:
+                fn = c.setup(sizes, dtype, amsgrad)
+            except bc.Unavailable as why:
+                missing[c.name] = str(why)
+                continue
+            fn()
+            fn()
+            steps[c.name] = (fn, _calibrate(fn, target))
+        live = [c for c in contenders if c.name in steps]
+        progress(f"{label}: {rounds} interleaved rounds")
+        for r in range(rounds):
+            for c in live[r % len(live):] + live[:r % len(live)] if live else ():
+                fn, number = steps[c.name]
+                samples[c.name].append(_time_calls(fn, number) / number)
+        del steps
+    else:
+        per_visit = max(2, rounds // 3)
+        for r in range(3):
+            for c in contenders[r:] + contenders[:r]:
+                if c.name in missing:
+                    continue
+                progress(f"{label}: {c.name} (one at a time, pass {r + 1}/3)")
+                try:
+                    fn = c.setup(sizes, dtype, amsgrad)
+                except bc.Unavailable as why:
+                    missing[c.name] = str(why)
+                    continue
+                fn()
+                samples[c.name].extend(_time_calls(fn, 1) for _ in range(per_visit))
+                del fn
+                gc.collect()
+    gc.collect()
+    return {c.name: (float(np.median(samples[c.name])) if samples[c.name] else None,
+                     missing.get(c.name)) for c in contenders}
+
+
+# ---------------------------------------------------------------- scenarios
+def _rows(section, sizes, dtype, amsgrad, results, baseline, stream_name="stream 4r/3w kernel",
+          stream_time=None):
+    n = sum(sizes)
+    nbytes = bc.stream_traffic(np.dtype(dtype).itemsize, amsgrad) * n
+    base = results.get(baseline, (None,))[0]
+    if stream_time is None:
+        stream_time = results.get(stream_name, (None,))[0]
+    rows = []
+    for name, (seconds, why) in results.items():
+        rows.append(dict(
+            section=section, elements=n, arrays=len(sizes), dtype=str(np.dtype(dtype)),
+            amsgrad=amsgrad, contender=name, seconds=seconds, skipped=why,
+            gbps=nbytes / seconds / 1e9 if seconds else None,
+            stream_fraction=stream_time / seconds if seconds and stream_time else None,
+            vs_numadam=seconds / base if seconds and base else None))
+    return rows
+
+
+def _plan(args):
+    """(section, label, contenders, sizes, baseline) for every measurement."""
+    pick = [bc.CONTENDERS[name] for name in SWEEP if name in args.contenders]
+    plan = []
+    if "sweep" in args.sections:
+        for n in args.sizes:
+            plan.append(("sweep", f"{n:.0e} x1", pick, [n], "numadam"))
+    if "big" in args.sections:
+        names = ("numadam", "stream 4r/3w kernel", "torch fused")
+        plan.append(("big", f"{args.big:.0e} x1", [bc.CONTENDERS[x] for x in names],
+                     [args.big], "numadam"))
+    if "tiny" in args.sections:
+        plan.append(("tiny", "10 x1", [bc.CONTENDERS[x] for x in TINY], [10], "numadam"))
+    if "mixed" in args.sections:
+        sizes = mixed_sizes()
+        names = ("numadam", "torch fused", "NumPy in-place")
+        many = [bc.CONTENDERS[x] for x in names]
+        plan.append(("mixed", f"{len(sizes)} mixed", many, sizes, "numadam"))
+        plan.append(("mixed", "same total x1", [bc.CONTENDERS[x] for x in names],
+                     [sum(sizes)], "numadam"))
+    return plan
+
+
+def run(args, out=sys.stdout, err=sys.stderr):
+    plan = _plan(args)
+    steps = sum(len(c) + 1 if _fits(c, s, args.dtype) else 3 * len(c)
+                for _, _, c, s, _ in plan)
+    progress = _Progress(steps, err)
+    rows = []
+    flat_numadam = None
+    for section, label, contenders, sizes, baseline in plan:
+        results = measure(contenders, sizes, args.dtype, args.amsgrad, args.rounds,
+                          args.target, progress, f"{section} {label}")
+        if section == "mixed" and len(sizes) == 1:
+            flat_numadam = results.get("numadam", (None,))[0]
+            results = {f"{k} (one flat array)": v for k, v in results.items()}
+            baseline = "numadam (one flat array)"
+        rows.extend(_rows(section, sizes, args.dtype, args.amsgrad, results, baseline))
+    progress.close()
+    if flat_numadam:
+        # The mixed scenario's question: how far are 200 arrays from one flat one?
+        many = [r for r in rows if r["section"] == "mixed" and r["arrays"] > 1]
+        for r in many:
+            if r["seconds"]:
+                r["vs_flat_numadam"] = r["seconds"] / flat_numadam
+    return rows
+
+
+# ------------------------------------------------------------------ output
+def _fmt_time(seconds):
+    if seconds is None:
+        return "-"
+    for unit, scale in (("s", 1), ("ms", 1e-3), ("us", 1e-6), ("ns", 1e-9)):
+        if seconds >= scale:
+            return f"{seconds / scale:.3g} {unit}"
+    return f"{seconds / 1e-9:.3g} ns"
+
+
+def _fmt(value, spec):
+    return "-" if value is None else format(value, spec)
+
+
+def format_table(rows):
+    head = ("scenario", "elements", "arrays", "contender", "time/step", "GB/s", "% stream",
+            "x numadam")
+    body = []
+    for r in rows:
+        if r["skipped"]:
+            body.append((r["section"], str(r["elements"]), str(r["arrays"]), r["contender"],
+                         "skipped: " + r["skipped"], "", "", ""))
+            continue
+        small = r["section"] == "tiny"
+        body.append((r["section"], str(r["elements"]), str(r["arrays"]), r["contender"],
+                     _fmt_time(r["seconds"]), "-" if small else _fmt(r["gbps"], ".1f"),
+                     "-" if small else _fmt(r["stream_fraction"] and
+                                            100 * r["stream_fraction"], ".0f"),
+                     _fmt(r["vs_numadam"], ".2f")))
+    widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
+    lines = ["| " + " | ".join(h.ljust(w) for h, w in zip(head, widths)) + " |",
+             "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    lines += ["| " + " | ".join(c.ljust(w) for c, w in zip(b, widths)) + " |" for b in body]
+    return "\n".join(lines)
+
+
+def environment():
+    import numba
+    versions = {"numadam": numadam.__version__, "numba": numba.__version__,
+                "numpy": np.__version__, "python": platform.python_version()}
+    for name in ("torch", "jax", "optax"):
+        try:
+            versions[name] = __import__(name).__version__
+        except ImportError:
+            pass
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f
+                       if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return dict(versions=versions, cpu=cpu, cpus=os.cpu_count(),
+                numba_threads=numba.get_num_threads(), platform=platform.platform())
+
+
+def plot(rows, path):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "matplotlib is not installed: no plot"
+    sweep = [r for r in rows if r["section"] == "sweep" and r["gbps"]]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name in dict.fromkeys(r["contender"] for r in sweep):
+        pts = [(r["elements"], r["gbps"]) for r in sweep if r["contender"] == name]
+        ax.plot(*zip(*pts), marker="o", label=name,
+                linestyle="--" if name.startswith("stream") else "-")
+    ax.set_xscale("log")
+    ax.set_xlabel("elements (one array)")
+    ax.set_ylabel("effective GB/s (28 B/element float32)")
+    ax.set_title("Adam step throughput")
+    ax.legend(fontsize=8)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return f"plot saved to {path}"
+
+
+# --------------------------------------------------------------------- CLI
+def _size_list(text):
+    return [int(float(x)) for x in text.split(",") if x]
+
+
+def add_arguments(parser):
+    parser.add_argument("--quick", action="store_true",
+                        help="fewer sizes and rounds; well under a minute")
+    parser.add_argument("--sizes", type=_size_list, help="comma-separated sizes, e.g. 1e3,1e6")
+    parser.add_argument("--big", type=lambda s: int(float(s)),
+                        help="size of the one-big-array scenario (default 1e8; 1e7 with --quick)")
+    parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    parser.add_argument("--amsgrad", action="store_true")
+    parser.add_argument("--rounds", type=int, help="interleaved rounds (median over them)")
+    parser.add_argument("--sections", default="sweep,big,tiny,mixed",
+                        help="any of sweep,big,tiny,mixed (comma-separated)")
+    parser.add_argument("--contenders", help="comma-separated names for the sweep "
+                        f"(default: all of {', '.join(SWEEP)})")
+    parser.add_argument("--plot", metavar="FILE.png", help="save throughput against size")
+    parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
+
+
+def main(args):
+    args.sizes = args.sizes or list(QUICK_SIZES if args.quick else DEFAULT_SIZES)
+    args.big = args.big or (10**7 if args.quick else 10**8)
+    args.rounds = args.rounds or (5 if args.quick else 15)
+    args.target = 0.002 if args.quick else 0.01
+    args.sections = [s for s in args.sections.split(",") if s]
+    args.contenders = args.contenders.split(",") if args.contenders else list(SWEEP)
+    unknown = [s for s in args.sections if s not in ("sweep", "big", "tiny", "mixed")]
+    unknown += [c for c in args.contenders if c not in SWEEP]
+    if unknown:
+        raise SystemExit(f"numadam bench: unknown section or contender: {', '.join(unknown)}")
+    env = environment()
+    print(f"numadam bench: {env['cpu']}, {env['cpus']} CPUs, {env['numba_threads']} Numba "
+          f"threads; {args.dtype}, amsgrad={args.amsgrad}, median of {args.rounds} "
+          "interleaved rounds")
+    print("versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items()))
+    sys.stdout.flush()
+    start = time.perf_counter()
+    rows = run(args)
+    print(format_table(rows))
+    print("GB/s: effective, at 7 accesses of the dtype per element (9 with AMSGrad). "
+          "% stream: against the 4r/3w streaming kernel at the same size, this run. "
+          "x numadam: time / numadam's time (mixed: against the same layout).")
+    for r in rows:
+        if "vs_flat_numadam" in r:
+            print(f"mixed: {r['contender']} over {r['arrays']} arrays takes "
+                  f"{r['vs_flat_numadam']:.2f}x numadam's time on one flat array")
+    print(f"total {time.perf_counter() - start:.1f} s")
+    if args.plot:
+        print(plot(rows, args.plot))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(dict(environment=env, rows=rows), f, indent=1)
+    return 0
+

@@ -1,0 +1,266 @@
+"""The contenders of ``python -m numadam bench``: one Adam step, many ways.
+
+Each contender is a :class:`Contender` whose ``setup`` allocates its arrays
+and returns a zero-argument callable that performs one complete optimizer
+step (synchronised: it returns when the parameters hold their new values).
+Optional libraries (torch, jax/optax) are imported inside ``setup``; a
+contender whose library is missing raises :class:`Unavailable`.
+
+The in-process streaming kernel reads 4 arrays and writes 3 (5 and 4 with
+AMSGrad), exactly the traffic of an Adam step, with a trivial body: it is the
+yardstick of "the machine's streaming bandwidth" in the table.
+"""
+
+import functools
+import math
+
+import numpy as np
+from numba import get_num_threads, njit, prange
+
+import numadam
+
+__all__ = ["Contender", "Unavailable", "make_arrays", "stream_traffic", "CONTENDERS",
+           "numadam_step", "numadam_owned", "stream", "noop_call"]
+
+LR, BETA1, BETA2, EPS = 1e-3, 0.9, 0.999, 1e-8
+
+
+class Unavailable(Exception):
+    """The contender's library is not importable here."""
+
+
+class Contender:
+    """A named way to run a step; ``setup(sizes, dtype, amsgrad)`` -> step callable."""
+
+    def __init__(self, name, setup, arrays_per_element):
+        self.name = name
+        self._setup = setup
+        # Full-size buffers the contender keeps alive (for the memory estimate).
+        self.arrays_per_element = arrays_per_element
+
+    def setup(self, sizes, dtype, amsgrad):
+        return self._setup(sizes, np.dtype(dtype), amsgrad)
+
+    def __repr__(self):
+        return f"Contender({self.name!r})"
+
+
+def stream_traffic(itemsize, amsgrad):
+    """Bytes an Adam step moves per element: 4 reads + 3 writes (AMSGrad 5 + 4)."""
+    return (9 if amsgrad else 7) * itemsize
+
+
+@njit(parallel=True, cache=True, error_model="numpy")
+def _fill(a, seed):
+    # Written by Numba's threads, so pages are first touched where they are used.
+    for i in prange(a.size):
+        a[i] = ((i * 2654435761 + seed) % 2001 - 1000) * 1e-5
+
+
+def make_arrays(sizes, dtype, seed):
+    """Arrays of ``sizes`` with small deterministic values, filled in parallel."""
+    out = []
+    for k, n in enumerate(sizes):
+        a = np.empty(n, dtype)
+        _fill(a, seed + 7919 * k)
+        out.append(a)
+    return out
+
+
+# ------------------------------------------------------------------ numadam
+def _numadam(sizes, dtype, amsgrad, owned=False):
+    params = make_arrays(sizes, dtype, 1)
+    opt = numadam.Adam(params, lr=LR, betas=(BETA1, BETA2), eps=EPS, amsgrad=amsgrad)
+    if owned:
+        for g, src in zip(opt.grads, make_arrays(sizes, dtype, 2)):
+            g[...] = src
+        return opt.step
+    return functools.partial(opt.step, make_arrays(sizes, dtype, 2))
+
+
+numadam_step = Contender("numadam", _numadam, 4)
+numadam_owned = Contender("numadam step() owned grads",
+                          functools.partial(_numadam, owned=True), 4)
+
+
+# ------------------------------------------------------------ streaming kernel
+def _stream_body(p, g, m, v, a, b, nthreads):
+    # Cut like numadam's kernel: one contiguous, sliced task per thread, which
+    # lets LLVM vectorise (about 10% faster than a prange over elements).
+    n = p.size
+    chunk = ((n + nthreads - 1) // nthreads + 15) // 16 * 16
+    for task in prange(nthreads):
+        lo = min(task * chunk, n)
+        hi = min(lo + chunk, n)
+        pp, gg, mm, vv = p[lo:hi], g[lo:hi], m[lo:hi], v[lo:hi]
+        for i in range(pp.size):
+            gi = gg[i]
+            pp[i] = pp[i] + a * gi
+            mm[i] = mm[i] * b + gi
+            vv[i] = vv[i] * b + gi
+
+
+def _stream_body_ams(p, g, m, v, w, a, b, nthreads):
+    n = p.size
+    chunk = ((n + nthreads - 1) // nthreads + 15) // 16 * 16
+    for task in prange(nthreads):
+        lo = min(task * chunk, n)
+        hi = min(lo + chunk, n)
+        pp, gg, mm, vv, ww = p[lo:hi], g[lo:hi], m[lo:hi], v[lo:hi], w[lo:hi]
+        for i in range(pp.size):
+            gi = gg[i]
+            vi = vv[i] * b + gi
+            pp[i] = pp[i] + a * gi
+            mm[i] = mm[i] * b + gi
+            vv[i] = vi
+            ww[i] = max(ww[i], vi)
+
+
+_STREAM = {(parallel, ams): njit(parallel=parallel, cache=True, error_model="numpy")(
+    _stream_body_ams if ams else _stream_body)
+    for parallel in (False, True) for ams in (False, True)}
+
+
+def _stream(sizes, dtype, amsgrad):
+    n = sum(sizes)
+    arrays = make_arrays([n] * (5 if amsgrad else 4), dtype, 3)
+    parallel = n >= numadam.config.serial_below
+    return functools.partial(_STREAM[parallel, amsgrad], *arrays, dtype.type(1e-7),
+                             dtype.type(0.5), get_num_threads() if parallel else 1)
+
+
+stream = Contender("stream 4r/3w kernel", _stream, 4)
+
+
+# --------------------------------------------------------------------- NumPy
+def _numpy_naive(sizes, dtype, amsgrad):
+    """The textbook update with a temporary for every operation."""
+    params = make_arrays(sizes, dtype, 1)
+    grads = make_arrays(sizes, dtype, 2)
+    m = [np.zeros_like(p) for p in params]
+    v = [np.zeros_like(p) for p in params]
+    vmax = [np.zeros_like(p) for p in params]
+    t = [0]
+
+    def step():
+        t[0] += 1
+        for k, (p, g) in enumerate(zip(params, grads)):
+            m[k] = BETA1 * m[k] + (1 - BETA1) * g
+            v[k] = BETA2 * v[k] + (1 - BETA2) * g * g
+            if amsgrad:
+                vmax[k] = np.maximum(vmax[k], v[k])
+            m_hat = m[k] / (1 - BETA1 ** t[0])
+            v_hat = (vmax[k] if amsgrad else v[k]) / (1 - BETA2 ** t[0])
+            p -= LR * m_hat / (np.sqrt(v_hat) + EPS)
+    return step
+
+
+def _numpy_inplace(sizes, dtype, amsgrad):
+    """Every operation in place, with one scratch buffer shared by all arrays."""
+    params = make_arrays(sizes, dtype, 1)
+    grads = make_arrays(sizes, dtype, 2)
+    m = [np.zeros_like(p) for p in params]
+    v = [np.zeros_like(p) for p in params]
+    vmax = [np.zeros_like(p) for p in params]
+    scratch = np.empty(max(sizes), dtype)
+    t = [0]
+
+    def step():
+        t[0] += 1
+        bc2_sqrt = math.sqrt(1 - BETA2 ** t[0])
+        neg_step = -LR / (1 - BETA1 ** t[0])
+        for k, (p, g) in enumerate(zip(params, grads)):
+            s = scratch[:p.size]
+            np.subtract(g, m[k], out=s)
+            s *= 1 - BETA1
+            m[k] += s
+            v[k] *= BETA2
+            np.multiply(g, g, out=s)
+            s *= 1 - BETA2
+            v[k] += s
+            second = v[k]
+            if amsgrad:
+                np.maximum(vmax[k], v[k], out=vmax[k])
+                second = vmax[k]
+            np.sqrt(second, out=s)
+            s /= bc2_sqrt
+            s += EPS
+            np.divide(m[k], s, out=s)
+            s *= neg_step
+            p += s
+    return step
+
+
+numpy_naive = Contender("NumPy naive", _numpy_naive, 9)
+numpy_inplace = Contender("NumPy in-place", _numpy_inplace, 6)
+
+
+# --------------------------------------------------------------------- torch
+def _torch(sizes, dtype, amsgrad, mode):
+    try:
+        import torch
+    except ImportError:
+        raise Unavailable("torch is not installed") from None
+    params = [torch.nn.Parameter(torch.from_numpy(a)) for a in make_arrays(sizes, dtype, 1)]
+    for p, g in zip(params, make_arrays(sizes, dtype, 2)):
+        p.grad = torch.from_numpy(g)
+    flags = {"for-loop": dict(foreach=False), "foreach": dict(foreach=True),
+             "fused": dict(fused=True)}[mode]
+    opt = torch.optim.Adam(params, lr=LR, betas=(BETA1, BETA2), eps=EPS,
+                           amsgrad=amsgrad, **flags)
+    return opt.step
+
+
+torch_loop = Contender("torch for-loop", functools.partial(_torch, mode="for-loop"), 4)
+torch_foreach = Contender("torch foreach", functools.partial(_torch, mode="foreach"), 5)
+torch_fused = Contender("torch fused", functools.partial(_torch, mode="fused"), 4)
+
+
+# --------------------------------------------------------------------- optax
+def _optax(sizes, dtype, amsgrad):
+    try:
+        import jax
+        import optax
+    except ImportError:
+        raise Unavailable("jax/optax is not installed") from None
+    if dtype == np.float64:
+        jax.config.update("jax_enable_x64", True)
+    tx = (optax.amsgrad if amsgrad else optax.adam)(LR, b1=BETA1, b2=BETA2, eps=EPS)
+    params = [jax.device_put(a) for a in make_arrays(sizes, dtype, 1)]
+    grads = [jax.device_put(a) for a in make_arrays(sizes, dtype, 2)]
+
+    @functools.partial(jax.jit, donate_argnums=(0, 1))
+    def update(params, state, grads):
+        updates, state = tx.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+    box = [params, tx.init(params)]
+
+    def step():
+        box[0], box[1] = update(box[0], box[1], grads)
+        jax.block_until_ready(box[0])
+    return step
+
+
+optax_jit = Contender("optax adam jit", _optax, 5)
+
+
+# ------------------------------------------------------------ bare njit call
+@njit(cache=True)
+def _noop(table, state, lr, beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled):
+    pass
+
+
+def _noop_call(sizes, dtype, amsgrad):
+    """A Numba no-op with the serial kernel's arguments: the floor of a step."""
+    table = np.zeros((len(sizes), 6), np.int64)
+    state = np.zeros((3 if amsgrad else 2, sum(sizes)), dtype)
+    return functools.partial(_noop, table, state, LR, BETA1, BETA2, EPS, 0.0, amsgrad,
+                             False, False)
+
+
+noop_call = Contender("bare njit call (no-op)", _noop_call, 2)
+
+CONTENDERS = {c.name: c for c in (
+    numadam_step, numadam_owned, stream, numpy_naive, numpy_inplace, torch_loop,
+    torch_foreach, torch_fused, optax_jit, noop_call)}
