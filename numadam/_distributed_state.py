@@ -1,0 +1,180 @@
+"""State dicts and checkpoints of the sharded optimizer (all collective).
+
+A checkpoint is the ordinary single-file numadam checkpoint in torch's layout,
+so it moves freely between ``Adam`` and ``ShardedAdam`` on any number of ranks.
+Writing it: the ranks agree on the arguments, the shards are gathered to one
+rank, and that rank alone writes the file with :func:`numadam.save` (temporary
+file, fsync, atomic rename) and broadcasts the outcome. The file at the path
+is therefore always either the previous checkpoint or the new complete one,
+whichever rank fails and wherever; and a shared file system is not needed.
+"""
+
+import os
+
+import numpy as np
+
+from . import _state_dict, checkpoint
+from ._bucket import STATE_KEYS
+from ._distributed_agree import agree, describe, raise_agreed
+
+__all__ = ["gather", "scatter", "save", "load"]
+
+
+def _check_root(root, nranks, allow_none):
+    if root is None and allow_none:
+        return
+    if isinstance(root, (bool, np.bool_)) or not isinstance(root, (int, np.integer)) \
+            or not 0 <= root < nranks:
+        raise ValueError(f"root must be a rank in [0, {nranks}), got {root!r}")
+
+
+def _agree_on(opt, error, value, what):
+    values = agree(opt.comm, error, value)
+    for rank, other in enumerate(values):
+        if other != values[0]:
+            raise ValueError(f"the ranks passed different {what}: {values[0]!r} on rank 0, "
+                             f"{other!r} on rank {rank} [raised on every rank]")
+
+
+def gather(opt, root):
+    """The state dict on ``root`` (every rank for ``root=None``), else None."""
+    error = buffers = None
+    try:
+        _check_root(root, opt.size, allow_none=True)
+        if root is None or opt.rank == root:
+            buffers = [None if s.state is None else np.empty((s.state.shape[0], s.full), s.dtype)
+                       for s in opt._shards]
+    except Exception as exc:  # shared with every rank, then raised
+        error = exc
+    _agree_on(opt, error, root, "roots")
+    for k, shard in enumerate(opt._shards):
+        if shard.state is None:       # the same on every rank: all step together
+            continue
+        kind = shard.mpi_type
+        for row in range(shard.state.shape[0]):
+            recv = None if buffers is None else [buffers[k][row],
+                                                 (shard.counts, shard.displs), kind]
+            if root is None:
+                opt.comm.Allgatherv([shard.state[row], kind], recv)
+            else:
+                opt.comm.Gatherv([shard.state[row], kind], recv, root)
+    if buffers is None:
+        return None
+    state_dict = _state_dict.export(opt._inner)   # groups; the inner never steps
+    state = {}
+    for shard, full in zip(opt._shards, buffers):
+        if full is None:
+            continue
+        for k, (offset, param) in enumerate(zip(shard.offsets, shard.params)):
+            if shard.live[k]:
+                entry = {"step": int(shard.steps[k])}
+                for row in range(full.shape[0]):
+                    entry[STATE_KEYS[row]] = full[row, offset:offset + param.size].reshape(
+                        param.shape)
+                state[int(shard.indices[k])] = entry
+    state_dict["state"] = dict(sorted(state.items()))
+    return state_dict
+
+
+def _flatten(opt, state_dict):
+    """On the root: validate ``state_dict``; return the full flat states and
+    the header every rank needs (groups, rows, steps and live flags per bucket)."""
+    groups, group_args, entries = _state_dict._parse(opt._inner, state_dict)
+    fulls, buckets = [], []
+    for shard in opt._shards:
+        amsgrad = group_args[shard.bucket.group_index][1][5]
+        steps = np.zeros(len(shard.params), np.int64)
+        live = np.zeros(len(shard.params), np.int64)
+        rows, full = 0, None
+        if any(int(i) in entries for i in shard.indices):
+            rows = 3 if amsgrad else 2
+            full = np.zeros((rows, shard.full), shard.dtype)
+            for k, index in enumerate(shard.indices):
+                if int(index) in entries:
+                    step, arrays = entries[int(index)]
+                    steps[k], live[k] = step, 1
+                    offset = shard.offsets[k]
+                    for row, array in enumerate(arrays):
+                        full[row, offset:offset + array.size] = array.reshape(-1)
+        fulls.append(full)
+        buckets.append((rows, steps, live))
+    plain_groups = [{key: value for key, value in group.items() if key != "params"}
+                    for group in groups]
+    return fulls, (plain_groups, buckets)
+
+
+def _prepare(opt, header):
+    """Everything to install on this rank, built before anything changes."""
+    plain_groups, buckets = header
+    groups = []
+    for gi, plain in enumerate(plain_groups):
+        group = dict(plain)
+        group["params"] = opt.param_groups[gi]["params"]
+        groups.append((group, opt._inner._validate_group(group, gi)))
+    states = [None if rows == 0 else np.zeros((rows, shard.total), shard.dtype)
+              for shard, (rows, _, _) in zip(opt._shards, buckets)]
+    return groups, states
+
+
+def scatter(opt, read, root):
+    """Load the state dict ``read()`` returns on ``root`` into every rank."""
+    error = fulls = header = None
+    try:
+        _check_root(root, opt.size, allow_none=False)
+        if opt.rank == root:
+            fulls, header = _flatten(opt, read())
+    except Exception as exc:  # shared with every rank, then raised
+        error = exc
+    _agree_on(opt, error, root, "roots")
+    header = opt.comm.bcast(header, root)
+    error = prepared = None
+    try:
+        prepared = _prepare(opt, header)
+    except Exception as exc:
+        error = exc
+    agree(opt.comm, error)
+    groups, states = prepared
+    for k, (shard, state) in enumerate(zip(opt._shards, states)):
+        if state is None:
+            continue
+        kind = shard.mpi_type
+        for row in range(state.shape[0]):
+            send = [fulls[k][row], (shard.counts, shard.displs), kind] if fulls else None
+            opt.comm.Scatterv(send, [state[row], kind], root)
+    # Nothing below can fail: every rank changes all at once.
+    inner = opt._inner
+    for gi, (group, args) in enumerate(groups):
+        inner.param_groups[gi].clear()
+        inner.param_groups[gi].update(group)
+        inner._group_args[gi] = args
+    for shard, state, (_, steps, live) in zip(opt._shards, states, header[1]):
+        shard.state = state
+        shard.steps[:] = steps
+        shard.live[:] = live
+
+
+def save(opt, path, root):
+    """Gather to ``root``, write atomically there, raise everywhere on failure."""
+    error = None
+    try:
+        path = os.fspath(path)
+        _check_root(root, opt.size, allow_none=False)
+    except Exception as exc:  # shared with every rank, then raised
+        error = exc
+    _agree_on(opt, error, (path, root), "(path, root)")
+    state_dict = gather(opt, root)
+    error = None
+    if opt.rank == root:
+        try:
+            checkpoint.save(state_dict, path)
+        except Exception as exc:
+            error = exc
+    outcome = opt.comm.bcast(describe(error), root)
+    infos = [None] * opt.size
+    infos[root] = outcome
+    raise_agreed(infos, error, opt.size)
+
+
+def load(opt, path, root):
+    """``root`` reads ``path``; every rank receives its shard."""
+    scatter(opt, lambda: checkpoint.load(path), root)

@@ -1,0 +1,423 @@
+"""Adam with its state sharded over MPI ranks (ZeRO stage 1), through mpi4py.
+
+Every rank holds the full parameters; rank ``r`` of ``P`` keeps the optimizer
+state of one contiguous ``1/P`` of the flattened parameter space only. A step:
+
+1. **agrees** (``Allreduce`` of ``3 + 2K`` int64, ``K`` parameters): each rank
+   has validated its gradients and the hyperparameters locally; a failure or
+   a disagreement on any rank raises the same error on every rank before any
+   data moves;
+2. **reduce-scatters** the gradients: rank ``r`` receives every rank's slice
+   of its shard and averages them (``reduction="ordered"``: ``Alltoallv``, then
+   a sum in rank order; ``reduction="mpi"``: ``Reduce_scatter``, MPI's order);
+3. with ``check_finite`` or ``max_grad_norm``, **agrees** once more
+   (``Allreduce`` of one int64, or of 4098 int64 integer bins for the norm);
+4. **updates** its shard with the kernels of :class:`numadam.Adam`, through a
+   table whose rows point into the middle of the parameter arrays;
+5. **allgathers** the updated shards into every rank's parameters
+   (``Allgatherv`` in place).
+
+Per rank and step that moves about ``2 (P-1)/P N s`` bytes in and as many out
+(``N`` elements of ``s`` bytes; :meth:`ShardedAdam.bytes_per_step`), and keeps
+``2N/P`` (AMSGrad ``3N/P``) state elements instead of ``2N``.
+
+Importing this module imports mpi4py (and so initialises MPI); ``import
+numadam`` does not.
+"""
+
+import hashlib
+import math
+import numbers
+
+import numpy as np
+from mpi4py import MPI
+
+from . import _distributed_state
+from ._distributed_agree import agree, describe, raise_agreed
+from ._distributed_kernels import NBINS, NONFINITE, bins_to_sum, square_bins
+from ._distributed_layout import bytes_per_step, first_difference, layout_signature
+from ._distributed_shard import Shard
+from .optimizer import Adam, AdamW
+
+__all__ = ["ShardedAdam", "ShardedAdamW", "REDUCTIONS", "CLIP_EPS"]
+
+REDUCTIONS = ("ordered", "mpi")
+CLIP_EPS = 1e-6                      # torch.nn.utils.clip_grad_norm_'s
+_NO_PARAM = np.iinfo(np.int64).max
+
+
+class ShardedAdam:
+    r"""``numadam.Adam`` with its state split over the ranks of ``comm``.
+
+    Parameters
+    ----------
+    params, lr, betas, eps, weight_decay, amsgrad, maximize, check_finite
+        As for :class:`numadam.Adam`; every rank must pass parameters of the
+        same shapes, dtypes and groups, and the same hyperparameters.
+    max_grad_norm : float, optional
+        Clip the averaged gradient ``g`` (all parameters together) to this
+        Euclidean norm before the update; see Notes.
+    reduction : {"ordered", "mpi"}, default "ordered"
+        How gradients are summed. ``"ordered"``: each rank receives every
+        rank's slice of its shard (``Alltoallv``) and adds them in rank
+        order, so results do not depend on the MPI library or the network.
+        ``"mpi"``: ``MPI_Reduce_scatter``, whose summation order is the
+        library's business (results may differ in the last bits).
+    comm : mpi4py.MPI.Intracomm, default MPI.COMM_WORLD
+        Every rank of ``comm`` must call the constructor, ``step``,
+        ``state_dict``, ``load_state_dict``, ``save`` and ``load`` together.
+
+    Notes
+    -----
+    With ``P`` ranks passing gradients ``g_0 ... g_{P-1}``, a step applies
+    the update of ``Adam`` to ``g = (((g_0 + g_1) + ...) + g_{P-1}) / P``,
+    summed and divided in the parameters' dtype. In ``"ordered"`` mode the
+    result is bit-identical to one process running ``Adam`` on that ``g``.
+
+    Clipping (``max_grad_norm = c``)::
+
+        norm = sqrt(S),  S = sum over every element of g of float64(g_i)**2,
+                             summed exactly and rounded once to float64
+        g    = g * dtype(c / (norm + 1e-6))     only where c / (norm + 1e-6) < 1
+
+    ``S`` equals ``math.fsum(np.square(g.astype(np.float64)))`` over the
+    concatenation of all gradients: each rank adds its shard's squares into
+    exact integer bins, and the bins are summed with an integer
+    ``Allreduce``, so the norm depends neither on ``P`` nor on threads. The
+    norm of the last step is ``last_grad_norm``. A NaN norm (non-finite
+    gradient) leaves ``g`` unscaled; ``check_finite`` catches it.
+
+    Examples
+    --------
+    Run under ``mpiexec -n 4 python fit.py``::
+
+        from numadam.distributed import ShardedAdam
+        opt = ShardedAdam([w], lr=1e-2)          # w: the same array on every rank
+        for _ in range(100):
+            opt.step([local_gradient(w)])        # this rank's data only
+        opt.save("fit.npz")                      # loads into numadam.Adam too
+    """
+
+    _decoupled = False
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                 amsgrad=False, *, maximize=False, check_finite=None, max_grad_norm=None,
+                 reduction="ordered", comm=None):
+        comm = MPI.COMM_WORLD if comm is None else comm
+        if not isinstance(comm, MPI.Intracomm):
+            raise TypeError(f"comm must be an mpi4py intracommunicator, got {comm!r}")
+        self.comm = comm
+        self.rank, self.size = comm.Get_rank(), comm.Get_size()
+        error = signature = None
+        try:
+            if reduction not in REDUCTIONS:
+                raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+            max_grad_norm = _max_grad_norm(max_grad_norm)
+            cls = AdamW if self._decoupled else Adam
+            inner = cls(params, lr, betas, eps, weight_decay, amsgrad, maximize=maximize,
+                        check_finite=check_finite)
+            signature = layout_signature(inner, (("check_finite", check_finite),
+                                                 ("max_grad_norm", max_grad_norm),
+                                                 ("reduction", reduction)))
+        except Exception as exc:  # shared with every rank below, then raised
+            error = exc
+        signatures = agree(comm, error, signature)
+        for rank, other in enumerate(signatures):
+            difference = first_difference(signatures[0], other)
+            if difference:
+                raise ValueError(
+                    f"the ranks were given different parameters or settings: {difference} "
+                    f"(rank 0 against rank {rank}); every rank must build the optimizer "
+                    "with the same layout [raised on every rank]")
+        self._inner = inner
+        self.check_finite = check_finite
+        self.max_grad_norm = max_grad_norm
+        self.reduction = reduction
+        self.skipped_steps = 0
+        self.last_grad_norm = None
+        self._shards = [Shard(bucket, self.rank, self.size, reduction == "ordered")
+                        for bucket in inner._buckets]
+        self._nparams = len(inner._slots)
+        self._where = {int(i): (shard, k) for shard in self._shards
+                       for k, i in enumerate(shard.indices)}
+        self._grads = None
+
+    # ----------------------------------------------------------- properties
+    @property
+    def param_groups(self):
+        """The parameter groups, as in ``Adam`` (edit them on every rank alike)."""
+        return self._inner.param_groups
+
+    @property
+    def defaults(self):
+        return self._inner.defaults
+
+    @property
+    def grads(self):
+        """Gradient buffers owned by the optimizer, one per parameter.
+
+        Views into one flat buffer per bucket, which a step sends as it is:
+        ``step()`` without arguments copies nothing.
+        """
+        if self._grads is None:
+            views = [None] * self._nparams
+            for shard in self._shards:
+                for i, view in zip(shard.indices, shard.owned_views()):
+                    views[i] = view
+            self._grads = tuple(views)
+        return self._grads
+
+    def zero_grad(self):
+        """Fill the owned gradient buffers with zeros (local; no communication)."""
+        if self._grads is not None:
+            for g in self._grads:
+                g.fill(0)
+
+    @property
+    def shard_ranges(self):
+        """Per bucket (group x dtype): ``(lo, hi, total)``, this rank's elements."""
+        return [(s.lo, s.hi, s.full) for s in self._shards]
+
+    @property
+    def state_nbytes(self):
+        """Bytes of optimizer state (moments) this rank holds: about 1/P of Adam's."""
+        return sum(s.nbytes()[0] for s in self._shards)
+
+    @property
+    def buffer_nbytes(self):
+        """Bytes of this rank's communication buffers (averaged shard gradient;
+        ``ordered``: P slices of the shard; a flat copy of buckets of several
+        arrays; the owned gradients once ``grads`` was used)."""
+        return sum(s.nbytes()[1] for s in self._shards)
+
+    def bytes_per_step(self):
+        """Payload bytes this rank sends and receives in one full step:
+        ``{"reduce_recv", "reduce_send", "gather_recv", "gather_send"}``."""
+        return bytes_per_step([s.full for s in self._shards],
+                              [s.dtype.itemsize for s in self._shards], self.size, self.rank)
+
+    def add_param_group(self, param_group):
+        raise NotImplementedError(
+            "ShardedAdam shards its parameters at construction; pass every group "
+            "to the constructor")
+
+    # ----------------------------------------------------------------- step
+    def step(self, grads=None, *, closure=None):
+        """One update of every parameter, on every rank (collective).
+
+        ``grads`` are this rank's gradients (as for ``Adam.step``); ``None``
+        for a parameter must be ``None`` on every rank (the parameter and its
+        state are left as they are). Without ``grads``, ``opt.grads`` is used.
+
+        Raises
+        ------
+        TypeError, ValueError, RuntimeError
+            On every rank, before any data moves, when any rank's gradients or
+            closure fail, or the ranks' hyperparameters differ.
+        FloatingPointError
+            On every rank, with ``check_finite="raise"``, when the averaged
+            gradient holds NaN or Inf; nothing is updated on any rank.
+        """
+        loss = error = plan = None
+        try:
+            if closure is not None:
+                loss = closure()
+            plan = self._local_plan(grads)
+        except Exception as exc:  # shared with every rank below, then raised
+            error = exc
+        self._agree_step(error, plan)
+        args, per_bucket, has, _ = plan
+        active = []
+        for shard, bucket_grads in zip(self._shards, per_bucket):
+            bucket_has = has[shard.indices]
+            if bucket_has.any():
+                send = shard.send_buffer(bucket_grads)
+                shard.reduce(self.comm, send)
+                shard.use_gradients(bucket_has)
+                active.append((shard, bucket_has, send))
+        if ((self.check_finite is not None or self.max_grad_norm is not None)
+                and not self._guard_and_clip(active)):
+            return loss
+        for shard, bucket_has, _ in active:
+            shard.update(args[shard.bucket.group_index], bucket_has)
+        for shard, bucket_has, _ in active:
+            shard.allgather(self.comm, bucket_has)
+        return loss
+
+    def _local_plan(self, grads):
+        """Validate this rank's step; return ``(kernel args, grads per bucket,
+        has-gradient flags, hash of the settings)``."""
+        has = np.ones(self._nparams, np.int64)
+        if grads is None:
+            if self._grads is None:
+                raise RuntimeError("step() got no gradients: pass step(grads) or write "
+                                   "them into the buffers of opt.grads")
+            per_bucket = [None] * len(self._shards)
+        else:
+            addresses = self._inner._gradient_addresses(grads)
+            per_bucket = []
+            for shard, bucket_addresses in zip(self._shards, addresses):
+                has[shard.indices] = np.array(bucket_addresses) != 0
+                per_bucket.append([grads[i] for i in shard.indices])
+        args = self._inner._kernel_args()
+        for shard in self._shards:
+            gi = shard.bucket.group_index
+            if args[gi][5] and shard.state is not None and shard.state.shape[0] < 3:
+                raise ValueError(
+                    f"param_groups[{gi}]: amsgrad was switched on after the first step; "
+                    "the group has no max_exp_avg_sq to continue from")
+            for k, param in enumerate(shard.params):
+                if not param.flags.writeable:
+                    raise ValueError(f"parameter {shard.indices[k]} has become read-only; "
+                                     "parameters are updated in place")
+        digest = hashlib.blake2b(self._settings(args).encode(), digest_size=7).digest()
+        return args, per_bucket, has, int.from_bytes(digest, "little")
+
+    def _settings(self, args):
+        """What every rank must step with: the validated kernel arguments
+        (plain floats and bools, so equal values print alike) and the options."""
+        return repr((args, self.max_grad_norm, self.check_finite))
+
+    def _agree_step(self, error, plan):
+        """One ``Allreduce(MAX)``: errors, settings hash, who has which gradient."""
+        n = self._nparams
+        local = np.zeros(3 + 2 * n, np.int64)
+        if error is not None:
+            local[0] = 1
+        else:
+            digest = plan[3]
+            local[1], local[2] = digest, -digest
+            local[3:3 + n] = plan[2]
+            local[3 + n:] = 1 - plan[2]
+        total = np.empty_like(local)
+        self.comm.Allreduce(local, total, op=MPI.MAX)
+        if total[0]:
+            raise_agreed(self.comm.allgather(describe(error)), error, self.size)
+        if total[1] != -total[2]:
+            settings = self.comm.allgather(self._settings(plan[0]))
+            rank = next(r for r, s in enumerate(settings) if s != settings[0])
+            raise ValueError(
+                "the ranks' hyperparameters differ; ((lr, beta1, beta2, eps, weight_decay, "
+                "amsgrad, maximize, decoupled) per group, max_grad_norm, check_finite) is "
+                f"{settings[0]} on rank 0 and {settings[rank]} on rank {rank}; edit param_groups, "
+                "max_grad_norm and check_finite alike on every rank [raised on every rank]")
+        mixed = np.flatnonzero(total[3:3 + n] & total[3 + n:])
+        if mixed.size:
+            raise ValueError(
+                f"parameter {mixed[0]} has a gradient on some ranks and None on others; "
+                "pass zeros where a rank has no contribution [raised on every rank]")
+
+    # ---------------------------------------------------- guard and clipping
+    def _first_bad(self, active):
+        bad = _NO_PARAM
+        for shard, _, _ in active:
+            row = shard.first_nonfinite() if shard.total else -1
+            if row >= 0:
+                bad = min(bad, shard.row_param_index(row))
+        return bad
+
+    def _guard_and_clip(self, active):
+        """The agreed NaN/Inf guard and the global norm; False to skip the step."""
+        comm = self.comm
+        clip = self.max_grad_norm is not None
+        if clip:
+            bins = np.zeros(NBINS, np.int64)
+            for shard, _, _ in active:
+                bins += square_bins(shard.table, shard.like, shard.total)
+            total = np.empty_like(bins)
+            comm.Allreduce(bins, total, op=MPI.SUM)
+        if self.check_finite is not None:
+            if clip:
+                nonfinite = total[NONFINITE] > 0
+            else:
+                nonfinite = comm.allreduce(self._first_bad(active), op=MPI.MIN) != _NO_PARAM
+            if nonfinite:
+                if self.check_finite == "skip":
+                    self.skipped_steps += 1
+                    return False
+                self._raise_nonfinite(active)
+        if clip:
+            norm = math.sqrt(bins_to_sum(total))
+            self.last_grad_norm = norm
+            coef = self.max_grad_norm / (norm + CLIP_EPS)
+            if coef < 1.0:
+                for shard, _, _ in active:
+                    np.multiply(shard.grad, shard.dtype.type(coef), out=shard.grad)
+        return True
+
+    def _raise_nonfinite(self, active):
+        bad = self.comm.allreduce(self._first_bad(active), op=MPI.MIN)
+        shard, k = self._where[bad]
+        send = next(s for sh, _, s in active if sh is shard)
+        flags = self.comm.allgather(shard.local_nonfinite(send, k))
+        ranks = [r for r, flag in enumerate(flags) if flag]
+        cause = (f"rank(s) {ranks} passed NaN or Inf" if ranks else
+                 "every rank's own gradient is finite: their sum overflowed")
+        raise FloatingPointError(
+            f"the averaged gradient of parameter {bad} holds NaN or Inf ({cause}); no "
+            "parameter or state was changed on any rank (check_finite='raise') "
+            "[raised on every rank]")
+
+    # ---------------------------------------------------------- checkpoints
+    def state_dict(self, root=0):
+        """The whole optimizer state in torch's layout, gathered (collective).
+
+        Returns the dict of ``Adam.state_dict()`` (loadable by ``Adam``,
+        ``ShardedAdam`` on any number of ranks, and ``numadam.save``) on rank
+        ``root``, ``None`` elsewhere; ``root=None`` returns it on every rank.
+        """
+        return _distributed_state.gather(self, root)
+
+    def load_state_dict(self, state_dict, root=0):
+        """Load a state dict (collective); only rank ``root``'s argument is read.
+
+        It is validated on ``root`` against the (agreed) layout and scattered;
+        an invalid one raises the same ``ValueError`` on every rank and
+        changes nothing anywhere. Other ranks may pass ``None``.
+        """
+        _distributed_state.scatter(self, lambda: state_dict, root)
+
+    def save(self, path, root=0):
+        """Write a checkpoint that is complete or absent (collective).
+
+        Every rank checks its arguments and they agree; the state is gathered
+        to ``root``, which writes it with :func:`numadam.save` (temporary file,
+        fsync, atomic rename); the outcome is broadcast. Any failure raises on
+        every rank and leaves the previous file at ``path`` intact. Only
+        ``root`` touches the file system. The file is an ordinary numadam
+        checkpoint: ``numadam.Adam`` and ``ShardedAdam`` on any number of
+        ranks load it.
+        """
+        _distributed_state.save(self, path, root)
+
+    def load(self, path, root=0):
+        """Load a checkpoint (collective): ``root`` reads it, every rank gets its shard."""
+        _distributed_state.load(self, path, root)
+
+    def __repr__(self):
+        return (f"{type(self).__name__}(rank {self.rank} of {self.size}, "
+                f"reduction={self.reduction!r}, shards={self.shard_ranges})\n"
+                + repr(self._inner))
+
+
+class ShardedAdamW(ShardedAdam):
+    """:class:`ShardedAdam` with decoupled weight decay (``numadam.AdamW``);
+    ``weight_decay`` defaults to 1e-2."""
+
+    _decoupled = True
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
+                 amsgrad=False, *, maximize=False, check_finite=None, max_grad_norm=None,
+                 reduction="ordered", comm=None):
+        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, maximize=maximize,
+                         check_finite=check_finite, max_grad_norm=max_grad_norm,
+                         reduction=reduction, comm=comm)
+
+
+def _max_grad_norm(value):
+    if value is None:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) \
+            or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"max_grad_norm must be a finite number > 0 or None, got {value!r}")
+    return float(value)

@@ -1,0 +1,440 @@
+"""Checks of numadam.distributed run under ``mpiexec -n P python -m mpi4py``.
+
+Started by ``tests/test_distributed.py`` with P = 2 and 3 (uneven shards).
+``python -m mpi4py`` aborts every rank when one raises, so a failed check
+ends the run instead of leaving the other ranks waiting. Rank 0 prints one
+``OK <name>`` line per check and ``ALL CHECKS PASSED`` at the end.
+
+The reference on every rank is single-process ``numadam.Adam`` stepped with
+the gradients of all ranks summed in rank order and divided by P.
+"""
+
+import math
+import os
+import sys
+import tempfile
+
+import numpy as np
+from mpi4py import MPI
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numadam                                      # noqa: E402
+import numadam.checkpoint                           # noqa: E402
+import optim_configs as oc                          # noqa: E402
+from helpers import assert_bits_equal               # noqa: E402
+from numadam.distributed import ShardedAdam, ShardedAdamW  # noqa: E402
+
+COMM = MPI.COMM_WORLD
+RANK, P = COMM.Get_rank(), COMM.Get_size()
+STEPS = 30
+CHECKS = []
+
+
+def check(fn):
+    CHECKS.append(fn)
+    return fn
+
+
+def rank_gradients(index, step, rank, config, dtype):
+    """Rank ``rank``'s gradients (group order), None where the config withholds one."""
+    return [oc.gradient(index, step + 1000 * (rank + 1), k, oc.SHAPES[k], dtype)
+            if oc.has_gradient(config, step, k) else None
+            for k in oc.param_order(config)]
+
+
+def mean_in_rank_order(per_rank, nranks):
+    out = []
+    for k, g in enumerate(per_rank[0]):
+        if g is None:
+            out.append(None)
+            continue
+        total = g.copy()
+        for q in range(1, nranks):
+            total = total + per_rank[q][k]
+        out.append(total / g.dtype.type(nranks))
+    return out
+
+
+def clipped(grads, max_norm):
+    """Single-process clipping as ShardedAdam documents it."""
+    present = [g for g in grads if g is not None]
+    squares = np.concatenate([np.square(g.astype(np.float64)).ravel() for g in present])
+    norm = math.sqrt(math.fsum(squares.tolist()))
+    coef = max_norm / (norm + 1e-6)
+    if coef < 1.0:
+        grads = [None if g is None else g * g.dtype.type(coef) for g in grads]
+    return grads, norm
+
+
+def build(name, dtype, sharded, comm=COMM, params=None, **extra):
+    config = oc.CONFIGS[name]
+    index = list(oc.CONFIGS).index(name)
+    if params is None:
+        params = oc.initial_params(index, dtype)
+    groups = [dict(params=[params[k] for k in shapes], **over)
+              for shapes, over in oc.layout(config)]
+    if sharded:
+        cls = ShardedAdamW if config["cls"] == "AdamW" else ShardedAdam
+        return cls(groups, **config["kwargs"], comm=comm, **extra), params
+    return getattr(numadam, config["cls"])(groups, **config["kwargs"], **extra), params
+
+
+def run_pair(name, dtype, opt, ref, first, last, nranks, rank, max_norm=None):
+    """Steps ``first..last`` of ``opt`` (this rank's gradients) and ``ref``."""
+    config = oc.CONFIGS[name]
+    index = list(oc.CONFIGS).index(name)
+    schedule = config.get("schedule", {})
+    for step in range(first, last + 1):
+        for o in (opt, ref):
+            if o is not None and step in schedule:
+                for group, lr in zip(o.param_groups, schedule[step]):
+                    group["lr"] = lr
+        per_rank = [rank_gradients(index, step, q, config, dtype) for q in range(nranks)]
+        if opt is not None:
+            opt.step(per_rank[rank])
+        if ref is not None:
+            mean = mean_in_rank_order(per_rank, nranks)
+            if max_norm is not None:
+                mean, norm = clipped(mean, max_norm)
+                assert opt is None or opt.last_grad_norm == norm, (opt.last_grad_norm, norm)
+            ref.step(mean)
+
+
+def assert_same(actual, expected, what):
+    for k, (a, e) in enumerate(zip(actual, expected)):
+        assert_bits_equal(a, e, f"{what} param {k}")
+
+
+def assert_same_state(sd, ref_sd, what):
+    assert sd["state"].keys() == ref_sd["state"].keys(), what
+    for pid, entry in ref_sd["state"].items():
+        assert sd["state"][pid].keys() == entry.keys(), (what, pid)
+        for key, value in entry.items():
+            if key == "step":
+                assert sd["state"][pid][key] == value, (what, pid)
+            else:
+                assert_bits_equal(sd["state"][pid][key], value, f"{what} state {pid} {key}")
+    for a, b in zip(sd["param_groups"], ref_sd["param_groups"]):
+        assert a == b, (what, a, b)
+
+
+def expect_everywhere(exc_type, fn, *fragments, comm=COMM):
+    """``fn`` raises ``exc_type`` on every rank of ``comm``, with one message."""
+    try:
+        fn()
+        outcome = None
+    except Exception as error:                  # noqa: BLE001 - compared below
+        outcome = (type(error).__name__, str(error))
+    outcomes = comm.allgather(outcome)
+    assert all(o is not None for o in outcomes), f"not raised everywhere: {outcomes}"
+    assert len(set(outcomes)) == 1, f"ranks disagree: {outcomes}"
+    name, message = outcomes[0]
+    assert name == exc_type.__name__, outcomes[0]
+    for fragment in fragments:
+        assert fragment in message, (fragment, message)
+    return message
+
+
+def snapshot(opt, params):
+    return [p.copy() for p in params], opt.state_dict(root=None)
+
+
+def assert_unchanged(opt, params, before, what):
+    assert_same(params, before[0], what)
+    assert_same_state(opt.state_dict(root=None), before[1], what)
+
+
+# ----------------------------------------------------------------- parity
+@check
+def every_registry_config_is_bit_identical_to_adam_on_the_rank_ordered_mean():
+    for name in oc.CONFIGS:
+        for dtype in oc.DTYPES:
+            opt, params = build(name, dtype, True)
+            ref, ref_params = build(name, dtype, False)
+            run_pair(name, dtype, opt, ref, 1, STEPS, P, RANK)
+            assert_same(params, ref_params, f"{name} {dtype}")
+            sd = opt.state_dict()
+            if RANK == 0:
+                assert_same_state(sd, ref.state_dict(), f"{name} {dtype}")
+            else:
+                assert sd is None
+
+
+@check
+def mpi_reduction_keeps_replicas_identical_and_close_to_adam():
+    for dtype in oc.DTYPES:
+        opt, params = build("amsgrad", dtype, True, reduction="mpi")
+        ref, ref_params = build("amsgrad", dtype, False)
+        run_pair("amsgrad", dtype, opt, ref, 1, STEPS, P, RANK)
+        for p, r in zip(params, ref_params):
+            everyone = COMM.allgather(p)
+            for other in everyone:
+                assert_bits_equal(other, p, "replica")
+            np.testing.assert_allclose(p, r, rtol=1e-5 if dtype == "float32" else 1e-12)
+
+
+@check
+def clipping_matches_one_process_clipping_the_mean():
+    for name in ("adam", "adamw_groups_missing_grads", "groups_schedule"):
+        for dtype in oc.DTYPES:
+            for max_norm in (0.05, 1e6):      # clipping active, and inactive
+                opt, params = build(name, dtype, True, max_grad_norm=max_norm)
+                ref, ref_params = build(name, dtype, False)
+                run_pair(name, dtype, opt, ref, 1, 15, P, RANK, max_norm=max_norm)
+                assert_same(params, ref_params, f"clip {name} {dtype} {max_norm}")
+
+
+@check
+def more_ranks_than_elements_and_mixed_dtypes():
+    def grads(step, rank):
+        rng = np.random.default_rng(100 * step + rank)
+        return [rng.standard_normal(1).astype(np.float32),
+                rng.standard_normal(2),
+                rng.standard_normal(0).astype(np.float32),
+                rng.standard_normal((2, 3)).astype(np.float32)]
+
+    def arrays():
+        return [np.ones(1, np.float32), np.full(2, 0.5), np.zeros(0, np.float32),
+                np.arange(6, dtype=np.float32).reshape(2, 3)]
+
+    params, ref_params = arrays(), arrays()
+    opt = ShardedAdamW(params, lr=0.1, amsgrad=True)
+    ref = numadam.AdamW(ref_params, lr=0.1, amsgrad=True)
+    for step in range(10):
+        opt.step(grads(step, RANK))
+        ref.step(mean_in_rank_order([grads(step, q) for q in range(P)], P))
+    assert_same(params, ref_params, "tiny")
+    adam_bytes = sum(s.nbytes for b in ref._buckets for s in [b.state])
+    assert COMM.allreduce(opt.state_nbytes) == adam_bytes == 3 * (4 * 7 + 8 * 2)
+
+
+@check
+def owned_gradient_buffers_and_closure():
+    def arrays():
+        return [np.linspace(-1, 1, 11).astype(np.float32), np.ones((2, 2), np.float32)]
+
+    params, ref_params = arrays(), arrays()
+    opt = ShardedAdam(params, lr=0.05)
+    ref = numadam.Adam(ref_params, lr=0.05)
+    for step in range(8):
+        per_rank = [[(q + 1) * np.sin(step + p) for p in arrays()] for q in range(P)]
+        per_rank = [[g.astype(np.float32) for g in gs] for gs in per_rank]
+
+        def closure():
+            for buffer, g in zip(opt.grads, per_rank[RANK]):
+                buffer[...] = g
+            return float(step)
+
+        assert opt.step(closure=closure) == float(step)
+        ref.step(mean_in_rank_order(per_rank, P))
+    assert_same(params, ref_params, "owned")
+
+
+# ------------------------------------------------------------ checkpoints
+def sub_communicator(size):
+    """The first ``size`` ranks (None on the others)."""
+    sub = COMM.Split(0 if RANK < size else MPI.UNDEFINED, RANK)
+    return None if sub == MPI.COMM_NULL else sub
+
+
+def shared_tmpdir():
+    path = tempfile.mkdtemp(prefix="numadam-mpi-") if RANK == 0 else None
+    return COMM.bcast(path, 0)
+
+
+@check
+def checkpoint_loads_on_fewer_ranks_and_into_adam_and_continues_bit_exactly():
+    directory = shared_tmpdir()
+    path = os.path.join(directory, "sharded.npz")
+    for name in ("amsgrad_adamw_maximize", "adamw_groups_missing_grads"):
+        dtype = "float32"
+        opt, params = build(name, dtype, True)
+        ref, ref_params = build(name, dtype, False)
+        run_pair(name, dtype, opt, ref, 1, 12, P, RANK)
+        opt.save(path)
+        saved_params = [p.copy() for p in params]
+        # Adam in one process resumes from the file.
+        solo, solo_params = build(name, dtype, False, params=[p.copy() for p in saved_params])
+        solo.load(path)
+        run_pair(name, dtype, None, solo, 13, 24, P, RANK)
+        run_pair(name, dtype, None, ref, 13, 24, P, RANK)
+        assert_same(solo_params, ref_params, f"{name} resumed in Adam")
+        # P - 1 ranks (resharded) resume from the same file.
+        sub = sub_communicator(P - 1)
+        if sub is not None:
+            opt2, params2 = build(name, dtype, True, comm=sub,
+                                  params=[p.copy() for p in saved_params])
+            opt2.load(path)
+            twin, twin_params = build(name, dtype, False,
+                                      params=[p.copy() for p in saved_params])
+            twin.load(path)
+            run_pair(name, dtype, opt2, twin, 13, 24, P - 1, sub.Get_rank())
+            assert_same(params2, twin_params, f"{name} resumed on {P - 1} ranks")
+            sub.Free()
+        COMM.Barrier()
+
+
+@check
+def adam_checkpoint_loads_into_sharded_adam():
+    directory = shared_tmpdir()
+    path = os.path.join(directory, "single.npz")
+    name, dtype = "groups_schedule", "float64"
+    ref, ref_params = build(name, dtype, False)
+    run_pair(name, dtype, None, ref, 1, 110, P, RANK)
+    if RANK == 0:
+        ref.save(path)
+    COMM.Barrier()
+    opt, params = build(name, dtype, True, params=[p.copy() for p in ref_params])
+    opt.load(path)
+    assert_same_state(opt.state_dict(root=None), ref.state_dict(), "loaded")
+    run_pair(name, dtype, opt, ref, 111, 130, P, RANK)
+    assert_same(params, ref_params, "Adam -> ShardedAdam")
+    # and a state dict passed on the root only
+    opt3, params3 = build(name, dtype, True, params=[p.copy() for p in ref_params])
+    opt3.load_state_dict(ref.state_dict() if RANK == 0 else None)
+    assert_same_state(opt3.state_dict(root=None), ref.state_dict(), "load_state_dict")
+
+
+@check
+def a_failed_checkpoint_leaves_the_previous_one_intact_on_every_rank():
+    directory = shared_tmpdir()
+    path = os.path.join(directory, "ckpt.npz")
+    opt, params = build("amsgrad", "float32", True)
+    run_pair("amsgrad", "float32", opt, None, 1, 5, P, RANK)
+    opt.save(path)
+    with open(path, "rb") as f:
+        good = f.read() if RANK == 0 else None
+    run_pair("amsgrad", "float32", opt, None, 6, 8, P, RANK)
+
+    # a rank passes another path: refused everywhere before anything is written
+    other = path if RANK != P - 1 else path + ".other"
+    expect_everywhere(ValueError, lambda: opt.save(other), "different (path, root)")
+    # a rank's argument is invalid
+    bad = path if RANK != 1 else None
+    expect_everywhere(TypeError, lambda: opt.save(bad), f"on rank 1 of {P}")
+
+    # the writing rank fails half-way through the file
+    real_save = numadam.checkpoint.save
+
+    def failing_save(state_dict, target):
+        with open(target + ".partial", "wb") as f:
+            f.write(b"PK\x03\x04 half a checkpoint")
+        raise OSError("disk full (injected)")
+
+    numadam.checkpoint.save = failing_save
+    try:
+        expect_everywhere(OSError, lambda: opt.save(path), "disk full (injected)", "on rank 0")
+    finally:
+        numadam.checkpoint.save = real_save
+    if RANK == 0:
+        with open(path, "rb") as f:
+            assert f.read() == good
+        os.unlink(path + ".partial")
+        assert sorted(os.listdir(directory)) == ["ckpt.npz"], os.listdir(directory)
+
+    # a corrupted file or a state dict that does not fit: nothing changes anywhere
+    before = snapshot(opt, params)
+    if RANK == 0:
+        with open(path + ".bad", "wb") as f:
+            f.write(good[: len(good) // 2])
+    expect_everywhere(numadam.CheckpointError, lambda: opt.load(path + ".bad"), "truncated")
+    wrong = None
+    if RANK == 0:
+        wrong = numadam.load(path)
+        wrong["state"][1]["exp_avg"] = wrong["state"][1]["exp_avg"][:2]
+    expect_everywhere(ValueError, lambda: opt.load_state_dict(wrong), "shape")
+    expect_everywhere(ValueError, lambda: opt.state_dict(root=P), "root must be a rank")
+    assert_unchanged(opt, params, before, "after refused loads")
+
+
+# ------------------------------------------------------------- bad input
+@check
+def a_bad_gradient_on_one_rank_raises_everywhere_and_changes_nothing():
+    opt, params = build("adamw_groups_missing_grads", "float32", True, check_finite="raise")
+    run_pair("adamw_groups_missing_grads", "float32", opt, None, 1, 3, P, RANK)
+    before = snapshot(opt, params)
+    good = [np.ones(p.shape, np.float32) for p in params]
+
+    def with_rank(rank, replace):
+        return lambda: opt.step(replace(list(good)) if RANK == rank else good)
+
+    def shape(g):
+        g[1] = np.ones(5, np.float32)
+        return g
+
+    def dtype(g):
+        g[0] = g[0].astype(np.float64)
+        return g
+
+    def nan(g):
+        g[2] = g[2].copy()
+        g[2][1, 3] = np.nan
+        return g
+
+    def none(g):
+        g[0] = None
+        return g
+
+    expect_everywhere(ValueError, with_rank(P - 1, shape), "shape", f"on rank {P - 1}")
+    expect_everywhere(ValueError, with_rank(0, dtype), "dtype", "on rank 0")
+    expect_everywhere(ValueError, with_rank(1, lambda g: g[:2]), "2 gradients")
+    expect_everywhere(ValueError, with_rank(1, none), "None on others")
+    expect_everywhere(FloatingPointError, with_rank(P - 1, nan), "parameter 2",
+                      f"rank(s) [{P - 1}] passed NaN")
+    huge = [np.full(p.shape, 3e38, np.float32) for p in params]
+    expect_everywhere(FloatingPointError, lambda: opt.step(huge), "sum overflowed")
+
+    def closure():
+        if RANK == 1:
+            raise KeyError("no data on this rank")
+    expect_everywhere(KeyError, lambda: opt.step(good, closure=closure), "no data")
+    if RANK == 0:
+        opt.param_groups[1]["lr"] = 0.5
+    expect_everywhere(ValueError, lambda: opt.step(good), "hyperparameters differ")
+    if RANK == 0:
+        opt.param_groups[1]["lr"] = before[1]["param_groups"][1]["lr"]
+    assert_unchanged(opt, params, before, "after refused steps")
+
+    opt.check_finite = "skip"
+    opt.step(nan(list(good)) if RANK == 0 else good)
+    assert opt.skipped_steps == 1
+    assert_unchanged(opt, params, before, "after a skipped step")
+    opt.step(good)
+    assert not np.array_equal(params[0], before[0][0])
+
+
+@check
+def different_layouts_are_refused_at_construction_on_every_rank():
+    def make(shapes, **kwargs):
+        return lambda: ShardedAdam([np.zeros(s, np.float32) for s in shapes], **kwargs)
+
+    shapes = [(3,), (2, 2)]
+    odd = [(3,), (4,)] if RANK == P - 1 else shapes
+    expect_everywhere(ValueError, make(odd), "different parameters",
+                      "params'][1] has shape (2, 2)")
+    expect_everywhere(ValueError, make(shapes, lr=0.1 if RANK == 1 else 0.2), "'lr'")
+    expect_everywhere(ValueError, make(shapes[:1] if RANK == 0 else shapes), "1 arrays")
+    expect_everywhere(ValueError, make(shapes, max_grad_norm=-1.0 if RANK == 1 else 1.0),
+                      "max_grad_norm", "on rank 1")
+    bad = np.zeros((4, 4), np.float32)[:, ::2]
+
+    def noncontiguous():
+        return ShardedAdam([bad if RANK == P - 1 else np.zeros((4, 2), np.float32)])
+    expect_everywhere(ValueError, noncontiguous, "not C-contiguous", f"on rank {P - 1}")
+
+
+def main():
+    import time
+    for fn in CHECKS:
+        start = time.perf_counter()
+        fn()
+        COMM.Barrier()
+        if RANK == 0:
+            print(f"OK {fn.__name__} ({time.perf_counter() - start:.2f} s)", flush=True)
+    if RANK == 0:
+        print(f"ALL CHECKS PASSED ({len(CHECKS)} checks on {P} ranks)", flush=True)
+
+
+if __name__ == "__main__":
+    main()

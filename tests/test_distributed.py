@@ -1,0 +1,308 @@
+"""numadam.distributed: the shard arithmetic in one process, then the real
+thing under ``mpiexec -n 2`` and ``-n 3`` (``tests/mpi/check_sharded.py``).
+
+The single-process tests need neither mpi4py nor MPI: shard tables pointing
+into the middle of the parameters, driven by the kernels of ``Adam``, must
+reproduce ``Adam`` bit for bit for every registry configuration and any
+number of (simulated) ranks.
+"""
+
+import math
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import numadam
+import optim_configs as oc
+from helpers import assert_bits_equal, build, step_grads
+from numadam._bucket import Bucket
+from numadam._cpu import PTR_G, STEP
+from numadam._distributed_agree import describe, raise_agreed
+from numadam._distributed_kernels import (NBINS, NONFINITE, OVERFLOW, bins_to_sum,
+                                          ordered_mean, ordered_mean_parallel,
+                                          ordered_mean_serial, square_bins,
+                                          square_bins_parallel, square_bins_serial)
+from numadam._distributed_layout import (bytes_per_step, first_difference, layout_signature,
+                                         shard_bounds, shard_pieces, shard_table)
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+
+# ------------------------------------------------------------------ shards
+@pytest.mark.parametrize("nranks", [1, 2, 3, 4, 7, 64])
+@pytest.mark.parametrize("total", [0, 1, 2, 5, 17, 1000])
+def test_shards_are_balanced_contiguous_and_cover_everything(total, nranks):
+    bounds = shard_bounds(total, nranks)
+    sizes = np.diff(bounds)
+    assert bounds[0] == 0 and bounds[-1] == total
+    assert (sizes >= 0).all() and sizes.max() - sizes.min() <= 1
+    assert sizes.sum() == total
+
+
+def test_pieces_cut_parameters_at_shard_edges():
+    offsets, sizes = [0, 5, 5, 9], [5, 0, 4, 3]         # an empty array in the middle
+    assert shard_pieces(offsets, sizes, 3, 10) == [(0, 3, 5), (2, 5, 9), (3, 9, 10)]
+    assert shard_pieces(offsets, sizes, 6, 6) == []
+
+
+class _SimulatedShard:
+    """One simulated rank's shard of ``bucket``: what the kernels read."""
+
+    step = Bucket.step
+
+    def __init__(self, bucket, rank, nranks):
+        bounds = shard_bounds(bucket.total, nranks)
+        self.lo, self.hi = int(bounds[rank]), int(bounds[rank + 1])
+        self.total = self.hi - self.lo
+        self.offsets = np.cumsum([0] + [p.size for p in bucket.params])
+        pieces = shard_pieces(self.offsets[:-1], [p.size for p in bucket.params],
+                              self.lo, self.hi)
+        self.grad = np.zeros(self.total, bucket.dtype)
+        self.table, self.rows_param, self.grad_addresses = shard_table(
+            bucket.params, pieces, self.lo, self.grad)
+        self.steps = np.zeros(len(bucket.params), np.int64)
+        self.state = None
+        self.like = np.empty(0, bucket.dtype)
+
+
+@pytest.mark.parametrize("nranks", [2, 3, 64])
+@pytest.mark.parametrize("name,dtype", [(n, d) for n in oc.CONFIGS for d in oc.DTYPES])
+def test_shard_tables_reproduce_adam_bit_for_bit(name, dtype, nranks):
+    """Every rank's shard updated through its own table: the union is Adam."""
+    ref, ref_params = build(name, dtype)
+    frame, params = build(name, dtype)          # never stepped: holds the buckets
+    shards = [(bucket, [_SimulatedShard(bucket, r, nranks) for r in range(nranks)])
+              for bucket in frame._buckets]
+    schedule = oc.CONFIGS[name].get("schedule", {})
+    for step in range(1, 41):
+        for opt in (ref, frame):
+            for group, lr in zip(opt.param_groups, schedule.get(step, ())):
+                group["lr"] = lr
+        grads = step_grads(name, dtype, step)
+        ref.step(grads)
+        args = frame._kernel_args()
+        for bucket, ranks in shards:
+            has = np.array([grads[i] is not None for i in bucket.indices], np.int64)
+            flat = np.concatenate([np.zeros(p.size, p.dtype) if grads[i] is None
+                                   else grads[i].ravel()
+                                   for i, p in zip(bucket.indices, bucket.params)])
+            for shard in ranks:
+                shard.grad[...] = flat[shard.lo:shard.hi]
+                shard.table[:, PTR_G] = shard.grad_addresses * has[shard.rows_param]
+                shard.table[:, STEP] = shard.steps[shard.rows_param]
+                if shard.state is None:
+                    shard.state = np.zeros((3 if args[bucket.group_index][5] else 2,
+                                            shard.total), bucket.dtype)
+                if shard.total:
+                    shard.step(args[bucket.group_index])
+                shard.steps += has
+    for k, (p, r) in enumerate(zip(params, ref_params)):
+        assert_bits_equal(p, r, f"{name} {dtype} P={nranks} param {k}")
+    sd = ref.state_dict()
+    for bucket, ranks in shards:
+        for row, index in enumerate(bucket.indices):
+            state = np.concatenate([s.state for s in ranks], axis=1)
+            offset, size = ranks[0].offsets[row], bucket.params[row].size
+            assert ranks[0].steps[row] == sd["state"][index]["step"]
+            assert_bits_equal(state[1, offset:offset + size],
+                              sd["state"][index]["exp_avg_sq"].ravel(), f"v of {index}")
+
+
+def test_layout_signatures_name_the_first_difference():
+    a = numadam.Adam([np.zeros(3, np.float32), np.zeros((2, 2))], lr=0.1)
+    b = numadam.Adam([np.zeros(3, np.float32), np.zeros((2, 3))], lr=0.1)
+    c = numadam.Adam([np.zeros(3, np.float32), np.zeros((2, 2))], lr=0.2)
+    settings = (("reduction", "ordered"),)
+    sig = [layout_signature(o, settings) for o in (a, b, c)]
+    assert first_difference(sig[0], sig[0]) is None
+    assert "params'][1] has shape (2, 2)" in first_difference(sig[0], sig[1])
+    assert "'lr'] is 0.1 against 0.2" in first_difference(sig[0], sig[2])
+    other = layout_signature(a, (("reduction", "mpi"),))
+    assert "reduction is 'ordered' against 'mpi'" == first_difference(sig[0], other)
+
+
+@pytest.mark.parametrize("nranks", [1, 3, 4])
+def test_bytes_per_step_adds_up_over_ranks(nranks):
+    totals, itemsizes = [10, 7], [4, 8]
+    per_rank = [bytes_per_step(totals, itemsizes, nranks, r) for r in range(nranks)]
+    full = sum(t * s for t, s in zip(totals, itemsizes))
+    for key in ("reduce_recv", "reduce_send", "gather_recv", "gather_send"):
+        assert sum(b[key] for b in per_rank) == (nranks - 1) * full
+
+
+def test_the_lowest_failing_rank_decides_the_error_everywhere():
+    infos = [None, ("KeyError", "no data"), ("ValueError", "bad shape")]
+    with pytest.raises(KeyError, match=r"no data \[on rank 1 \(and ranks \[2\]\) of 3"):
+        raise_agreed(infos, None, 3)
+    with pytest.raises(RuntimeError, match="WeirdError: odd"):
+        raise_agreed([("WeirdError", "odd")], None, 1)
+    raise_agreed([None, None], None, 2)
+    assert describe(numadam.CheckpointError("x")) == ("CheckpointError", "x")
+    assert describe(UnboundLocalError("y")) == ("RuntimeError", "UnboundLocalError: y")
+    assert describe(np.linalg.LinAlgError("z")) == ("ValueError", "LinAlgError: z")
+    assert describe(None) is None
+
+
+# ----------------------------------------------------------------- kernels
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("nranks", [1, 2, 3, 5])
+def test_ordered_mean_is_numpy_summing_in_rank_order(dtype, nranks):
+    rng = np.random.default_rng(nranks)
+    received = (rng.standard_normal((nranks, 3001)) * 10.0 ** rng.uniform(
+        -8, 8, (nranks, 3001))).astype(dtype)
+    expected = received[0].copy()
+    for q in range(1, nranks):
+        expected = expected + received[q]
+    expected = expected / dtype(nranks)
+    for kernel in (ordered_mean_serial, ordered_mean_parallel):
+        out = np.empty(3001, dtype)
+        kernel(received, out, dtype(nranks))
+        assert_bits_equal(out, expected, kernel.__name__)
+    out = np.empty(3001, dtype)
+    ordered_mean(received, out)
+    assert_bits_equal(out, expected, "ordered_mean")
+
+
+def _table_over(g, cuts):
+    """A shard table over all of ``g``, cut into rows at ``cuts``."""
+    edges = [0, *cuts, g.size]
+    views = [g[a:b] for a, b in zip(edges[:-1], edges[1:])]
+    pieces = shard_pieces(edges[:-1], [v.size for v in views], 0, g.size)
+    table, _, addresses = shard_table(views, pieces, 0, g)
+    table[:, PTR_G] = addresses
+    return table
+
+
+def _fsum_of_squares(g):
+    return math.fsum(np.square(g.astype(np.float64)).tolist())
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_square_bins_give_the_correctly_rounded_sum_whatever_the_split(dtype):
+    rng = np.random.default_rng(7)
+    n = 50_000
+    g = (rng.standard_normal(n) * 10.0 ** rng.uniform(-20, 20, n)).astype(dtype)
+    g[:3] = [0.0, np.finfo(dtype).tiny / 8, -np.finfo(dtype).tiny]   # zero and subnormals
+    like = np.empty(0, dtype)
+    expected = _fsum_of_squares(g)
+    whole = square_bins_serial(_table_over(g, []), like)
+    assert bins_to_sum(whole) == expected
+    for cuts in ([1], [17, 18, 4000], sorted(rng.choice(n, 40, replace=False).tolist())):
+        table = _table_over(g, cuts)
+        assert (square_bins_serial(table, like) == whole).all()
+        assert (square_bins_parallel(table, like, 100, 3) == whole).all()
+        # one shard per piece, as ranks would hold them
+        edges = [0, *cuts, n]
+        pieces = [g[a:b].copy() for a, b in zip(edges[:-1], edges[1:])]  # kept alive
+        parts = sum(square_bins_serial(_table_over(piece, []), like) for piece in pieces)
+        assert (parts == whole).all()
+    assert (square_bins(_table_over(g, [5]), like, n) == whole).all()
+
+
+def test_square_bins_flag_nonfinite_values_and_overflow():
+    like = np.empty(0, np.float64)
+    g = np.array([1.0, np.nan, 2.0])
+    bins = square_bins_serial(_table_over(g, []), like)
+    assert bins[NONFINITE] == 1 and math.isnan(bins_to_sum(bins))
+    g = np.array([1e200, 3.0])
+    bins = square_bins_serial(_table_over(g, []), like)
+    assert bins[OVERFLOW] == 1 and bins_to_sum(bins) == math.inf
+    g = np.full(4, 1e154)                     # every square finite, the sum not
+    assert bins_to_sum(square_bins_serial(_table_over(g, []), like)) == math.inf
+    assert bins_to_sum(np.zeros(NBINS, np.int64)) == 0.0
+
+
+# -------------------------------------------------------------- with mpi4py
+def test_import_numadam_does_not_import_mpi4py():
+    code = "import sys, numadam; assert 'mpi4py' not in sys.modules, 'imported'"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("name,dtype", [(n, d) for n in oc.CONFIGS for d in oc.DTYPES])
+def test_one_rank_is_adam_and_its_checkpoints_are_adams(name, dtype, tmp_path):
+    pytest.importorskip("mpi4py")
+    from mpi4py import MPI
+
+    from numadam.distributed import ShardedAdam, ShardedAdamW
+
+    config = oc.CONFIGS[name]
+    index = list(oc.CONFIGS).index(name)
+    params = oc.initial_params(index, dtype)
+    groups = [dict(params=[params[k] for k in shapes], **over)
+              for shapes, over in oc.layout(config)]
+    cls = ShardedAdamW if config["cls"] == "AdamW" else ShardedAdam
+    opt = cls(groups, **config["kwargs"], comm=MPI.COMM_SELF)
+    ref, ref_params = build(name, dtype)
+    schedule = config.get("schedule", {})
+    for step in range(1, 31):
+        for o in (opt, ref):
+            for group, lr in zip(o.param_groups, schedule.get(step, ())):
+                group["lr"] = lr
+        opt.step(step_grads(name, dtype, step))
+        ref.step(step_grads(name, dtype, step))
+    for k, (p, r) in enumerate(zip(params, ref_params)):
+        assert_bits_equal(p, r, f"param {k}")
+    opt.save(tmp_path / "c.npz")
+    other, _ = build(name, dtype, params=[p.copy() for p in params])
+    other.load(tmp_path / "c.npz")
+    sd, rsd = other.state_dict(), ref.state_dict()
+    assert sd["param_groups"] == rsd["param_groups"]
+    for pid, entry in rsd["state"].items():
+        for key, value in entry.items():
+            if key == "step":
+                assert sd["state"][pid][key] == value
+            else:
+                assert_bits_equal(sd["state"][pid][key], value, f"{pid} {key}")
+    expected = opt.bytes_per_step()
+    assert expected == {"reduce_recv": 0, "reduce_send": 0, "gather_recv": 0, "gather_send": 0}
+    assert opt.state_nbytes == sum(b.state.nbytes for b in ref._buckets)
+
+
+def _mpiexec():
+    """The mpiexec of the mpich wheel next to this Python, else the one on PATH."""
+    local = os.path.join(os.path.dirname(sys.executable), "mpiexec")
+    return local if os.path.exists(local) else shutil.which("mpiexec")
+
+
+@pytest.mark.parametrize("nranks", [2, 3])
+def test_mpi_checks_pass_under_mpiexec(nranks):
+    pytest.importorskip("mpi4py")
+    mpiexec = _mpiexec()
+    if mpiexec is None:
+        pytest.skip("no mpiexec (pip install mpich)")
+    command = [mpiexec, "-n", str(nranks)]
+    version = subprocess.run([mpiexec, "--version"], capture_output=True, text=True)
+    if "Open MPI" in version.stdout + version.stderr:
+        command.append("--oversubscribe")
+    env = dict(os.environ, NUMBA_NUM_THREADS="1")   # the ranks share the cores
+    done = subprocess.run(
+        command + [sys.executable, "-m", "mpi4py", os.path.join(HERE, "mpi", "check_sharded.py")],
+        capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    assert f"ALL CHECKS PASSED (10 checks on {nranks} ranks)" in done.stdout, done.stdout
+
+
+def test_the_mpi_example_fits_and_prints_per_rank_state_memory(tmp_path):
+    pytest.importorskip("mpi4py")
+    mpiexec = _mpiexec()
+    if mpiexec is None:
+        pytest.skip("no mpiexec (pip install mpich)")
+    env = dict(os.environ, NUMBA_NUM_THREADS="1")
+    done = subprocess.run(
+        [mpiexec, "-n", "2", sys.executable, "examples/mpi_fit.py", "--steps", "100",
+         "--checkpoint", str(tmp_path / "fit.npz")],
+        capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout
+    assert "rank 0: elements [0, 5025) of 10050" in out, out
+    assert "rank 1: elements [5025, 10050) of 10050; optimizer state 39.3 KiB" in out, out
+    mse = float(out.split("step  100  mse ")[1].split()[0])
+    assert mse < 0.05, out
+    assert len(numadam.load(tmp_path / "fit.npz")["state"]) == 2
