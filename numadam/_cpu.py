@@ -18,8 +18,7 @@ import numpy as np
 from numba import carray, njit, prange, types
 from numba.extending import intrinsic
 
-from ._math import (BC2_SQRT, BETA2, C2, DECAY, EPS, NEG_STEP, NSCALARS, W1, W1M1,
-                    WD, adam_element, scalars_into)
+from ._math import NSCALARS, adam_element, loop_scalars, scalars_into
 
 __all__ = ["step_serial", "step_parallel", "PTR_P", "PTR_G", "OFFSET", "SIZE",
            "STEP", "LIVE", "NCOLS"]
@@ -56,7 +55,10 @@ def _prepare(table, state, lr, beta1, beta2, eps, weight_decay):
         table[k, STEP] += 1
         table[k, LIVE] = 1
         if previous >= 0 and table[previous, STEP] == table[k, STEP]:
-            scal[k, :] = scal[previous, :]
+            # An element loop, not scal[k, :] = scal[previous, :]: the slice
+            # assignment alone took 2 of the 4 s of a cold first step to compile.
+            for j in range(NSCALARS):
+                scal[k, j] = scal[previous, j]
         else:
             scalars_into(scal[k], table[k, STEP], lr, beta1, beta2, eps, weight_decay)
         previous = k
@@ -66,8 +68,8 @@ def _prepare(table, state, lr, beta1, beta2, eps, weight_decay):
 @njit(cache=True, error_model="numpy")
 def _update_span(p, g, m, v, vmax, lo, hi, base, s, amsgrad, maximize, decoupled):
     """Update elements ``lo:hi`` of one parameter whose state starts at ``base``."""
-    neg_step, bc2_sqrt, eps, wd = s[NEG_STEP], s[BC2_SQRT], s[EPS], s[WD]
-    w1, w1m1, c2, beta2, decay = s[W1], s[W1M1], s[C2], s[BETA2], s[DECAY]
+    (neg_step, bc2_sqrt, eps, wd, lerp_w, lerp_small, c2, beta2, decay,
+     sign) = loop_scalars(s, maximize)
     # Slicing first gives every access the same loop index, which is provably
     # in bounds and non-negative: that is what lets LLVM vectorise the loop.
     p = p[lo:hi]
@@ -78,13 +80,13 @@ def _update_span(p, g, m, v, vmax, lo, hi, base, s, amsgrad, maximize, decoupled
         vmax = vmax[base + lo:base + hi]
         for i in range(p.size):
             p[i], m[i], v[i], vmax[i] = adam_element(
-                p[i], g[i], m[i], v[i], vmax[i], neg_step, bc2_sqrt, eps, wd,
-                w1, w1m1, c2, beta2, decay, True, maximize, decoupled)
+                p[i], g[i], m[i], v[i], vmax[i], neg_step, bc2_sqrt, eps, wd, lerp_w,
+                lerp_small, c2, beta2, decay, sign, True, decoupled)
     else:
         for i in range(p.size):
             p[i], m[i], v[i], _ = adam_element(
-                p[i], g[i], m[i], v[i], eps, neg_step, bc2_sqrt, eps, wd,
-                w1, w1m1, c2, beta2, decay, False, maximize, decoupled)
+                p[i], g[i], m[i], v[i], eps, neg_step, bc2_sqrt, eps, wd, lerp_w,
+                lerp_small, c2, beta2, decay, sign, False, decoupled)
 
 
 @njit(cache=True, error_model="numpy")
@@ -182,8 +184,9 @@ def first_nonfinite(table, like, min_task, nthreads):
     total = table[n - 1, OFFSET] + table[n - 1, SIZE] if n else 0
     ntasks = max(1, min(nthreads, total // max(min_task, 1)))
     chunk = ((total + ntasks - 1) // ntasks + 15) // 16 * 16
-    first_bad = np.full(ntasks, n, np.int64)
+    first_bad = np.empty(ntasks, np.int64)
     for task in prange(ntasks):
+        first_bad[task] = n
         lo = min(task * chunk, total)
         hi = min(lo + chunk, total)
         k = _first_param(table, lo)
@@ -198,7 +201,9 @@ def first_nonfinite(table, like, min_task, nthreads):
             if end > lo:
                 lo = end
             k += 1
-    worst = first_bad.min()
+    worst = n
+    for task in range(ntasks):   # a loop compiles far faster than first_bad.min()
+        worst = min(worst, first_bad[task])
     return -1 if worst == n else worst
 
 

@@ -6,7 +6,7 @@ on the CPU bit for bit (see ``DESIGN.md`` and ``tests/test_golden.py``):
 
 .. code-block:: text
 
-    g     = -grad if maximize else grad
+    g     = grad * (-1 if maximize else 1)   # as torch: a NaN keeps its sign
     p     = p * (1 - lr*wd)                  # AdamW, wd != 0
     g     = fma(p, wd, g)                    # Adam (L2), wd != 0
     m     = fma(w, g - m, m)                 # lerp(m, g, w), w = 1 - beta1 < 0.5
@@ -26,11 +26,11 @@ import numpy as np
 from numba import njit, types
 from numba.extending import intrinsic
 
-__all__ = ["fma", "adam_element", "scalars_into", "NSCALARS"]
+__all__ = ["fma", "adam_element", "loop_scalars", "scalars_into", "NSCALARS"]
 
 # Layout of the per-step scalar vector (parameter dtype) built by scalars_into.
-NEG_STEP, BC2_SQRT, EPS, WD, W1, W1M1, C2, BETA2, DECAY = range(9)
-NSCALARS = 9
+NEG_STEP, BC2_SQRT, EPS, WD, W1, W1M1, C2, BETA2, DECAY, ONE = range(10)
+NSCALARS = 10
 
 
 @intrinsic
@@ -71,30 +71,29 @@ def scalars_into(out, step, lr, beta1, beta2, eps, weight_decay):
     out[C2] = 1.0 - beta2
     out[BETA2] = beta2
     out[DECAY] = 1.0 - lr * weight_decay
+    out[ONE] = 1.0
 
 
 @njit(cache=True, error_model="numpy", inline="always")
-def adam_element(p, g, m, v, vmax, neg_step, bc2_sqrt, eps, weight_decay, w1,
-                 w1m1, c2, beta2, decay, amsgrad, maximize, decoupled):
+def adam_element(p, g, m, v, vmax, neg_step, bc2_sqrt, eps, weight_decay, lerp_w,
+                 lerp_small, c2, beta2, decay, sign, amsgrad, decoupled):
     """One element of the update; returns the new ``(p, m, v, vmax)``.
 
-    Every scalar is already in the element dtype (see :func:`scalars_into`),
+    Every scalar is already in the element dtype (see :func:`loop_scalars`),
     so no operation here widens to float64. Callers load the scalars into
     locals before their loop: loads from an array inside the loop could alias
     the parameters and would stop LLVM from hoisting the branches and
-    vectorising.
+    vectorising. ``sign`` is -1 to maximise: torch multiplies by -1 too, which
+    (unlike a negation) leaves the sign of a NaN alone. ``lerp_w`` and
+    ``lerp_small`` select torch's two forms of ``lerp`` without a branch.
     """
-    if maximize:
-        g = -g
+    g = g * sign
     if weight_decay != 0:
         if decoupled:
             p = p * decay
         else:
             g = fma(p, weight_decay, g)
-    if abs(w1) < 0.5:
-        m = fma(w1, g - m, m)
-    else:
-        m = fma(w1m1, g - m, g)
+    m = fma(lerp_w, g - m, m if lerp_small else g)
     v = fma(c2 * g, g, v * beta2)
     if amsgrad:
         # torch's vectorised maximum propagates a NaN from either side.
@@ -105,3 +104,13 @@ def adam_element(p, g, m, v, vmax, neg_step, bc2_sqrt, eps, weight_decay, w1,
         denom = np.sqrt(v) / bc2_sqrt + eps
     p = p + (neg_step * m) / denom
     return p, m, v, vmax
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def loop_scalars(s, maximize):
+    """The scalars of :func:`adam_element` from the vector ``s``, as locals."""
+    lerp_small = abs(s[W1]) < 0.5
+    lerp_w = s[W1] if lerp_small else s[W1M1]
+    sign = -s[ONE] if maximize else s[ONE]
+    return (s[NEG_STEP], s[BC2_SQRT], s[EPS], s[WD], lerp_w, lerp_small, s[C2], s[BETA2],
+            s[DECAY], sign)
