@@ -89,6 +89,18 @@ def _fits(contenders, sizes, dtype):
     return per_element * sum(sizes) * np.dtype(dtype).itemsize <= MEMORY_BUDGET
 
 
+def _set_up(contender, sizes, dtype, amsgrad, missing):
+    """The contender's step function, called once to warm it up (JIT, caches),
+    or None (and the reason in ``missing``) when its library is absent."""
+    try:
+        fn = contender.setup(sizes, dtype, amsgrad)
+    except bc.Unavailable as why:
+        missing[contender.name] = str(why)
+        return None
+    fn()
+    return fn
+
+
 def measure(contenders, sizes, dtype, amsgrad, rounds, target, progress, label):
     """Median seconds per step of each contender (``None``: unavailable, with why)."""
     samples = {c.name: [] for c in contenders}
@@ -97,12 +109,9 @@ def measure(contenders, sizes, dtype, amsgrad, rounds, target, progress, label):
         steps = {}
         for c in contenders:
             progress(f"{label}: set up {c.name}")
-            try:
-                fn = c.setup(sizes, dtype, amsgrad)
-            except bc.Unavailable as why:
-                missing[c.name] = str(why)
+            fn = _set_up(c, sizes, dtype, amsgrad, missing)
+            if fn is None:
                 continue
-            fn()
             fn()
             steps[c.name] = (fn, _calibrate(fn, target))
         live = [c for c in contenders if c.name in steps]
@@ -119,12 +128,9 @@ def measure(contenders, sizes, dtype, amsgrad, rounds, target, progress, label):
                 if c.name in missing:
                     continue
                 progress(f"{label}: {c.name} (one at a time, pass {r + 1}/3)")
-                try:
-                    fn = c.setup(sizes, dtype, amsgrad)
-                except bc.Unavailable as why:
-                    missing[c.name] = str(why)
+                fn = _set_up(c, sizes, dtype, amsgrad, missing)
+                if fn is None:
                     continue
-                fn()
                 samples[c.name].extend(_time_calls(fn, 1) for _ in range(per_visit))
                 del fn
                 gc.collect()
