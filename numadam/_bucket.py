@@ -20,6 +20,8 @@ STATE_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
 class Bucket:
     """Parameters ``params`` (global indices ``indices``) of group ``group_index``."""
 
+    on_device = False   # DeviceBucket (numadam._cuda_bucket) has the same interface
+
     def __init__(self, params, indices, group_index):
         self.params = list(params)
         self.indices = list(indices)

@@ -22,11 +22,11 @@ parameter dtype; the element math then runs entirely in that dtype.
 
 import math
 
-import numpy as np
+from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
 
-__all__ = ["fma", "adam_element", "loop_scalars", "scalars_into", "NSCALARS"]
+__all__ = ["fma", "mul_rn", "adam_element", "loop_scalars", "scalars_into", "NSCALARS"]
 
 # Layout of the per-step scalar vector (parameter dtype) built by scalars_into.
 NEG_STEP, BC2_SQRT, EPS, WD, W1, W1M1, C2, BETA2, DECAY, ONE = range(10)
@@ -47,6 +47,33 @@ def fma(typingctx, a, b, c):
         return builder.fma(*args)
 
     return a(a, b, c), codegen
+
+
+@intrinsic
+def mul_rn(typingctx, a, b):
+    """``a * b`` rounded to nearest, which no compiler may fuse into an FMA.
+
+    On the CPU this is a plain multiply: Numba never contracts. NVVM and
+    ptxas contract a multiply that feeds an add unless told otherwise, and
+    numba-cuda 0.30 offers no ``fma=False`` option, so on a CUDA target the
+    product is NVVM's ``mul.rn`` intrinsic (CUDA's ``__fmul_rn``), which both
+    leave alone. One definition serves both targets: the lowering looks at the
+    LLVM module's target triple.
+    """
+    if not (isinstance(a, types.Float) and a == b):
+        return None
+
+    def codegen(context, builder, signature, args):
+        if not builder.module.triple.startswith("nvptx"):
+            return builder.fmul(*args)
+        name = "llvm.nvvm.mul.rn.f" if signature.return_type.bitwidth == 32 else \
+            "llvm.nvvm.mul.rn.d"
+        value_type = args[0].type
+        function = builder.module.declare_intrinsic(
+            name, fnty=ir.FunctionType(value_type, [value_type, value_type]))
+        return builder.call(function, args)
+
+    return a(a, b), codegen
 
 
 @njit(cache=True, error_model="numpy")
@@ -87,22 +114,22 @@ def adam_element(p, g, m, v, vmax, neg_step, bc2_sqrt, eps, weight_decay, lerp_w
     (unlike a negation) leaves the sign of a NaN alone. ``lerp_w`` and
     ``lerp_small`` select torch's two forms of ``lerp`` without a branch.
     """
-    g = g * sign
+    g = mul_rn(g, sign)
     if weight_decay != 0:
         if decoupled:
-            p = p * decay
+            p = mul_rn(p, decay)
         else:
             g = fma(p, weight_decay, g)
     m = fma(lerp_w, g - m, m if lerp_small else g)
-    v = fma(c2 * g, g, v * beta2)
+    v = fma(mul_rn(c2, g), g, mul_rn(v, beta2))
     if amsgrad:
         # torch's vectorised maximum propagates a NaN from either side.
         if vmax == vmax and not (v <= vmax):
             vmax = v
-        denom = np.sqrt(vmax) / bc2_sqrt + eps
+        denom = math.sqrt(vmax) / bc2_sqrt + eps
     else:
-        denom = np.sqrt(v) / bc2_sqrt + eps
-    p = p + (neg_step * m) / denom
+        denom = math.sqrt(v) / bc2_sqrt + eps
+    p = p + mul_rn(neg_step, m) / denom
     return p, m, v, vmax
 
 

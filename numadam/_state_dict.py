@@ -73,17 +73,17 @@ def _merged_group(opt, saved, gi):
     return group
 
 
-def _state_array(entry, key, param, where):
+def _state_array(entry, key, shape, dtype, where):
     if key not in entry:
         raise ValueError(f"{where} has no {key!r}")
     value = entry[key]
     array = value if isinstance(value, np.ndarray) else np.asarray(value)
-    if array.dtype != param.dtype:
+    if array.dtype != dtype:
         raise ValueError(f"{where}[{key!r}] has dtype {array.dtype}; its parameter "
-                         f"has dtype {param.dtype}")
-    if array.shape != param.shape:
+                         f"has dtype {dtype}")
+    if array.shape != shape:
         raise ValueError(f"{where}[{key!r}] has shape {array.shape}; its parameter "
-                         f"has shape {param.shape}")
+                         f"has shape {shape}")
     return array
 
 
@@ -128,10 +128,10 @@ def _parse(opt, state_dict):
         if unknown:
             raise ValueError(f"{where} has unknown entries {sorted(map(str, unknown))}")
         amsgrad = group_args[bucket.group_index][1][5]
-        param = bucket.params[row]
+        _, shape, dtype = bucket.expected[row]   # NumPy terms for device arrays too
         keys = STATE_KEYS[:3 if amsgrad else 2]
         entries[index] = (as_step(entry.get("step"), f"{where}['step']"),
-                          [_state_array(entry, key, param, where) for key in keys])
+                          [_state_array(entry, key, shape, dtype, where) for key in keys])
     return groups, group_args, entries
 
 
@@ -154,6 +154,8 @@ def load(opt, state_dict):
                 lo = bucket.table[row, OFFSET]
                 for r, array in enumerate(arrays):
                     state[r, lo:lo + bucket.table[row, SIZE]] = array.reshape(-1)
+            if bucket.on_device:
+                state = bucket.upload_state(state)   # before anything changes
         installs.append((bucket, state, steps, live))
     # Nothing below can fail: the optimizer changes all at once.
     for gi, group in enumerate(groups):

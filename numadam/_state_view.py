@@ -16,14 +16,18 @@ class StateView(Mapping):
         self._opt = optimizer
 
     def _index(self, key):
-        if isinstance(key, np.ndarray):
-            index = self._opt._index_of.get(id(key))
-            if index is None:
+        if isinstance(key, (bool, np.bool_)):
+            raise KeyError(key)
+        if isinstance(key, (int, np.integer)):
+            if 0 <= key < len(self._opt._slots):
+                return int(key)
+            raise KeyError(key)
+        index = self._opt._index_of.get(id(key))   # NumPy or device arrays
+        if index is None:
+            if isinstance(key, np.ndarray) or hasattr(key, "shape"):
                 raise KeyError("this array is not a parameter of the optimizer")
-            return index
-        if isinstance(key, (int, np.integer)) and 0 <= key < len(self._opt._slots):
-            return int(key)
-        raise KeyError(key)
+            raise KeyError(key)
+        return index
 
     def __getitem__(self, key):
         bucket, row = self._opt._slots[self._index(key)]
@@ -60,7 +64,10 @@ class ParamState(MutableMapping):
         if key == "step":
             self._bucket.table[self._row, STEP] = _state_dict.as_step(value, "step")
         elif key in self._keys():
-            np.copyto(self[key], value, casting="same_kind")
+            if self._bucket.on_device:
+                self._bucket.write(self._row, STATE_KEYS.index(key), value)
+            else:
+                np.copyto(self[key], value, casting="same_kind")
         else:
             raise KeyError(key)
 

@@ -64,6 +64,18 @@ def is_sparse(obj):
     return module.startswith("scipy.sparse") or hasattr(obj, "tocsr")
 
 
+def is_device_array(obj):
+    """True for CUDA arrays (``__cuda_array_interface__``, or the CUDA simulator's).
+
+    Imports nothing: a torch CPU tensor raises AttributeError for the
+    interface, so it is not a device array.
+    """
+    if isinstance(obj, np.ndarray):
+        return False
+    return (hasattr(obj, "__cuda_array_interface__")
+            or type(obj).__module__.startswith("numba.cuda.simulator"))
+
+
 def parameter(param, where):
     """Check one parameter array; return it unchanged."""
     if is_sparse(param):

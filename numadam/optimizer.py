@@ -111,9 +111,14 @@ class Adam:
                             f"got {param_group!r}")
         gi = len(self.param_groups)
         params = _validation.param_list(param_group["params"], f"param_groups[{gi}]['params']")
+        infos = None
+        if any(_validation.is_device_array(p) for p in params):
+            from ._cuda_adapters import group_infos   # loads numba.cuda on first use
+            infos = group_infos(params, f"param_groups[{gi}]")
         seen = set()
         for k, param in enumerate(params):
-            _validation.parameter(param, f"param_groups[{gi}]['params'][{k}]")
+            if infos is None:
+                _validation.parameter(param, f"param_groups[{gi}]['params'][{k}]")
             if id(param) in self._index_of or id(param) in seen:
                 raise ValueError(
                     f"param_groups[{gi}]['params'][{k}] appears in more than one "
@@ -126,9 +131,15 @@ class Adam:
 
         first = len(self._slots)
         buckets = []
-        for dtype in dict.fromkeys(p.dtype for p in params):
-            rows = [k for k, p in enumerate(params) if p.dtype == dtype]
-            buckets.append(Bucket([params[k] for k in rows], [first + k for k in rows], gi))
+        dtypes = [p.dtype for p in params] if infos is None else [i.dtype for i in infos]
+        for dtype in dict.fromkeys(dtypes):
+            rows = [k for k, d in enumerate(dtypes) if d == dtype]
+            if infos is None:
+                buckets.append(Bucket([params[k] for k in rows], [first + k for k in rows], gi))
+            else:
+                from ._cuda_bucket import DeviceBucket
+                buckets.append(DeviceBucket([params[k] for k in rows], [infos[k] for k in rows],
+                                            [first + k for k in rows], gi))
         slots = [None] * len(params)
         for bucket in buckets:
             for row, index in enumerate(bucket.indices):
@@ -141,7 +152,7 @@ class Adam:
         for k, param in enumerate(params):
             self._index_of[id(param)] = first + k
         if self._grads is not None:
-            self._grads = self._grads + tuple(np.zeros_like(p) for p in params)
+            self._grads = self._grads + _zeros_like(slots, params)
             self._point_buckets_at_owned_grads(buckets)
 
     def _validate_group(self, group, gi):
@@ -178,21 +189,25 @@ class Adam:
         no per-step validation or address lookup.
         """
         if self._grads is None:
-            self._grads = tuple(np.zeros_like(p) for p in self._all_params())
+            self._grads = _zeros_like(self._slots, self._all_params())
             self._point_buckets_at_owned_grads(self._buckets)
         return self._grads
 
     def _point_buckets_at_owned_grads(self, buckets):
         for bucket in buckets:
+            address_of = bucket.address_of if bucket.on_device else address
             bucket.owned_grad_addresses = np.array(
-                [address(self._grads[i]) for i in bucket.indices], np.int64)
+                [address_of(self._grads[i]) for i in bucket.indices], np.int64)
             bucket.uses_owned_grads = False
 
     def zero_grad(self):
         """Fill the owned gradient buffers (``opt.grads``) with zeros."""
         if self._grads is not None:
-            for g in self._grads:
-                g.fill(0)
+            for (bucket, _), g in zip(self._slots, self._grads):
+                if bucket.on_device:
+                    bucket.zero(g)
+                else:
+                    g.fill(0)
 
     def _gradient_addresses(self, grads):
         """Validate user gradients; return per-bucket address lists (0: no grad)."""
@@ -208,6 +223,9 @@ class Adam:
         out = []
         ndarray = np.ndarray
         for bucket in self._buckets:
+            if bucket.on_device:
+                out.append(bucket.gradient_addresses(grads))
+                continue
             addresses = []
             append = addresses.append
             # The common case costs ~0.5 us a gradient; anything unusual takes
@@ -264,6 +282,8 @@ class Adam:
         args = self._kernel_args()
         buckets = self._buckets
         for bucket in buckets:
+            if bucket.on_device:
+                continue
             for param in bucket.params:
                 if not param.flags.writeable:
                     raise ValueError(
@@ -359,6 +379,12 @@ class AdamW(Adam):
                  amsgrad=False, *, maximize=False, check_finite=None):
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad,
                          maximize=maximize, check_finite=check_finite)
+
+
+def _zeros_like(slots, params):
+    """Zero gradient buffers for ``params`` (device arrays get device buffers)."""
+    return tuple(bucket.zeros_like(row) if bucket.on_device else np.zeros_like(param)
+                 for (bucket, row), param in zip(slots, params))
 
 
 def _raw(group):

@@ -1,0 +1,260 @@
+"""The CUDA backend under the simulator (run by tests/test_cuda_sim.py).
+
+Run only with ``NUMBA_ENABLE_CUDASIM=1``: numba reads it at import. The
+simulator runs the kernels as Python and the element math as the
+CPU-compiled ``adam_element`` (see ``numadam/_cuda_kernels.py``), so these
+tests check the device plumbing (tables, addressing, launches, streams of
+work, state on the device, checkpoints, adapters and their errors) bit for
+bit against the CPU path; the device's own arithmetic is checked by
+``scripts/gpu_check.py`` on a GPU.
+"""
+
+import os
+import sys
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from numba import cuda  # noqa: E402
+from numba.core import config as numba_config  # noqa: E402
+
+import numadam  # noqa: E402
+import numadam.cuda  # noqa: E402
+import optim_configs as oc  # noqa: E402
+from helpers import assert_bits_equal, build, step_grads  # noqa: E402
+
+if not numba_config.ENABLE_CUDASIM:
+    pytest.skip("needs NUMBA_ENABLE_CUDASIM=1 (run through tests/test_cuda_sim.py)",
+                allow_module_level=True)
+
+STEPS = 8
+# The simulator evaluates the finiteness check g - g in NumPy, which warns.
+pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered")
+CASES = [(name, dtype) for name in oc.CONFIGS for dtype in oc.DTYPES]
+
+
+@pytest.fixture(autouse=True)
+def tiny_blocks():
+    numadam.cuda.config.threads_per_block = 32   # several blocks for 96 elements
+    yield
+    numadam.cuda.config.threads_per_block = 256
+
+
+def _to_device(grads):
+    return [None if g is None else cuda.to_device(g) for g in grads]
+
+
+def _pair(name, dtype):
+    """The same configuration on the CPU and on the (simulated) device."""
+    cpu, host_params = build(name, dtype)
+    device_params = [cuda.to_device(p) for p in host_params]
+    dev, _ = build(name, dtype, params=device_params)
+    return cpu, host_params, dev, device_params
+
+
+def _run(opt, name, dtype, first, last, device):
+    schedule = oc.CONFIGS[name].get("schedule", {})
+    for step in range(first, last + 1):
+        if step in schedule:
+            for group, lr in zip(opt.param_groups, schedule[step]):
+                group["lr"] = lr
+        grads = step_grads(name, dtype, step)
+        opt.step(_to_device(grads) if device else grads)
+
+
+def _same(cpu_params, device_params, cpu, dev, what):
+    for k, (a, b) in enumerate(zip(cpu_params, device_params)):
+        assert_bits_equal(b.copy_to_host(), a, f"{what} param {k}")
+    sa, sb = cpu.state_dict(), dev.state_dict()
+    assert sa["state"].keys() == sb["state"].keys()
+    for index, entry in sa["state"].items():
+        for key, value in entry.items():
+            if key == "step":
+                assert sb["state"][index]["step"] == value
+            else:
+                assert isinstance(sb["state"][index][key], np.ndarray)
+                assert_bits_equal(sb["state"][index][key], value, f"{what} {index} {key}")
+
+
+@pytest.mark.parametrize("name,dtype", CASES)
+def test_every_config_matches_the_cpu_bit_for_bit(name, dtype):
+    cpu, hp, dev, dp = _pair(name, dtype)
+    _run(cpu, name, dtype, 1, STEPS, False)
+    _run(dev, name, dtype, 1, STEPS, True)
+    _same(hp, dp, cpu, dev, name)
+    assert all(b.on_device for b in dev._buckets)
+
+
+def test_owned_gradients_and_zero_grad():
+    cpu, hp, dev, dp = _pair("adamw", "float32")
+    for step in range(1, 4):
+        grads = step_grads("adamw", "float32", step)
+        for mine, g in zip(cpu.grads, grads):
+            mine[...] = g
+        for mine, g in zip(dev.grads, grads):
+            mine.copy_to_device(g)
+        cpu.step()
+        dev.step()
+    _same(hp, dp, cpu, dev, "owned grads")
+    dev.zero_grad()
+    assert all(not g.copy_to_host().any() for g in dev.grads)
+
+
+@pytest.mark.parametrize("direction", ["gpu_to_cpu", "cpu_to_gpu"])
+def test_checkpoint_resumes_bit_for_bit_across_devices(direction, tmp_path):
+    name, dtype = "amsgrad_adamw_maximize", "float64"
+    cpu, hp, dev, dp = _pair(name, dtype)
+    _run(cpu, name, dtype, 1, 4, False)
+    _run(dev, name, dtype, 1, 4, True)
+    source, source_params = (dev, dp) if direction == "gpu_to_cpu" else (cpu, hp)
+    path = tmp_path / "ckpt.npz"
+    source.save(path)
+    # Resume on the other side from the same parameters.
+    if direction == "gpu_to_cpu":
+        params = [p.copy_to_host() for p in dp]
+        resumed, params = build(name, dtype, params=params)
+    else:
+        params = [cuda.to_device(p) for p in hp]
+        resumed, _ = build(name, dtype, params=params)
+    resumed.load(path)
+    if direction == "cpu_to_gpu":
+        assert all(isinstance(b.state, type(dp[0])) for b in resumed._buckets)
+    _run(source, name, dtype, 5, 7, direction == "gpu_to_cpu")
+    _run(resumed, name, dtype, 5, 7, direction == "cpu_to_gpu")
+    for k, (a, b) in enumerate(zip(source_params, params)):
+        a = a if isinstance(a, np.ndarray) else a.copy_to_host()
+        b = b if isinstance(b, np.ndarray) else b.copy_to_host()
+        assert_bits_equal(b, a, f"{direction} param {k}")
+
+
+def test_state_views_live_on_the_device_and_can_be_written():
+    x = cuda.to_device(np.linspace(-1, 1, 10).astype(np.float32))
+    opt = numadam.Adam([x], lr=0.1)
+    opt.step([cuda.to_device(np.ones(10, np.float32))])
+    state = opt.state[x]
+    assert state["step"] == 1
+    assert np.allclose(state["exp_avg"].copy_to_host(), 0.1)
+    state["exp_avg"] = np.full(10, 2.0, np.float32)
+    assert np.all(opt.state_dict()["state"][0]["exp_avg"] == 2.0)
+
+
+def test_nonfinite_gradients_change_nothing():
+    x = cuda.to_device(np.ones(40, np.float32))
+    opt = numadam.Adam([x], check_finite="raise")
+    opt.step([cuda.to_device(np.ones(40, np.float32))])
+    before = (x.copy_to_host(), opt.state_dict())
+    bad = np.ones(40, np.float32)
+    bad[33] = np.inf
+    with pytest.raises(FloatingPointError, match="parameter 0"):
+        opt.step([cuda.to_device(bad)])
+    assert_bits_equal(x.copy_to_host(), before[0], "param")
+    assert opt.state_dict()["state"][0]["step"] == 1
+    opt.check_finite = "skip"
+    opt.step([cuda.to_device(bad)])
+    assert opt.skipped_steps == 1
+
+
+def test_mixing_host_and_device_in_a_group_is_an_error():
+    with pytest.raises(TypeError, match=r"\['params'\]\[1\] is a NumPy \(host\) array"):
+        numadam.Adam([cuda.to_device(np.zeros(3)), np.zeros(3)])
+    # Host and device arrays in separate groups are fine.
+    numadam.Adam([{"params": [np.zeros(3)]}, {"params": [cuda.to_device(np.zeros(3))]}])
+
+
+def test_bad_device_gradients_are_errors_before_anything_changes():
+    x = cuda.to_device(np.ones(6, np.float32))
+    opt = numadam.Adam([x])
+    with pytest.raises(TypeError, match="host"):
+        opt.step([np.ones(6, np.float32)])
+    with pytest.raises(ValueError, match="shape"):
+        opt.step([cuda.to_device(np.ones(5, np.float32))])
+    with pytest.raises(ValueError, match="dtype"):
+        opt.step([cuda.to_device(np.ones(6, np.float64))])
+    assert 0 not in opt.state
+    assert_bits_equal(x.copy_to_host(), np.ones(6, np.float32), "untouched")
+
+
+def test_non_contiguous_device_parameter_is_rejected():
+    x = cuda.to_device(np.zeros((4, 4), np.float32))
+    with pytest.raises(ValueError, match="C-contiguous"):
+        numadam.Adam([x[:, ::2]])
+
+
+def test_flat_parameters_are_views_of_one_buffer():
+    flat = numadam.cuda.flat_parameters([(3, 4), 5, (2, 2)], np.float64, fill=0.5)
+    assert [p.shape for p in flat.params] == [(3, 4), (5,), (2, 2)]
+    base = flat.buffer._ary.ctypes.data
+    assert [p._ary.ctypes.data - base for p in flat.params] == [0, 96, 136]
+    grads = numadam.cuda.flat_parameters([(3, 4), 5, (2, 2)], np.float64)
+    grads.buffer.copy_to_device(np.linspace(-1, 1, 21))
+    host = [np.full(s, 0.5) for s in [(3, 4), (5,), (2, 2)]]
+    cpu, dev = numadam.Adam(host, lr=0.1), numadam.Adam(flat.params, lr=0.1)
+    for _ in range(3):
+        cpu.step([g.copy_to_host() for g in grads.params])
+        dev.step(grads.params)
+    assert len(dev._buckets) == 1
+    for a, b in zip(host, flat.params):
+        assert_bits_equal(b.copy_to_host(), a, "flat")
+
+
+class InterfaceOnly:
+    """Exposes a host buffer through __cuda_array_interface__ alone.
+
+    Under the simulator "device" memory is host memory, so the kernels can
+    run on it: this exercises the adapter path that CuPy and torch take.
+    """
+
+    def __init__(self, array, *, readonly=False, strides=None, typestr=None, version=3):
+        self.array = array
+        self.__cuda_array_interface__ = {
+            "shape": array.shape, "typestr": typestr or array.dtype.str,
+            "data": (array.ctypes.data, readonly), "version": version,
+            "strides": strides, "stream": None}
+
+
+@pytest.fixture
+def one_device(monkeypatch):
+    from numadam import _cuda_adapters
+    monkeypatch.setattr(_cuda_adapters, "_device_of_pointer", lambda address: 0)
+
+
+def test_interface_only_objects_are_updated_in_place(one_device):
+    host = np.linspace(-1, 1, 24).reshape(4, 6)
+    mine = host.copy()
+    grad = np.cos(np.arange(24.0)).reshape(4, 6)
+    cpu = numadam.AdamW([host], lr=0.05)
+    dev = numadam.AdamW([InterfaceOnly(mine)], lr=0.05)
+    for _ in range(3):
+        cpu.step([grad])
+        dev.step([InterfaceOnly(grad, readonly=True)])
+    assert_bits_equal(mine, host, "interface-only")
+
+
+def test_interface_errors(one_device):
+    from numadam import _cuda_adapters
+    a = np.zeros((3, 4), np.float32)
+    with pytest.raises(ValueError, match="read-only"):
+        numadam.Adam([InterfaceOnly(a, readonly=True)])
+    with pytest.raises(ValueError, match="C-contiguous"):
+        numadam.Adam([InterfaceOnly(a, strides=(4, 12))])
+    # Strides of axes of length 1 do not matter.
+    numadam.Adam([InterfaceOnly(np.zeros((1, 4), np.float32), strides=(999, 4))])
+    with pytest.raises(ValueError, match="unsupported dtype"):
+        numadam.Adam([InterfaceOnly(np.zeros(3, np.int32))])
+    info = _cuda_adapters.inspect(InterfaceOnly(a), "x")
+    assert (info.address, info.shape, info.dtype, info.size) == (a.ctypes.data, (3, 4),
+                                                                 np.dtype(np.float32), 12)
+
+
+def test_two_devices_in_a_group_is_an_error(monkeypatch):
+    from numadam import _cuda_adapters
+    a, b = np.zeros(3), np.zeros(3)
+    monkeypatch.setattr(_cuda_adapters, "_device_of_pointer",
+                        lambda address: 0 if address == a.ctypes.data else 1)
+    with pytest.raises(ValueError, match=r"\['params'\]\[1\] is on device 1"):
+        numadam.Adam([InterfaceOnly(a), InterfaceOnly(b)])
+    opt = numadam.Adam([InterfaceOnly(a)])
+    with pytest.raises(ValueError, match="device 1"):
+        opt.step([InterfaceOnly(b)])
