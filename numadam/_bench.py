@@ -174,7 +174,7 @@ def _plan(args):
     if "mixed" in args.sections:
         sizes = mixed_sizes()
         names = ("numadam", "torch fused", "NumPy in-place")
-        many = [bc.CONTENDERS[x] for x in names]
+        many = [bc.CONTENDERS[x] for x in names] + [bc.numadam_flat]
         plan.append(("mixed", f"{len(sizes)} mixed", many, sizes, "numadam"))
         plan.append(("mixed", "same total x1", [bc.CONTENDERS[x] for x in names],
                      [sum(sizes)], "numadam"))
@@ -191,15 +191,17 @@ def run(args, out=sys.stdout, err=sys.stderr):
     for section, label, contenders, sizes, baseline in plan:
         results = measure(contenders, sizes, args.dtype, args.amsgrad, args.rounds,
                           args.target, progress, f"{section} {label}")
+        if section == "mixed" and len(sizes) > 1:
+            flat_numadam = results.get(bc.numadam_flat.name, (None,))[0]
         if section == "mixed" and len(sizes) == 1:
-            flat_numadam = results.get("numadam", (None,))[0]
             results = {f"{k} (one flat array)": v for k, v in results.items()}
             baseline = "numadam (one flat array)"
         rows.extend(_rows(section, sizes, args.dtype, args.amsgrad, results, baseline))
     progress.close()
     if flat_numadam:
         # The mixed scenario's question: how far are 200 arrays from one flat one?
-        many = [r for r in rows if r["section"] == "mixed" and r["arrays"] > 1]
+        many = [r for r in rows if r["section"] == "mixed" and r["arrays"] > 1
+                and r["contender"] != bc.numadam_flat.name]
         for r in many:
             if r["seconds"]:
                 r["vs_flat_numadam"] = r["seconds"] / flat_numadam

@@ -20,7 +20,7 @@ from numba import get_num_threads, njit, prange
 import numadam
 
 __all__ = ["Contender", "Unavailable", "make_arrays", "stream_traffic", "CONTENDERS",
-           "numadam_step", "numadam_owned", "stream", "noop_call"]
+           "numadam_step", "numadam_owned", "numadam_flat", "stream", "noop_call"]
 
 LR, BETA1, BETA2, EPS = 1e-3, 0.9, 0.999, 1e-8
 
@@ -79,6 +79,10 @@ def _numadam(sizes, dtype, amsgrad, owned=False):
 
 
 numadam_step = Contender("numadam", _numadam, 4)
+# Interleaved with the many-array contenders, so that the "200 arrays vs one flat
+# array" ratio compares two measurements taken in the same machine state.
+numadam_flat = Contender("numadam, one flat array of the same total",
+                         lambda sizes, dtype, amsgrad: _numadam([sum(sizes)], dtype, amsgrad), 4)
 numadam_owned = Contender("numadam step() owned grads",
                           functools.partial(_numadam, owned=True), 4)
 
@@ -262,5 +266,5 @@ def _noop_call(sizes, dtype, amsgrad):
 noop_call = Contender("bare njit call (no-op)", _noop_call, 2)
 
 CONTENDERS = {c.name: c for c in (
-    numadam_step, numadam_owned, stream, numpy_naive, numpy_inplace, torch_loop,
+    numadam_step, numadam_owned, numadam_flat, stream, numpy_naive, numpy_inplace, torch_loop,
     torch_foreach, torch_fused, optax_jit, noop_call)}
