@@ -152,7 +152,7 @@ class Adam:
         for k, param in enumerate(params):
             self._index_of[id(param)] = first + k
         if self._grads is not None:
-            self._grads = self._grads + _zeros_like(slots, params)
+            self._grads = self._grads + _zeros_like(slots)
             self._point_buckets_at_owned_grads(buckets)
 
     def _validate_group(self, group, gi):
@@ -189,7 +189,7 @@ class Adam:
         no per-step validation or address lookup.
         """
         if self._grads is None:
-            self._grads = _zeros_like(self._slots, self._all_params())
+            self._grads = _zeros_like(self._slots)
             self._point_buckets_at_owned_grads(self._buckets)
         return self._grads
 
@@ -381,10 +381,9 @@ class AdamW(Adam):
                          maximize=maximize, check_finite=check_finite)
 
 
-def _zeros_like(slots, params):
-    """Zero gradient buffers for ``params`` (device arrays get device buffers)."""
-    return tuple(bucket.zeros_like(row) if bucket.on_device else np.zeros_like(param)
-                 for (bucket, row), param in zip(slots, params))
+def _zeros_like(slots):
+    """Zero gradient buffers for the parameters of ``slots``, on their device."""
+    return tuple(bucket.zeros_like(row) for bucket, row in slots)
 
 
 def _raw(group):
