@@ -20,10 +20,12 @@ class Adam:
 
     Parameters
     ----------
-    params : sequence of numpy.ndarray, or sequence of dict
+    params : sequence of arrays, or sequence of dict
         The arrays to optimise (float32 or float64, C-contiguous, writeable,
-        any shape), updated **in place**; or parameter groups: dicts with a
-        ``"params"`` list and any hyperparameter below as a per-group override.
+        any shape), updated **in place**: NumPy arrays, or device arrays (CuPy,
+        Numba, any ``__cuda_array_interface__`` object; experimental, see the
+        README); or parameter groups: dicts with a ``"params"`` list and any
+        hyperparameter below as a per-group override.
     lr : float, default 1e-3
         Learning rate (>= 0). Edit ``opt.param_groups[i]["lr"]`` between
         steps to schedule it.
