@@ -17,43 +17,32 @@ from ._cpu import LIVE, NCOLS, OFFSET, PTR_G, PTR_P, SIZE, STEP
 STATE_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
 
 
-class Bucket:
-    """Parameters ``params`` (global indices ``indices``) of group ``group_index``."""
+class BucketBase:
+    """What host and device buckets share: the table, the step/live columns,
+    the layout of the state rows."""
 
-    on_device = False   # DeviceBucket (numadam._cuda_bucket) has the same interface
-
-    def __init__(self, params, indices, group_index):
+    def __init__(self, params, indices, group_index, dtype, addresses, shapes):
         self.params = list(params)
         self.indices = list(indices)
         self.group_index = group_index
-        self.dtype = self.params[0].dtype
-        self.like = np.empty(0, self.dtype)  # carries the dtype into kernels
+        self.dtype = dtype
         self.table = np.zeros((len(self.params), NCOLS), np.int64)
         offset = 0
-        for k, param in enumerate(self.params):
-            self.table[k, PTR_P] = _cpu.address(param)
+        for k, (address, shape) in enumerate(zip(addresses, shapes)):
+            size = int(np.prod(shape, dtype=np.int64))
+            self.table[k, PTR_P] = address
             self.table[k, OFFSET] = offset
-            self.table[k, SIZE] = param.size
-            offset += param.size
+            self.table[k, SIZE] = size
+            offset += size
         self.total = offset
         # (global index, shape, dtype) of each parameter: what a gradient must match.
-        self.expected = [(i, p.shape, p.dtype) for i, p in zip(self.indices, self.params)]
+        self.expected = [(i, tuple(shape), dtype) for i, shape in zip(self.indices, shapes)]
         self.state = None
-        self.grad_buffer = None
         self.owned_grad_addresses = None
         self.uses_owned_grads = False
 
-    # ----------------------------------------------------------------- state
     def rows_for(self, amsgrad):
         return 3 if amsgrad else 2
-
-    def allocate(self, amsgrad):
-        """Create the (zero) state at the first step, as torch does lazily.
-
-        ``np.zeros`` leaves the pages untouched until the kernel's threads
-        write them, so each thread's share lands in its own memory.
-        """
-        self.state = np.zeros((self.rows_for(amsgrad), self.total), self.dtype)
 
     def check_amsgrad(self, amsgrad, where):
         """AMSGrad cannot be switched on once the state exists without it."""
@@ -65,6 +54,28 @@ class Bucket:
 
     def is_live(self, k):
         return bool(self.table[k, LIVE])
+
+
+class Bucket(BucketBase):
+    """Parameters ``params`` (global indices ``indices``) of group ``group_index``."""
+
+    on_device = False   # DeviceBucket (numadam._cuda_bucket) has the same interface
+
+    def __init__(self, params, indices, group_index):
+        params = list(params)
+        super().__init__(params, indices, group_index, params[0].dtype,
+                         [_cpu.address(p) for p in params], [p.shape for p in params])
+        self.like = np.empty(0, self.dtype)  # carries the dtype into kernels
+        self.grad_buffer = None
+
+    # ----------------------------------------------------------------- state
+    def allocate(self, amsgrad):
+        """Create the (zero) state at the first step, as torch does lazily.
+
+        ``np.zeros`` leaves the pages untouched until the kernel's threads
+        write them, so each thread's share lands in its own memory.
+        """
+        self.state = np.zeros((self.rows_for(amsgrad), self.total), self.dtype)
 
     def view(self, k, row):
         """Parameter ``k``'s slice of state row ``row``, in the parameter's shape."""

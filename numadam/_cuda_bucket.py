@@ -18,8 +18,8 @@ import numpy as np
 from numba import cuda
 
 from . import _cpu, _cuda_kernels
-from ._bucket import STATE_KEYS
-from ._cpu import LIVE, NCOLS, OFFSET, PTR_G, PTR_P, SIZE, STEP
+from ._bucket import STATE_KEYS, BucketBase
+from ._cpu import OFFSET, PTR_G, SIZE, STEP
 from ._cuda_adapters import _on_device, gradient_info, inspect, stream_for, zeros_like
 from ._math import NSCALARS
 
@@ -29,31 +29,18 @@ def _threads():
     return config.threads_per_block
 
 
-class DeviceBucket:
+class DeviceBucket(BucketBase):
     """Device parameters ``params`` (infos ``infos``) of group ``group_index``."""
 
     on_device = True
 
     def __init__(self, params, infos, indices, group_index):
-        self.params = list(params)
         self.infos = list(infos)
-        self.indices = list(indices)
-        self.group_index = group_index
+        super().__init__(params, indices, group_index, self.infos[0].dtype,
+                         [info.address for info in self.infos],
+                         [info.shape for info in self.infos])
         self.device = self.infos[0].device
-        self.dtype = self.infos[0].dtype
         self.like = np.empty((1, 0), self.dtype)  # carries the dtype into _prepare
-        self.table = np.zeros((len(self.params), NCOLS), np.int64)
-        offset = 0
-        for k, info in enumerate(self.infos):
-            self.table[k, PTR_P] = info.address
-            self.table[k, OFFSET] = offset
-            self.table[k, SIZE] = info.size
-            offset += info.size
-        self.total = offset
-        self.expected = [(i, info.shape, info.dtype) for i, info in zip(self.indices, self.infos)]
-        self.state = None
-        self.owned_grad_addresses = None
-        self.uses_owned_grads = False
         self._grad_streams = ()
         self._stream = None
         with _on_device(self.device):
@@ -74,25 +61,12 @@ class DeviceBucket:
             self._stream.synchronize()
 
     # ------------------------------------------------------------------ state
-    def rows_for(self, amsgrad):
-        return 3 if amsgrad else 2
-
     def allocate(self, amsgrad):
         stream = self._current_stream()
         with _on_device(self.device):
             self.state = cuda.device_array((self.rows_for(amsgrad), self.total), self.dtype,
                                            stream=stream)
             _cuda_kernels.fill(self.state.reshape(-1), 0, stream, _threads())
-
-    def check_amsgrad(self, amsgrad, where):
-        if amsgrad and self.state is not None and self.state.shape[0] < 3:
-            raise ValueError(
-                f"{where}: amsgrad was switched on after the first step; the group "
-                "has no max_exp_avg_sq to continue from (torch fails here too). "
-                "Create the optimizer with amsgrad=True instead")
-
-    def is_live(self, k):
-        return bool(self.table[k, LIVE])
 
     def view(self, k, row):
         """Parameter ``k``'s slice of state row ``row``: a Numba device array view."""
