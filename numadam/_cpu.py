@@ -20,8 +20,10 @@ from numba.extending import intrinsic
 
 from ._math import NSCALARS, adam_element, loop_scalars, scalars_into
 
-__all__ = ["step_serial", "step_parallel", "PTR_P", "PTR_G", "OFFSET", "SIZE",
-           "STEP", "LIVE", "NCOLS"]
+# update_span and address_as_pointer are also used by numadam.functional and
+# numadam._distributed_kernels: editing them leaves those modules' Numba caches stale.
+__all__ = ["step_serial", "step_parallel", "update_span", "address_as_pointer",
+           "PTR_P", "PTR_G", "OFFSET", "SIZE", "STEP", "LIVE", "NCOLS"]
 
 # Columns of the bucket table.
 PTR_P, PTR_G, OFFSET, SIZE, STEP, LIVE = range(6)
@@ -29,7 +31,7 @@ NCOLS = 6
 
 
 @intrinsic
-def _address_as_pointer(typingctx, address, like):
+def address_as_pointer(typingctx, address, like):
     """Turn an integer address into a pointer to ``like``'s element type."""
     if not isinstance(address, types.Integer) or not isinstance(like, types.Array):
         return None
@@ -66,7 +68,7 @@ def _prepare(table, state, lr, beta1, beta2, eps, weight_decay):
 
 
 @njit(cache=True, error_model="numpy")
-def _update_span(p, g, m, v, vmax, lo, hi, base, s, amsgrad, maximize, decoupled):
+def update_span(p, g, m, v, vmax, lo, hi, base, s, amsgrad, maximize, decoupled):
     """Update elements ``lo:hi`` of one parameter whose state starts at ``base``."""
     (neg_step, bc2_sqrt, eps, wd, lerp_w, lerp_small, c2, beta2, decay,
      sign) = loop_scalars(s, maximize)
@@ -116,9 +118,9 @@ def _run_task(table, state, scal, lo, hi, amsgrad, maximize, decoupled):
         size = table[k, SIZE]
         end = min(hi, offset + size)
         if end > lo and table[k, PTR_G] != 0:
-            p = carray(_address_as_pointer(table[k, PTR_P], state), size)
-            g = carray(_address_as_pointer(table[k, PTR_G], state), size)
-            _update_span(p, g, m, v, vmax, lo - offset, end - offset, offset,
+            p = carray(address_as_pointer(table[k, PTR_P], state), size)
+            g = carray(address_as_pointer(table[k, PTR_G], state), size)
+            update_span(p, g, m, v, vmax, lo - offset, end - offset, offset,
                          scal[k], amsgrad, maximize, decoupled)
         if end > lo:
             lo = end
@@ -194,7 +196,7 @@ def first_nonfinite(table, like, min_task, nthreads):
             offset = table[k, OFFSET]
             end = min(hi, offset + table[k, SIZE])
             if end > lo and table[k, PTR_G] != 0:
-                g = carray(_address_as_pointer(table[k, PTR_G], like), table[k, SIZE])
+                g = carray(address_as_pointer(table[k, PTR_G], like), table[k, SIZE])
                 if not _span_is_finite(g, lo - offset, end - offset):
                     first_bad[task] = k
                     break

@@ -12,7 +12,7 @@ import numpy as np
 from numba import carray, njit, prange
 
 from ._config import config
-from ._cpu import OFFSET, PTR_G, SIZE, _address_as_pointer
+from ._cpu import OFFSET, PTR_G, SIZE, address_as_pointer
 
 __all__ = ["ordered_mean", "square_bins", "bins_to_sum", "NBINS", "NONFINITE", "OVERFLOW"]
 
@@ -93,7 +93,7 @@ def _bin_range(table, like, lo, hi, bins):
         start = max(lo, offset)
         end = min(hi, offset + table[k, SIZE])
         if end > start and table[k, PTR_G] != 0:
-            g = carray(_address_as_pointer(table[k, PTR_G], like), table[k, SIZE])
+            g = carray(address_as_pointer(table[k, PTR_G], like), table[k, SIZE])
             _bin_span(g, start - offset, end - offset, bins)
 
 

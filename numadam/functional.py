@@ -26,7 +26,7 @@ from numba.core.errors import TypingError
 from numba.extending import overload
 
 from . import _validation
-from ._cpu import _update_span
+from ._cpu import update_span
 from ._math import NSCALARS, scalars_into
 
 __all__ = ["adam_update"]
@@ -200,7 +200,7 @@ def _update(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, beta1, b
     scalars = np.empty(NSCALARS, param.dtype)
     scalars_into(scalars, step, lr, beta1, beta2, eps, weight_decay)
     n = param.size
-    _update_span(param.reshape(n), grad.reshape(n), exp_avg.reshape(n),
+    update_span(param.reshape(n), grad.reshape(n), exp_avg.reshape(n),
                  exp_avg_sq.reshape(n), max_exp_avg_sq.reshape(max_exp_avg_sq.size),
                  0, n, 0, scalars, amsgrad, maximize, decoupled)
 
