@@ -21,7 +21,9 @@ class BucketBase:
     """What host and device buckets share: the table, the step/live columns,
     the layout of the state rows."""
 
-    def __init__(self, params, indices, group_index, dtype, addresses, shapes):
+    def __init__(self, params, indices, group_index, dtype, addresses, shapes, align=1):
+        """``align``: every parameter's state starts at a multiple of it (the
+        device kernels' vector width); the columns in between are padding."""
         self.params = list(params)
         self.indices = list(indices)
         self.group_index = group_index
@@ -33,7 +35,7 @@ class BucketBase:
             self.table[k, PTR_P] = address
             self.table[k, OFFSET] = offset
             self.table[k, SIZE] = size
-            offset += size
+            offset += -(-size // align) * align
         self.total = offset
         # (global index, shape, dtype) of each parameter: what a gradient must match.
         self.expected = [(i, tuple(shape), dtype) for i, shape in zip(self.indices, shapes)]

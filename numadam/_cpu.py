@@ -23,7 +23,7 @@ from ._math import NSCALARS, adam_element, loop_scalars, scalars_into
 # update_span and address_as_pointer are also used by numadam.functional and
 # numadam._distributed_kernels: editing them leaves those modules' Numba caches stale.
 __all__ = ["step_serial", "step_parallel", "update_span", "address_as_pointer",
-           "PTR_P", "PTR_G", "OFFSET", "SIZE", "STEP", "LIVE", "NCOLS"]
+           "prepare_uniform", "PTR_P", "PTR_G", "OFFSET", "SIZE", "STEP", "LIVE", "NCOLS"]
 
 # Columns of the bucket table.
 PTR_P, PTR_G, OFFSET, SIZE, STEP, LIVE = range(6)
@@ -65,6 +65,30 @@ def _prepare(table, state, lr, beta1, beta2, eps, weight_decay):
             scalars_into(scal[k], table[k, STEP], lr, beta1, beta2, eps, weight_decay)
         previous = k
     return scal
+
+
+@njit(cache=True, error_model="numpy")
+def prepare_uniform(table, state, s, lr, beta1, beta2, eps, weight_decay):
+    """:func:`_prepare` for the device kernels, which take the scalars by value
+    when every parameter with a gradient is at the same step.
+
+    Returns ``(scal, mode)``: mode 0, no parameter has a gradient; 1, all are
+    at one step and ``s`` holds their scalars; 2, steps differ and ``scal``
+    (one row per parameter) is what the kernel must read.
+    """
+    scal = _prepare(table, state, lr, beta1, beta2, eps, weight_decay)
+    first = -1
+    for k in range(table.shape[0]):
+        if table[k, PTR_G] != 0:
+            if first < 0:
+                first = k
+            elif table[k, STEP] != table[first, STEP]:
+                return scal, 2
+    if first < 0:
+        return scal, 0
+    for j in range(NSCALARS):
+        s[j] = scal[first, j]
+    return scal, 1
 
 
 @njit(cache=True, error_model="numpy")

@@ -8,6 +8,8 @@ reaches its memory through the address the interface reports.
 Importing this module imports ``numba.cuda``.
 """
 
+import math
+
 import numpy as np
 from numba import cuda
 
@@ -26,7 +28,7 @@ class DeviceArrayInfo:
         self.address = address
         self.shape = shape
         self.dtype = dtype
-        self.size = int(np.prod(shape, dtype=np.int64))
+        self.size = math.prod(shape)
         self.device = device
         self.stream = stream
 
@@ -80,7 +82,7 @@ def inspect(obj, where, *, writeable=True):
     if face.get("mask") is not None:
         raise ValueError(f"{where} is a masked array; Adam updates dense arrays only")
     shape = tuple(int(n) for n in face["shape"])
-    dtype = np.dtype(face["typestr"])
+    dtype = _DTYPES.get(face["typestr"]) or np.dtype(face["typestr"])
     _check_dtype(dtype, where)
     strides = face.get("strides")
     if strides is not None and not _is_c_contiguous(shape, strides, dtype.itemsize):
@@ -94,6 +96,9 @@ def inspect(obj, where, *, writeable=True):
         raise ValueError(f"{where} reports a null data pointer")
     return DeviceArrayInfo(int(address), shape, dtype, _device_of(obj, address),
                            face.get("stream") if face.get("version", 0) >= 3 else None)
+
+
+_DTYPES = {"<f4": np.dtype(np.float32), "<f8": np.dtype(np.float64)}
 
 
 def _check_dtype(dtype, where):

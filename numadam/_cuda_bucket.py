@@ -2,16 +2,23 @@
 
 The host keeps the int64 ``table`` (so step counts, offsets and live flags
 read exactly as on the CPU, and ``_cpu._prepare`` builds the scalars with the
-same float64 arithmetic); each step copies the table and the scalars to the
-device and launches one kernel (:mod:`numadam._cuda_kernels`). The state
-array lives on the parameters' device.
+same float64 arithmetic). The device keeps a copy of the table, uploaded only
+when a gradient address changes, and the state array, padded so that every
+parameter's state starts at a multiple of the kernel's vector width.
+
+A step, in the usual case (every parameter at the same step, gradient
+addresses as last time), copies nothing to the device: the scalars travel as
+kernel arguments, and the launch is one driver call
+(:mod:`numadam._cuda_launch`; ``numadam.cuda.config.launcher = "numba"``
+selects Numba's launcher instead, and the simulator has only that one).
 
 Streams: each step is enqueued on the stream that the bucket's first
 parameter reports through ``__cuda_array_interface__`` (version 3; CuPy and
-torch report their current stream) and returns without waiting for the GPU.
-A gradient that reports another stream is waited for on the device (an event),
-never on the host. ``param_state`` (state dicts, checkpoints) and
-``first_nonfinite`` synchronise that stream before they read.
+torch report their current stream; a Numba device array, the stream it is
+bound to) and returns without waiting for the GPU. A gradient that reports
+another stream is waited for on the device (an event), never on the host.
+``param_state`` (state dicts, checkpoints) and ``first_nonfinite``
+synchronise that stream before they read.
 """
 
 import numpy as np
@@ -22,11 +29,32 @@ from ._bucket import STATE_KEYS, BucketBase
 from ._cpu import OFFSET, PTR_G, SIZE, STEP
 from ._cuda_adapters import _on_device, gradient_info, inspect, stream_for, zeros_like
 from ._math import NSCALARS
+from .cuda import config
+
+_DRIVER_KERNELS = {}     # dtype -> DriverKernel of the step kernel
 
 
 def _threads():
-    from .cuda import config
     return config.threads_per_block
+
+
+def _driver_kernel(dtype):
+    from ._cuda_launch import DriverKernel
+    found = _DRIVER_KERNELS.get(dtype)
+    if found is None:
+        found = DriverKernel(_cuda_kernels.step_kernel, _cuda_kernels.step_signature(dtype))
+        _DRIVER_KERNELS[dtype] = found
+    return found
+
+
+_DEFAULT_HANDLE = []
+
+
+def _default_handle():
+    """The raw handle of Numba's default stream (0, or 2 with per-thread streams)."""
+    if not _DEFAULT_HANDLE:
+        _DEFAULT_HANDLE.append(int(cuda.default_stream().handle or 0))
+    return _DEFAULT_HANDLE[0]
 
 
 class DeviceBucket(BucketBase):
@@ -38,27 +66,41 @@ class DeviceBucket(BucketBase):
         self.infos = list(infos)
         super().__init__(params, indices, group_index, self.infos[0].dtype,
                          [info.address for info in self.infos],
-                         [info.shape for info in self.infos])
+                         [info.shape for info in self.infos], align=_cuda_kernels.VEC)
         self.device = self.infos[0].device
         self.like = np.empty((1, 0), self.dtype)  # carries the dtype into _prepare
         self._grad_streams = ()
-        self._stream = None
+        self._grad_column = None       # the gradient addresses the table holds
+        self._table_dirty = True       # the device table is older than the host's
+        self._stream_handle = None
+        self._numba_param = type(params[0]).__module__.startswith("numba.cuda")
+        self._scalars = np.empty(NSCALARS, self.dtype)   # the uniform scalars of a step
+        self._launch = None            # LaunchArgs of the driver path, made at first use
+        self._launched_state = None
+        self._grid_for = (-1, -1, 0, 0)   # (total, threads) -> (blocks, threads)
         with _on_device(self.device):
             self._table_d = cuda.device_array(self.table.shape, np.int64)
             self._scal_d = cuda.device_array((len(self.params), NSCALARS), self.dtype)
 
     # ---------------------------------------------------------------- streams
+    def _read_stream_handle(self):
+        """The interface stream of the first parameter, read at every step (it may
+        change: CuPy and torch report their current stream)."""
+        param = self.params[0]
+        if self._numba_param:           # what its interface says, without building it
+            stream = param.stream
+            return None if stream == 0 else int(stream)
+        face = getattr(param, "__cuda_array_interface__", None)
+        return face.get("stream") if face and face.get("version", 0) >= 3 else None
+
     def _current_stream(self):
-        """The stream of the first parameter, read at every step (it may change)."""
-        face = getattr(self.params[0], "__cuda_array_interface__", None)
-        handle = face.get("stream") if face and face.get("version", 0) >= 3 else None
-        self._stream = stream_for(handle)
-        return self._stream
+        """The Numba stream of the first parameter's interface stream."""
+        self._stream_handle = self._read_stream_handle()
+        return stream_for(self._stream_handle)
 
     def synchronize(self):
         """Wait for the work this bucket enqueued."""
-        if self._stream is not None:
-            self._stream.synchronize()
+        stream_for(self._stream_handle).synchronize()
 
     # ------------------------------------------------------------------ state
     def allocate(self, amsgrad):
@@ -129,12 +171,16 @@ class DeviceBucket(BucketBase):
     def use_gradients(self, addresses):
         if addresses is None:
             self._grad_streams = ()
-            if not self.uses_owned_grads:
-                self.table[:, PTR_G] = self.owned_grad_addresses
-                self.uses_owned_grads = True
+            if self.uses_owned_grads:
+                return
+            self.uses_owned_grads = True
+            addresses = self.owned_grad_addresses.tolist()
         else:
-            self.table[:, PTR_G] = addresses
             self.uses_owned_grads = False
+        if addresses != self._grad_column:
+            self.table[:, PTR_G] = addresses
+            self._grad_column = addresses
+            self._table_dirty = True
 
     def _wait_for_gradients(self, stream):
         for handle in self._grad_streams:
@@ -144,11 +190,16 @@ class DeviceBucket(BucketBase):
                 event.record(other)
                 event.wait(stream)
 
+    def _upload_table(self, stream):
+        if self._table_dirty:
+            self._table_d.copy_to_device(self.table, stream=stream)
+            self._table_dirty = False
+
     def first_nonfinite(self):
         stream = self._current_stream()
         with _on_device(self.device):
             self._wait_for_gradients(stream)
-            self._table_d.copy_to_device(self.table, stream=stream)
+            self._upload_table(stream)
             return _cuda_kernels.first_nonfinite(self._table_d, self.like[0], self.total,
                                                  stream, _threads())
 
@@ -156,11 +207,49 @@ class DeviceBucket(BucketBase):
     def step(self, args):
         """Enqueue one update of the whole bucket with validated ``args``."""
         lr, beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled = args
-        scal = _cpu._prepare(self.table, self.like, lr, beta1, beta2, eps, weight_decay)
-        stream = self._current_stream()
-        with _on_device(self.device):
-            self._wait_for_gradients(stream)
-            self._table_d.copy_to_device(self.table, stream=stream)
-            self._scal_d.copy_to_device(scal, stream=stream)
-            _cuda_kernels.step(self._table_d, self._scal_d, self.state, amsgrad, maximize,
-                               decoupled, stream, _threads())
+        scal, mode = _cpu.prepare_uniform(self.table, self.like, self._scalars, lr, beta1,
+                                          beta2, eps, weight_decay)
+        if mode == 0:                  # no gradient at all: nothing to launch
+            return
+        handle = self._stream_handle = self._read_stream_handle()
+        driver = not _cuda_kernels.SIMULATED and config.launcher == "driver"
+        if self._table_dirty or mode == 2 or self._grad_streams or not driver:
+            stream = stream_for(handle)
+            with _on_device(self.device):
+                self._wait_for_gradients(stream)
+                self._upload_table(stream)
+                if mode == 2:
+                    self._scal_d.copy_to_device(scal, stream=stream)
+                if not driver:
+                    _cuda_kernels.launch_step(self._table_d, self._scal_d, self.state,
+                                              mode == 1, self._scalars, amsgrad, maximize,
+                                              decoupled, stream, _threads())
+                    return
+        self._driver_launch(handle, mode, amsgrad, maximize, decoupled)
+
+    def _driver_launch(self, handle, mode, amsgrad, maximize, decoupled):
+        launch = self._launch
+        if launch is None:
+            from ._cuda_launch import LaunchArgs
+            launch = self._launch = LaunchArgs(_driver_kernel(self.dtype), self.device)
+            launch.set_array(0, self._table_d)
+            launch.set_array(1, self._scal_d)
+            # From now on prepare_uniform writes the scalars straight into the
+            # launch's argument buffer.
+            view = launch.values_view(4, self.dtype)
+            view[:] = self._scalars
+            self._scalars = view
+        if self.state is not self._launched_state:     # allocated, or loaded
+            launch.set_array(2, self.state)
+            self._launched_state = self.state
+        fields = launch.fields
+        fields[3][0].value = mode == 1
+        fields[5][0].value = amsgrad
+        fields[6][0].value = maximize
+        fields[7][0].value = decoupled
+        total = self.total
+        if total != self._grid_for[0] or config.threads_per_block != self._grid_for[1]:
+            self._grid_for = (total, config.threads_per_block,
+                              *_cuda_kernels.step_grid(total, config.threads_per_block))
+        launch.launch(self._grid_for[2], self._grid_for[3],
+                      _default_handle() if handle is None else handle)

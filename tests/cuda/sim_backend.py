@@ -186,9 +186,11 @@ def test_flat_parameters_are_views_of_one_buffer():
     flat = numadam.cuda.flat_parameters([(3, 4), 5, (2, 2)], np.float64, fill=0.5)
     assert [p.shape for p in flat.params] == [(3, 4), (5,), (2, 2)]
     base = flat.buffer._ary.ctypes.data
-    assert [p._ary.ctypes.data - base for p in flat.params] == [0, 96, 136]
+    # Each view starts on a 16-byte boundary; the padding is zero, not ``fill``.
+    assert [p._ary.ctypes.data - base for p in flat.params] == [0, 96, 144]
+    assert flat.buffer.copy_to_host()[17] == 0
     grads = numadam.cuda.flat_parameters([(3, 4), 5, (2, 2)], np.float64)
-    grads.buffer.copy_to_device(np.linspace(-1, 1, 21))
+    grads.buffer.copy_to_device(np.linspace(-1, 1, 22))
     host = [np.full(s, 0.5) for s in [(3, 4), (5,), (2, 2)]]
     cpu, dev = numadam.Adam(host, lr=0.1), numadam.Adam(flat.params, lr=0.1)
     for _ in range(3):
@@ -197,6 +199,123 @@ def test_flat_parameters_are_views_of_one_buffer():
     assert len(dev._buckets) == 1
     for a, b in zip(host, flat.params):
         assert_bits_equal(b.copy_to_host(), a, "flat")
+
+
+def _count_calls(monkeypatch, module, name):
+    calls = []
+    original = getattr(module, name)
+
+    def counting(*args):
+        calls.append(args)
+        return original(*args)
+
+    monkeypatch.setattr(module, name, counting)
+    return calls
+
+
+ODD_SIZES = [1, 5, 7, 13, 64, 11]
+
+
+@pytest.mark.parametrize("dtype", oc.DTYPES)
+def test_odd_sizes_and_unaligned_views_match_the_cpu(dtype, monkeypatch):
+    """Partial vector groups, padding between parameters, and arrays that are
+    not 16-byte aligned (a view one element in) take the element path; the
+    rest the 16-byte path; every bit matches the CPU either way."""
+    from numadam import _cuda_kernels
+    vector = _count_calls(monkeypatch, _cuda_kernels, "_load_vec")
+    element = _count_calls(monkeypatch, _cuda_kernels, "_load")
+    rng = np.random.default_rng(3)
+    host = [rng.standard_normal(n).astype(dtype) for n in ODD_SIZES]
+    base = cuda.to_device(np.concatenate([[0.0], host[-1]]).astype(dtype))
+    device = [cuda.to_device(h) for h in host[:-1]] + [base[1:]]   # the last one is unaligned
+    cpu = numadam.AdamW(host, lr=0.01, weight_decay=0.1, amsgrad=True)
+    dev = numadam.AdamW(device, lr=0.01, weight_decay=0.1, amsgrad=True)
+    bucket = dev._buckets[0]
+    assert bucket.table[:, 2].tolist() == [0, 4, 12, 20, 36, 100] and bucket.total == 112
+    for _ in range(4):
+        grads = [rng.standard_normal(n).astype(dtype) for n in ODD_SIZES]
+        cpu.step(grads)
+        dev.step(_to_device(grads))
+    _same(host, device, cpu, dev, "odd sizes")
+    # Per step: 1+1+3+16 groups of four are vector (p and g each), the rest elements.
+    assert len(vector) == 4 * 2 * (1 + 1 + 3 + 16)
+    assert len(element) == 4 * 2 * (1 + 1 + 3 + 1 + 11)
+
+
+def test_state_dicts_move_between_padded_and_packed_layouts():
+    """The device pads each parameter's state to a multiple of four; state
+    dicts carry none of it, in either direction."""
+    rng = np.random.default_rng(4)
+    host = [rng.standard_normal(n) for n in ODD_SIZES]
+    grads = [[rng.standard_normal(n) for n in ODD_SIZES] for _ in range(5)]
+    device = [cuda.to_device(h) for h in host]
+    cpu, dev = numadam.Adam(host, lr=0.02), numadam.Adam(device, lr=0.02)
+    for g in grads[:2]:
+        cpu.step(g)
+        dev.step(_to_device(g))
+    cpu2 = numadam.Adam([h.copy() for h in host], lr=0.02)
+    cpu2.load_state_dict(dev.state_dict())
+    dev2 = numadam.Adam([cuda.to_device(h) for h in host], lr=0.02)
+    dev2.load_state_dict(cpu.state_dict())
+    for g in grads[2:]:
+        for opt in (cpu, cpu2):
+            opt.step(g)
+        for opt in (dev, dev2):
+            opt.step(_to_device(g))
+    for opt in (cpu2, dev2):
+        for a, b in zip(cpu.state_dict()["state"].values(), opt.state_dict()["state"].values()):
+            assert a["step"] == b["step"] == 5
+            for key in ("exp_avg", "exp_avg_sq"):
+                assert_bits_equal(b[key], a[key], key)
+
+
+def test_the_device_table_follows_gradient_addresses():
+    """The table is uploaded only when an address changes; alternating two
+    gradient buffers, dropping one and switching to opt.grads must all reach
+    the kernel."""
+    rng = np.random.default_rng(5)
+    host = [rng.standard_normal(n).astype(np.float32) for n in (6, 9)]
+    device = [cuda.to_device(h) for h in host]
+    cpu, dev = numadam.Adam(host, lr=0.1), numadam.Adam(device, lr=0.1)
+    a = [rng.standard_normal(n).astype(np.float32) for n in (6, 9)]
+    b = [rng.standard_normal(n).astype(np.float32) for n in (6, 9)]
+    da, db = _to_device(a), _to_device(b)
+    bucket = dev._buckets[0]
+    schedule = [(a, da), (a, da), (b, db), (a, da), ([None, b[1]], [None, db[1]]),
+                (b, db), ("owned", "owned"), (a, da)]
+    uploads = []
+    for host_grads, dev_grads in schedule:
+        if host_grads == "owned":
+            for mine, g in zip(dev.grads, b):
+                mine.copy_to_device(g)
+            host_grads, dev_grads = b, None
+        dirty = bucket._table_dirty or bucket._grad_column != (
+            [0 if g is None else g._ary.ctypes.data for g in dev_grads] if dev_grads else None)
+        uploads.append(dirty)
+        cpu.step(host_grads)
+        dev.step(dev_grads)
+        assert not bucket._table_dirty
+    assert uploads == [True, False, True, True, True, True, True, True]
+    _same(host, device, cpu, dev, "addresses")
+
+
+def test_a_step_without_any_gradient_changes_nothing():
+    host = [np.ones(5, np.float32)]
+    dev = numadam.Adam([cuda.to_device(host[0])])
+    dev.step([cuda.to_device(np.ones(5, np.float32))])
+    before = dev._buckets[0].state.copy_to_host()
+    dev.step([None])
+    assert dev.state[0]["step"] == 1
+    assert_bits_equal(dev._buckets[0].state.copy_to_host(), before, "state")
+
+
+def test_cuda_config_is_validated():
+    config = numadam.cuda.config
+    with pytest.raises(ValueError, match="launcher"):
+        config.launcher = "cupy"
+    with pytest.raises(ValueError, match="threads_per_block"):
+        config.threads_per_block = 100
+    assert config.launcher == "driver"
 
 
 class InterfaceOnly:
