@@ -16,7 +16,8 @@ from numba import cuda
 from ._cuda_kernels import SIMULATED
 from ._validation import SUPPORTED_DTYPES, describe
 
-__all__ = ["DeviceArrayInfo", "inspect", "group_infos", "gradient_info", "zeros_like", "stream_for"]
+__all__ = ["DeviceArrayInfo", "inspect", "group_infos", "gradient_info", "zeros_like",
+           "stream_for", "fixed_memory", "device_address"]
 
 
 class DeviceArrayInfo:
@@ -64,6 +65,30 @@ def _device_of(obj, address):
     if isinstance(ident, int):
         return ident
     return _device_of_pointer(address) if address else 0
+
+
+_FIXED = {}
+
+
+def fixed_memory(obj):
+    """Whether ``obj``'s data pointer, dtype, strides and device are fixed for its
+    lifetime: CuPy arrays and Numba device arrays (and the simulator's). Not
+    torch tensors, whose storage can be swapped in place."""
+    cls = type(obj)
+    fixed = _FIXED.get(cls)
+    if fixed is None:
+        module, name = cls.__module__, cls.__name__
+        fixed = _FIXED[cls] = (
+            (module.startswith("cupy") and name == "ndarray")
+            or (module.startswith("numba.cuda") and name in ("DeviceNDArray", "FakeCUDAArray")))
+    return fixed
+
+
+def device_address(array):
+    """The data address of one of our own Numba device arrays (any dtype)."""
+    if _is_simulated_array(array):
+        return array._ary.ctypes.data
+    return int(array.__cuda_array_interface__["data"][0])
 
 
 def inspect(obj, where, *, writeable=True):

@@ -21,13 +21,16 @@ another stream is waited for on the device (an event), never on the host.
 synchronise that stream before they read.
 """
 
+import weakref
+
 import numpy as np
 from numba import cuda
 
 from . import _cpu, _cuda_kernels
 from ._bucket import STATE_KEYS, BucketBase
 from ._cpu import OFFSET, PTR_G, SIZE, STEP
-from ._cuda_adapters import _on_device, gradient_info, inspect, stream_for, zeros_like
+from ._cuda_adapters import (_on_device, device_address, fixed_memory, gradient_info, inspect,
+                             stream_for, zeros_like)
 from ._math import NSCALARS
 from .cuda import config
 
@@ -57,6 +60,18 @@ def _default_handle():
     return _DEFAULT_HANDLE[0]
 
 
+def _remember(grad, info):
+    """What :meth:`DeviceBucket.gradient_addresses` keeps of a validated gradient,
+    or None where its memory could change behind the same object (torch: a
+    tensor's storage can be swapped) or it cannot be weakly referenced."""
+    if not fixed_memory(grad):
+        return None
+    try:
+        return (weakref.ref(grad), info.shape, info.address, info.stream)
+    except TypeError:
+        return None
+
+
 class DeviceBucket(BucketBase):
     """Device parameters ``params`` (infos ``infos``) of group ``group_index``."""
 
@@ -71,6 +86,7 @@ class DeviceBucket(BucketBase):
         self.like = np.empty((1, 0), self.dtype)  # carries the dtype into _prepare
         self._grad_streams = ()
         self._grad_column = None       # the gradient addresses the table holds
+        self._seen_grads = [None] * len(self.params)   # see gradient_addresses
         self._table_dirty = True       # the device table is older than the host's
         self._stream_handle = None
         self._numba_param = type(params[0]).__module__.startswith("numba.cuda")
@@ -154,17 +170,31 @@ class DeviceBucket(BucketBase):
                 _cuda_kernels.fill(array.reshape(-1), 0, self._current_stream(), _threads())
 
     def gradient_addresses(self, grads):
-        """Validate this bucket's gradients in ``grads``; return their addresses."""
+        """Validate this bucket's gradients in ``grads``; return their addresses.
+
+        A gradient that is the very object validated at the last step, of a
+        kind whose memory cannot change under it (CuPy and Numba device
+        arrays), with the same shape, is not read again: its interface costs
+        microseconds to build, and the address, dtype and device it reported
+        are still true. The objects are held by weak references only.
+        """
         addresses, streams = [], []
+        seen = self._seen_grads
         for k, (i, _, _) in enumerate(self.expected):
             g = grads[i]
             if g is None:
                 addresses.append(0)
                 continue
-            info = gradient_info(g, self.infos[k], self.device, f"grads[{i}]")
-            addresses.append(info.address)
-            if info.stream is not None and info.stream not in streams:
-                streams.append(info.stream)
+            last = seen[k]
+            if last is not None and last[0]() is g and g.shape == last[1]:
+                address, stream = last[2], last[3]
+            else:
+                info = gradient_info(g, self.infos[k], self.device, f"grads[{i}]")
+                address, stream = info.address, info.stream
+                seen[k] = _remember(g, info)
+            addresses.append(address)
+            if stream is not None and stream not in streams:
+                streams.append(stream)
         self._grad_streams = tuple(streams)
         return addresses
 
@@ -182,8 +212,9 @@ class DeviceBucket(BucketBase):
             self._grad_column = addresses
             self._table_dirty = True
 
-    def _wait_for_gradients(self, stream):
-        for handle in self._grad_streams:
+    def _wait_for(self, handles, stream):
+        """Make ``stream`` wait (on the device) for the work on the streams ``handles``."""
+        for handle in handles:
             other = stream_for(handle)
             if other is not stream:
                 event = cuda.event(timing=False)
@@ -198,7 +229,7 @@ class DeviceBucket(BucketBase):
     def first_nonfinite(self):
         stream = self._current_stream()
         with _on_device(self.device):
-            self._wait_for_gradients(stream)
+            self._wait_for(self._grad_streams, stream)
             self._upload_table(stream)
             return _cuda_kernels.first_nonfinite(self._table_d, self.like[0], self.total,
                                                  stream, _threads())
@@ -212,33 +243,28 @@ class DeviceBucket(BucketBase):
         if mode == 0:                  # no gradient at all: nothing to launch
             return
         handle = self._stream_handle = self._read_stream_handle()
-        driver = not _cuda_kernels.SIMULATED and config.launcher == "driver"
-        if self._table_dirty or mode == 2 or self._grad_streams or not driver:
+        others = [h for h in self._grad_streams if h != handle] if self._grad_streams else ()
+        if _cuda_kernels.SIMULATED or config.launcher != "driver":
             stream = stream_for(handle)
             with _on_device(self.device):
-                self._wait_for_gradients(stream)
+                self._wait_for(others, stream)
                 self._upload_table(stream)
                 if mode == 2:
                     self._scal_d.copy_to_device(scal, stream=stream)
-                if not driver:
-                    _cuda_kernels.launch_step(self._table_d, self._scal_d, self.state,
-                                              mode == 1, self._scalars, amsgrad, maximize,
-                                              decoupled, stream, _threads())
-                    return
-        self._driver_launch(handle, mode, amsgrad, maximize, decoupled)
-
-    def _driver_launch(self, handle, mode, amsgrad, maximize, decoupled):
-        launch = self._launch
-        if launch is None:
-            from ._cuda_launch import LaunchArgs
-            launch = self._launch = LaunchArgs(_driver_kernel(self.dtype), self.device)
-            launch.set_array(0, self._table_d)
-            launch.set_array(1, self._scal_d)
-            # From now on prepare_uniform writes the scalars straight into the
-            # launch's argument buffer.
-            view = launch.values_view(4, self.dtype)
-            view[:] = self._scalars
-            self._scalars = view
+                _cuda_kernels.launch_step(self._table_d, self._scal_d, self.state, mode == 1,
+                                          self._scalars, amsgrad, maximize, decoupled, stream,
+                                          _threads())
+            return
+        launch = self._launch or self._driver_args()
+        if others:
+            with _on_device(self.device):
+                self._wait_for(others, stream_for(handle))
+        raw = _default_handle() if handle is None else handle
+        if self._table_dirty:
+            launch.upload(self._table_address, self.table, raw)
+            self._table_dirty = False
+        if mode == 2:
+            launch.upload(self._scal_address, scal, raw)
         if self.state is not self._launched_state:     # allocated, or loaded
             launch.set_array(2, self.state)
             self._launched_state = self.state
@@ -247,9 +273,22 @@ class DeviceBucket(BucketBase):
         fields[5][0].value = amsgrad
         fields[6][0].value = maximize
         fields[7][0].value = decoupled
-        total = self.total
-        if total != self._grid_for[0] or config.threads_per_block != self._grid_for[1]:
-            self._grid_for = (total, config.threads_per_block,
-                              *_cuda_kernels.step_grid(total, config.threads_per_block))
-        launch.launch(self._grid_for[2], self._grid_for[3],
-                      _default_handle() if handle is None else handle)
+        if self._grid_for[:2] != (self.total, config.threads_per_block):
+            self._grid_for = (self.total, config.threads_per_block,
+                              *_cuda_kernels.step_grid(self.total, config.threads_per_block))
+        launch.launch(self._grid_for[2], self._grid_for[3], raw)
+
+    def _driver_args(self):
+        """The argument buffer of the driver launch, made at the first step."""
+        from ._cuda_launch import LaunchArgs
+        launch = self._launch = LaunchArgs(_driver_kernel(self.dtype), self.device)
+        launch.set_array(0, self._table_d)
+        launch.set_array(1, self._scal_d)
+        self._table_address = device_address(self._table_d)
+        self._scal_address = device_address(self._scal_d)
+        # From now on prepare_uniform writes the scalars straight into the
+        # launch's argument buffer.
+        view = launch.values_view(4, self.dtype)
+        view[:] = self._scalars
+        self._scalars = view
+        return launch

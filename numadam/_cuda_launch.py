@@ -51,7 +51,7 @@ _DRIVER = None
 
 
 def _driver():
-    """libcuda with the two entry points a launch needs."""
+    """libcuda with the entry points a launch needs."""
     global _DRIVER
     if _DRIVER is None:
         name = "nvcuda.dll" if sys.platform == "win32" else "libcuda.so.1"
@@ -63,6 +63,9 @@ def _driver():
         lib.cuLaunchKernel.restype = ctypes.c_int
         lib.cuCtxGetCurrent.argtypes = [ctypes.POINTER(ctypes.c_void_p)]
         lib.cuCtxGetCurrent.restype = ctypes.c_int
+        lib.cuMemcpyHtoDAsync_v2.argtypes = [ctypes.c_uint64, ctypes.c_void_p, ctypes.c_size_t,
+                                             ctypes.c_void_p]
+        lib.cuMemcpyHtoDAsync_v2.restype = ctypes.c_int
         lib.cuGetErrorName.argtypes = [ctypes.c_int, ctypes.POINTER(ctypes.c_char_p)]
         lib.cuGetErrorName.restype = ctypes.c_int
         _DRIVER = lib
@@ -147,16 +150,27 @@ class LaunchArgs:
 
     def launch(self, blocks, threads, stream_handle):
         """Enqueue the kernel on the stream with raw handle ``stream_handle`` (int)."""
+        self._call(self._lib.cuLaunchKernel, self.function, blocks, 1, 1, threads, 1, 1, 0,
+                   stream_handle, self.params, None)
+
+    def upload(self, address, host_array, stream_handle):
+        """Enqueue a copy of the C-contiguous ``host_array`` to device ``address``.
+
+        From pageable memory the driver stages the bytes before it returns, so
+        the host array may change as soon as this returns.
+        """
+        self._call(self._lib.cuMemcpyHtoDAsync_v2, address, host_array.ctypes.data,
+                   host_array.nbytes, stream_handle)
+
+    def _call(self, function, *args):
+        """``function(*args)`` in this bucket's device context; raise on an error."""
         lib = self._lib
         lib.cuCtxGetCurrent(ctypes.byref(self._current))
         if self._current.value != self.context:
             from numba import cuda
             with cuda.gpus[self.device]:
-                return self._launch(lib, blocks, threads, stream_handle)
-        return self._launch(lib, blocks, threads, stream_handle)
-
-    def _launch(self, lib, blocks, threads, stream_handle):
-        code = lib.cuLaunchKernel(self.function, blocks, 1, 1, threads, 1, 1, 0,
-                                  stream_handle, self.params, None)
+                code = function(*args)
+        else:
+            code = function(*args)
         if code:
-            raise RuntimeError(f"cuLaunchKernel failed: {_error_name(lib, code)} ({code})")
+            raise RuntimeError(f"{function.__name__} failed: {_error_name(lib, code)} ({code})")

@@ -206,7 +206,7 @@ def _count_calls(monkeypatch, module, name):
     original = getattr(module, name)
 
     def counting(*args):
-        calls.append(args)
+        calls.append(None)    # a count: holding the arguments would keep them alive
         return original(*args)
 
     monkeypatch.setattr(module, name, counting)
@@ -297,6 +297,47 @@ def test_the_device_table_follows_gradient_addresses():
         assert not bucket._table_dirty
     assert uploads == [True, False, True, True, True, True, True, True]
     _same(host, device, cpu, dev, "addresses")
+
+
+def test_a_gradient_seen_at_the_last_step_is_not_validated_again(monkeypatch, one_device):
+    """CuPy and Numba arrays cannot change their memory, so the same object
+    with the same shape is taken as validated; anything else is checked."""
+    import gc
+    import weakref
+
+    from numadam import _cuda_bucket
+    checked = _count_calls(monkeypatch, _cuda_bucket, "gradient_info")
+    host = [np.ones(6), np.ones(3)]
+    cpu = numadam.Adam([h.copy() for h in host], lr=0.1)
+    dev = numadam.Adam([cuda.to_device(h) for h in host], lr=0.1)
+    g = [cuda.to_device(np.arange(6.0)), cuda.to_device(np.arange(3.0))]
+    for _ in range(3):
+        dev.step(g)
+        cpu.step([x.copy_to_host() for x in g])
+    assert len(checked) == 2                      # once each, at the first step
+    g[1] = cuda.to_device(np.full(3, 2.0))        # a new object is checked
+    dev.step(g)
+    cpu.step([x.copy_to_host() for x in g])
+    assert len(checked) == 3
+    _same(cpu._buckets[0].params, dev._buckets[0].params, cpu, dev, "cached gradients")
+    with pytest.raises(ValueError, match="shape"):  # and a wrong one refused, as always
+        dev.step([g[0], cuda.to_device(np.ones(4))])
+    g[0]._ary.shape = (2, 3)      # as CuPy's ``a.shape = ...`` reshapes in place
+    with pytest.raises(ValueError, match=r"shape \(2, 3\)"):
+        dev.step(g)
+    g[0]._ary.shape = (6,)
+    # The optimizer holds no reference that keeps a gradient alive.
+    ref = weakref.ref(g[0])
+    del g
+    gc.collect()
+    assert ref() is None
+    # Objects whose memory can change behind them are checked at every step.
+    raw = np.ones(6)
+    other = numadam.Adam([InterfaceOnly(np.ones(6))])
+    before = len(checked)
+    for _ in range(2):
+        other.step([InterfaceOnly(raw, readonly=True)])
+    assert len(checked) == before + 2
 
 
 def test_a_step_without_any_gradient_changes_nothing():
