@@ -17,7 +17,7 @@ from ._cuda_kernels import SIMULATED
 from ._validation import SUPPORTED_DTYPES, describe
 
 __all__ = ["DeviceArrayInfo", "inspect", "group_infos", "gradient_info", "zeros_like",
-           "stream_for", "fixed_memory", "device_address"]
+           "stream_for", "fixed_memory", "device_address", "interface_stream"]
 
 
 class DeviceArrayInfo:
@@ -84,6 +84,23 @@ def fixed_memory(obj):
     return fixed
 
 
+def interface_stream(obj, face):
+    """The stream ``obj``'s work is ordered on, as a raw handle (None: default).
+
+    Version 3 of the interface reports it (CuPy: its current stream; Numba:
+    the stream an array is bound to). torch reports version 2, without a
+    stream; its operations run on torch's current stream, which is the one
+    returned for a torch tensor.
+    """
+    if face.get("version", 0) >= 3:
+        return face.get("stream")
+    if type(obj).__module__.startswith("torch"):
+        import torch
+        handle = torch.cuda.current_stream(obj.device).cuda_stream
+        return handle or None
+    return None
+
+
 def device_address(array):
     """The data address of one of our own Numba device arrays (any dtype)."""
     if _is_simulated_array(array):
@@ -120,7 +137,7 @@ def inspect(obj, where, *, writeable=True):
     if address == 0 and int(np.prod(shape)) != 0:
         raise ValueError(f"{where} reports a null data pointer")
     return DeviceArrayInfo(int(address), shape, dtype, _device_of(obj, address),
-                           face.get("stream") if face.get("version", 0) >= 3 else None)
+                           interface_stream(obj, face))
 
 
 _DTYPES = {"<f4": np.dtype(np.float32), "<f8": np.dtype(np.float64)}

@@ -12,10 +12,11 @@ kernel arguments, and the launch is one driver call
 (:mod:`numadam._cuda_launch`; ``numadam.cuda.config.launcher = "numba"``
 selects Numba's launcher instead, and the simulator has only that one).
 
-Streams: each step is enqueued on the stream that the bucket's first
-parameter reports through ``__cuda_array_interface__`` (version 3; CuPy and
-torch report their current stream; a Numba device array, the stream it is
-bound to) and returns without waiting for the GPU. A gradient that reports
+Streams: each step is enqueued on the stream of the bucket's first parameter
+(:func:`numadam._cuda_adapters.interface_stream`: what version 3 of
+``__cuda_array_interface__`` reports, CuPy's current stream or the stream a
+Numba array is bound to; torch's current stream for a torch tensor) and
+returns without waiting for the GPU. A gradient that reports
 another stream is waited for on the device (an event), never on the host.
 ``param_state`` (state dicts, checkpoints) and ``first_nonfinite``
 synchronise that stream before they read.
@@ -30,7 +31,7 @@ from . import _cpu, _cuda_kernels
 from ._bucket import STATE_KEYS, BucketBase
 from ._cpu import OFFSET, PTR_G, SIZE, STEP
 from ._cuda_adapters import (_on_device, device_address, fixed_memory, gradient_info, inspect,
-                             stream_for, zeros_like)
+                             interface_stream, stream_for, zeros_like)
 from ._math import NSCALARS
 from .cuda import config
 
@@ -100,14 +101,14 @@ class DeviceBucket(BucketBase):
 
     # ---------------------------------------------------------------- streams
     def _read_stream_handle(self):
-        """The interface stream of the first parameter, read at every step (it may
-        change: CuPy and torch report their current stream)."""
+        """The stream of the first parameter, read at every step (it may change:
+        for CuPy and torch it is their current stream)."""
         param = self.params[0]
         if self._numba_param:           # what its interface says, without building it
             stream = param.stream
             return None if stream == 0 else int(stream)
         face = getattr(param, "__cuda_array_interface__", None)
-        return face.get("stream") if face and face.get("version", 0) >= 3 else None
+        return interface_stream(param, face) if face else None
 
     def _current_stream(self):
         """The Numba stream of the first parameter's interface stream."""

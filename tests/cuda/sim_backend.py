@@ -340,6 +340,28 @@ def test_a_gradient_seen_at_the_last_step_is_not_validated_again(monkeypatch, on
     assert len(checked) == before + 2
 
 
+def test_the_stream_of_an_array(monkeypatch):
+    """Version 3 reports a stream; torch (version 2) means torch's current stream."""
+    import types
+
+    from numadam._cuda_adapters import interface_stream
+
+    class Tensor:
+        device = 0
+
+    Tensor.__module__ = "torch"
+    current = {"handle": 0}
+    fake_torch = types.SimpleNamespace(cuda=types.SimpleNamespace(
+        current_stream=lambda device: types.SimpleNamespace(cuda_stream=current["handle"])))
+    monkeypatch.setitem(sys.modules, "torch", fake_torch)
+    assert interface_stream(object(), {"version": 3, "stream": 77}) == 77
+    assert interface_stream(object(), {"version": 3}) is None
+    assert interface_stream(object(), {"version": 2}) is None
+    assert interface_stream(Tensor(), {"version": 2}) is None      # torch's default stream
+    current["handle"] = 0x5000
+    assert interface_stream(Tensor(), {"version": 2}) == 0x5000
+
+
 def test_a_step_without_any_gradient_changes_nothing():
     host = [np.ones(5, np.float32)]
     dev = numadam.Adam([cuda.to_device(host[0])])
