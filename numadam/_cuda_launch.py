@@ -133,8 +133,9 @@ class LaunchArgs:
 
     def set_array(self, position, array):
         """Argument ``position`` is the Numba device array ``array``."""
-        values = [0, 0, array.size, array.dtype.itemsize,
-                  array.__cuda_array_interface__["data"][0], *array.shape, *array.strides]
+        from ._cuda_adapters import device_address
+        values = [0, 0, array.size, array.dtype.itemsize, device_address(array),
+                  *array.shape, *array.strides]
         for field, value in zip(self.fields[position], values, strict=True):
             field.value = value
 

@@ -362,6 +362,81 @@ def test_the_stream_of_an_array(monkeypatch):
     assert interface_stream(Tensor(), {"version": 2}) == 0x5000
 
 
+@pytest.fixture
+def driver_launch_on_the_simulator(monkeypatch):
+    """The driver launch path, with the two libcuda calls replaced: a launch
+    decodes the argument buffer through its pointers, as the driver would, and
+    runs the kernel on what it finds; an upload copies host memory."""
+    import ctypes
+
+    from numadam import _cuda_bucket, _cuda_kernels, _cuda_launch
+    from numadam._cuda_adapters import device_address
+
+    record = {"launches": 0, "uploads": 0}
+
+    class Kernel:
+        def __init__(self, dtype):
+            self.signature = _cuda_kernels.step_signature(dtype)
+
+        def handles(self, device):
+            return 0, 0
+
+    class Recording(_cuda_launch.LaunchArgs):
+        def upload(self, address, host_array, stream_handle):
+            record["uploads"] += 1
+            ctypes.memmove(address, host_array.ctypes.data, host_array.nbytes)
+
+        def launch(self, blocks, threads, stream_handle):
+            record["launches"] += 1
+            known = {device_address(a): a for b in record["buckets"]
+                     for a in (b._table_d, b._scal_d, b.state) if a is not None}
+            pointers = iter(self.params)
+            args = []
+            for ty in self.driver_kernel.signature:
+                values = [kind.from_address(next(pointers)).value
+                          for kind in _cuda_launch.ctypes_fields(ty)]
+                if isinstance(ty, nb_types.Array):
+                    array = known[values[4]]
+                    assert values[2:4] == [array.size, array.dtype.itemsize]
+                    assert tuple(values[5:]) == tuple(array.shape) + tuple(array.strides)
+                    args.append(array)
+                elif isinstance(ty, nb_types.BaseTuple):
+                    args.append(tuple(np.array(values, str(ty.dtype))))
+                else:
+                    args.append(values[0])
+            assert stream_handle == 0
+            assert blocks * threads * _cuda_kernels.VEC >= args[2].shape[1]
+            _cuda_kernels.launch_step(*args, cuda.default_stream(), threads)
+
+    monkeypatch.setattr(_cuda_kernels, "SIMULATED", False)
+    monkeypatch.setattr(_cuda_bucket, "_DEFAULT_HANDLE", [0])
+    monkeypatch.setattr(_cuda_bucket, "_driver_kernel", Kernel)
+    monkeypatch.setattr(_cuda_launch, "LaunchArgs", Recording)
+    monkeypatch.setattr(_cuda_launch, "_driver", lambda: None)
+    return record
+
+
+nb_types = __import__("numba").types
+
+
+@pytest.mark.parametrize("name,dtype", CASES)
+def test_the_driver_launch_passes_the_arguments_numba_would(name, dtype,
+                                                            driver_launch_on_the_simulator):
+    """Everything of the driver path but libcuda: the argument buffer, read
+    back through its pointers, runs the kernel to the CPU's bits; the table is
+    uploaded at the first step (and when an address changes), the
+    per-parameter scalars when steps differ."""
+    record = driver_launch_on_the_simulator
+    cpu, hp, dev, dp = _pair(name, dtype)
+    record["buckets"] = dev._buckets
+    _run(cpu, name, dtype, 1, STEPS, False)
+    _run(dev, name, dtype, 1, STEPS, True)
+    _same(hp, dp, cpu, dev, name)
+    assert record["launches"] == STEPS * len(dev._buckets)
+    # At step 8 of the missing-gradient config, parameter 1 is a step behind.
+    assert record["uploads"] >= len(dev._buckets) + ("missing" in name)
+
+
 def test_a_step_without_any_gradient_changes_nothing():
     host = [np.ones(5, np.float32)]
     dev = numadam.Adam([cuda.to_device(host[0])])
