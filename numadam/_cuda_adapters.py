@@ -17,7 +17,8 @@ from ._cuda_kernels import SIMULATED
 from ._validation import SUPPORTED_DTYPES, describe
 
 __all__ = ["DeviceArrayInfo", "inspect", "group_infos", "gradient_info", "zeros_like",
-           "stream_for", "fixed_memory", "device_address", "interface_stream"]
+           "stream_for", "memory_kind", "FIXED", "TORCH", "device_address",
+           "interface_stream"]
 
 
 class DeviceArrayInfo:
@@ -67,21 +68,33 @@ def _device_of(obj, address):
     return _device_of_pointer(address) if address else 0
 
 
-_FIXED = {}
+_KINDS = {}
+FIXED, TORCH = 1, 2
 
 
-def fixed_memory(obj):
-    """Whether ``obj``'s data pointer, dtype, strides and device are fixed for its
-    lifetime: CuPy arrays and Numba device arrays (and the simulator's). Not
-    torch tensors, whose storage can be swapped in place."""
+def memory_kind(obj):
+    """How far a validated array can be trusted at the next step.
+
+    ``FIXED``: CuPy arrays and Numba device arrays (and the simulator's) keep
+    their data pointer, dtype, strides and device for their lifetime; only the
+    shape can be reassigned in place. ``TORCH``: a tensor's storage, dtype and
+    strides can all change in place (``set_``, ``.data =``, ``as_strided_``),
+    so its data pointer, dtype and contiguity must be read again. ``None``:
+    anything else, checked afresh every time.
+    """
     cls = type(obj)
-    fixed = _FIXED.get(cls)
-    if fixed is None:
+    kind = _KINDS.get(cls, 0)
+    if kind == 0:
         module, name = cls.__module__, cls.__name__
-        fixed = _FIXED[cls] = (
-            (module.startswith("cupy") and name == "ndarray")
-            or (module.startswith("numba.cuda") and name in ("DeviceNDArray", "FakeCUDAArray")))
-    return fixed
+        if (module.startswith("cupy") and name == "ndarray") or (
+                module.startswith("numba.cuda") and name in ("DeviceNDArray", "FakeCUDAArray")):
+            kind = FIXED
+        elif module.startswith("torch"):
+            kind = TORCH
+        else:
+            kind = None
+        _KINDS[cls] = kind
+    return kind
 
 
 def interface_stream(obj, face):

@@ -30,8 +30,8 @@ from numba import cuda
 from . import _cpu, _cuda_kernels
 from ._bucket import STATE_KEYS, BucketBase
 from ._cpu import OFFSET, PTR_G, SIZE, STEP
-from ._cuda_adapters import (_on_device, device_address, fixed_memory, gradient_info, inspect,
-                             interface_stream, stream_for, zeros_like)
+from ._cuda_adapters import (FIXED, TORCH, _on_device, device_address, gradient_info, inspect,
+                             interface_stream, memory_kind, stream_for, zeros_like)
 from ._math import NSCALARS
 from .cuda import config
 
@@ -62,15 +62,25 @@ def _default_handle():
 
 
 def _remember(grad, info):
-    """What :meth:`DeviceBucket.gradient_addresses` keeps of a validated gradient,
-    or None where its memory could change behind the same object (torch: a
-    tensor's storage can be swapped) or it cannot be weakly referenced."""
-    if not fixed_memory(grad):
+    """What :meth:`DeviceBucket.gradient_addresses` keeps of a validated gradient
+    (see :func:`numadam._cuda_adapters.memory_kind`), or None."""
+    kind = memory_kind(grad)
+    if kind is None:
         return None
     try:
-        return (weakref.ref(grad), info.shape, info.address, info.stream)
+        ref = weakref.ref(grad)
     except TypeError:
         return None
+    return (ref, info.shape, info.address, info.stream, kind,
+            grad.dtype if kind == TORCH else None)
+
+
+def _still_valid(grad, last):
+    """Whether ``grad`` is the object ``last`` remembers, unchanged."""
+    if last[0]() is not grad or grad.shape != last[1]:
+        return False
+    return last[4] == FIXED or (grad.data_ptr() == last[2] and grad.dtype is last[5]
+                                and grad.is_contiguous())
 
 
 class DeviceBucket(BucketBase):
@@ -173,11 +183,12 @@ class DeviceBucket(BucketBase):
     def gradient_addresses(self, grads):
         """Validate this bucket's gradients in ``grads``; return their addresses.
 
-        A gradient that is the very object validated at the last step, of a
-        kind whose memory cannot change under it (CuPy and Numba device
-        arrays), with the same shape, is not read again: its interface costs
-        microseconds to build, and the address, dtype and device it reported
-        are still true. The objects are held by weak references only.
+        A gradient that is the very object validated at the last step, with
+        the same shape, is not read again where its memory cannot have changed
+        (CuPy and Numba device arrays) or where a cheap look says it has not
+        (torch: same data pointer, dtype and contiguity): its interface costs
+        microseconds to build (tens for torch, which builds it in Python). The
+        objects are held by weak references only.
         """
         addresses, streams = [], []
         seen = self._seen_grads
@@ -187,7 +198,7 @@ class DeviceBucket(BucketBase):
                 addresses.append(0)
                 continue
             last = seen[k]
-            if last is not None and last[0]() is g and g.shape == last[1]:
+            if last is not None and _still_valid(g, last):
                 address, stream = last[2], last[3]
             else:
                 info = gradient_info(g, self.infos[k], self.device, f"grads[{i}]")

@@ -437,6 +437,72 @@ def test_the_driver_launch_passes_the_arguments_numba_would(name, dtype,
     assert record["uploads"] >= len(dev._buckets) + ("missing" in name)
 
 
+class FakeTorchTensor:
+    """What numadam reads of a torch CUDA tensor, over a host array."""
+
+    device = type("device", (), {"index": 0})()
+    DTYPES = {np.dtype(np.float32): "torch.float32", np.dtype(np.float64): "torch.float64"}
+
+    def __init__(self, array):
+        self.array = array
+        self.contiguous = True
+
+    @property
+    def shape(self):
+        return self.array.shape
+
+    @property
+    def dtype(self):
+        return self.DTYPES[self.array.dtype]     # interned strings: `is` works
+
+    def data_ptr(self):
+        return self.array.ctypes.data
+
+    def is_contiguous(self):
+        return self.contiguous
+
+    @property
+    def __cuda_array_interface__(self):     # torch's is version 2: no stream
+        strides = None if self.contiguous else (8 * self.array.shape[0],)
+        return {"shape": self.array.shape, "typestr": self.array.dtype.str,
+                "data": (self.array.ctypes.data, False), "version": 2, "strides": strides}
+
+
+FakeTorchTensor.__module__ = "torch"
+
+
+def test_a_torch_gradient_is_rechecked_cheaply(monkeypatch, one_device):
+    """The same torch tensor is trusted only while its data pointer, dtype and
+    contiguity are those it was checked with: its storage can be swapped."""
+    import types
+
+    from numadam import _cuda_bucket
+    monkeypatch.setitem(sys.modules, "torch", types.SimpleNamespace(cuda=types.SimpleNamespace(
+        current_stream=lambda device: types.SimpleNamespace(cuda_stream=0))))
+    checked = _count_calls(monkeypatch, _cuda_bucket, "gradient_info")
+    host = np.ones(6)
+    cpu = numadam.Adam([host], lr=0.1)
+    dev = numadam.Adam([cuda.to_device(np.ones(6))], lr=0.1)
+    t = FakeTorchTensor(np.arange(6.0))
+    for _ in range(3):
+        dev.step([t])
+        cpu.step([t.array.copy()])
+    assert len(checked) == 1
+    t.array = np.linspace(-1, 1, 6)       # tensor.set_(other storage): a new address
+    dev.step([t])
+    cpu.step([t.array.copy()])
+    assert len(checked) == 2
+    assert_bits_equal(dev._buckets[0].params[0].copy_to_host(), host, "torch gradient")
+    t.array = t.array.view(np.float32)[:6]    # same address and shape, another dtype
+    with pytest.raises(ValueError, match="dtype float32"):
+        dev.step([t])
+    t.array = np.ones(6)
+    dev.step([t])
+    t.contiguous = False                  # tensor.as_strided_(...)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        dev.step([t])
+
+
 def test_a_step_without_any_gradient_changes_nothing():
     host = [np.ones(5, np.float32)]
     dev = numadam.Adam([cuda.to_device(host[0])])
