@@ -6,6 +6,9 @@ for the command, including the numpy 2.4 wheel that numba-cuda 0.30.4 needs):
 
     PYTHONPATH=. python3 scripts/gpu_check.py [--out DIR] [--quick]
 
+``--smoke`` runs every line with tiny sizes under NUMBA_ENABLE_CUDASIM=1
+(tests/test_cuda_sim.py does, so the script cannot rot between GPU sessions).
+
 Checks (any failure exits 1, after the table):
   * PTX: every multiply is mul.rn, the FMAs are exactly adam_element's.
   * parity: every configuration of tests/optim_configs.py, float32 and float64,
@@ -44,6 +47,12 @@ from numba import cuda  # noqa: E402
 
 ROWS = []          # (section, what, result, note)
 FAILURES = []
+# Problem sizes; --smoke shrinks them so that CI can run this script under the
+# CUDA simulator (every line runs; no figure means anything there).
+SCALE = dict(n=1 << 28, chunk=1 << 20, reps=20, small_reps=2000, parity_steps=12,
+             many=(1e2, 1e6, 200), shapes=[(4099,), (64, 129), (3, 1000), (1,)])
+SMOKE = dict(n=1 << 10, chunk=1 << 8, reps=2, small_reps=3, parity_steps=2,
+             many=(10, 100, 5), shapes=[(41,), (6, 13), (3, 10), (1,)])
 
 
 def record(section, what, result, note="", ok=True):
@@ -61,23 +70,23 @@ def differing(actual, expected):
 
 
 # ------------------------------------------------------------------ parity
-SHAPES = [(4099,), (64, 129), (3, 1000), (1,)]   # odd sizes: partial blocks
 
 
 def random_problem(rng, dtype, steps):
-    params = [(rng.standard_normal(s)).astype(dtype) for s in SHAPES]
+    params = [(rng.standard_normal(s)).astype(dtype) for s in SCALE["shapes"]]
     grads = [[(rng.standard_normal(s) * 10.0 ** rng.uniform(-3, 2, s)).astype(dtype)
-              for s in SHAPES] for _ in range(steps)]
+              for s in SCALE["shapes"]] for _ in range(steps)]
     return params, grads
 
 
 def groups_of(config, params):
-    layout = config.get("groups") or [dict(shapes=list(range(len(SHAPES))))]
+    layout = config.get("groups") or [dict(shapes=list(range(len(SCALE["shapes"]))))]
     return [dict(params=[params[k] for k in g["shapes"]],
                  **{k: v for k, v in g.items() if k != "shapes"}) for g in layout]
 
 
-def check_parity(steps=12):
+def check_parity():
+    steps = SCALE["parity_steps"]
     seed = int(time.time())
     print(f"parity seed {seed}", flush=True)
     rng = np.random.default_rng(seed)
@@ -85,7 +94,8 @@ def check_parity(steps=12):
         config = dict(registered)
         if "groups" in config:          # the registry's groups index its 3 shapes
             config["groups"] = [dict(g) for g in config["groups"]]
-            config["groups"][0]["shapes"] = config["groups"][0]["shapes"] + [len(SHAPES) - 1]
+            last = len(SCALE["shapes"]) - 1
+            config["groups"][0]["shapes"] = config["groups"][0]["shapes"] + [last]
         for dtype in oc.DTYPES:
             params, grads = random_problem(rng, dtype, steps)
             cls = getattr(numadam, config["cls"])
@@ -93,8 +103,8 @@ def check_parity(steps=12):
             dev = [cuda.to_device(p) for p in params]
             cpu = cls(groups_of(config, host), **config["kwargs"])
             gpu = cls(groups_of(config, dev), **config["kwargs"])
-            order = [k for g in (config.get("groups") or [dict(shapes=range(len(SHAPES)))])
-                     for k in g["shapes"]]
+            layout = config.get("groups") or [dict(shapes=range(len(SCALE["shapes"])))]
+            order = [k for g in layout for k in g["shapes"]]
             every = config.get("skip_every")
             for t in range(steps):
                 gs = [None if every and k == 1 and (t + 1) % every == 0 else grads[t][k]
@@ -208,19 +218,20 @@ def event_ms(fn, reps):
         fn()
     end.record()
     end.synchronize()
-    return cuda.event_elapsed_time(start, end) / reps
+    return start.elapsed_time(end) / reps
 
 
-def time_bandwidth(n=1 << 28, amsgrad=False):
+def time_bandwidth(amsgrad=False):
     from numadam import _cuda_kernels
+    n, reps = SCALE["n"], SCALE["reps"]
     rng = np.random.default_rng(1)
-    chunk = rng.standard_normal(1 << 20).astype(np.float32)
-    p = cuda.to_device(np.tile(chunk, n >> 20))
-    g = cuda.to_device(np.tile(chunk[::-1].copy(), n >> 20))
+    chunk = rng.standard_normal(SCALE["chunk"]).astype(np.float32)
+    p = cuda.to_device(np.tile(chunk, n // chunk.size))
+    g = cuda.to_device(np.tile(chunk[::-1].copy(), n // chunk.size))
     dst = cuda.device_array(n, np.float32)
-    copy_ms = event_ms(lambda: dst.copy_to_device(p), 20)
+    copy_ms = event_ms(lambda: dst.copy_to_device(p), reps)
     copy_tbs = 8 * n / copy_ms / 1e9
-    record("bandwidth", "device-to-device copy 2^28 f32", f"{copy_tbs:.2f} TB/s",
+    record("bandwidth", f"device-to-device copy {n} f32", f"{copy_tbs:.2f} TB/s",
            f"{copy_ms:.3f} ms")
     dst = None  # free it before the optimizer allocates its state
     opt = numadam.Adam([p], lr=1e-4, amsgrad=amsgrad)
@@ -238,12 +249,12 @@ def time_bandwidth(n=1 << 28, amsgrad=False):
     results = []
     for threads in (128, 256, 512):
         config.threads_per_block = threads
-        results.append((f"kernel only, {threads} threads", event_ms(kernel_only, 20)))
+        results.append((f"kernel only, {threads} threads", event_ms(kernel_only, reps)))
     config.threads_per_block = 256
-    results.append(("opt.step([g])", event_ms(lambda: opt.step([g]), 20)))
+    results.append(("opt.step([g])", event_ms(lambda: opt.step([g]), reps)))
     for what, ms in results:
         tbs = per * n / ms / 1e9
-        record("bandwidth", f"{label} 2^28 f32 {what}", f"{tbs:.2f} TB/s",
+        record("bandwidth", f"{label} {n} f32 {what}", f"{tbs:.2f} TB/s",
                f"{ms:.3f} ms, {tbs / copy_tbs:.0%} of copy; target >= 3.8 TB/s"
                + (" MET" if tbs >= 3.8 else " MISSED"))
     if not amsgrad:
@@ -252,15 +263,16 @@ def time_bandwidth(n=1 << 28, amsgrad=False):
         p, g, opt, bucket = p[1:], g[1:], None, None
         opt = numadam.Adam([p], lr=1e-4)
         opt.step([g])
-        ms = event_ms(lambda: opt.step([g]), 20)
+        ms = event_ms(lambda: opt.step([g]), reps)
         tbs = per * (n - 1) / ms / 1e9
-        record("bandwidth", "adam 2^28-1 f32 unaligned (element path)", f"{tbs:.2f} TB/s",
+        record("bandwidth", f"adam {n - 1} f32 unaligned (element path)", f"{tbs:.2f} TB/s",
                f"{ms:.3f} ms, {tbs / copy_tbs:.0%} of copy")
 
 
-def time_small_step(reps=2000):
+def time_small_step():
+    reps = SCALE["small_reps"]
     def us_per_call(call):
-        for _ in range(50):
+        for _ in range(min(50, reps)):
             call()
         cuda.synchronize()
         t0 = time.perf_counter()
@@ -314,7 +326,7 @@ def time_many_arrays():
     per step is printed next to it.
     """
     import torch
-    sizes = np.geomspace(1e2, 1e6, 200).astype(np.int64)
+    sizes = np.geomspace(*SCALE["many"]).astype(np.int64)
     rng = np.random.default_rng(2)
     host = [rng.standard_normal(int(s)).astype(np.float32) for s in sizes]
     tp = [torch.from_numpy(h).cuda() for h in host]
@@ -323,7 +335,7 @@ def time_many_arrays():
     for p, g in zip(tp, tg):
         p.grad = g
 
-    def timed(fn, reps=50):
+    def timed(fn, reps=min(50, SCALE["reps"] * 3)):
         fn()
         torch.cuda.synchronize()
         a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -337,7 +349,8 @@ def time_many_arrays():
         return a.elapsed_time(b) / reps * 1e3, host_us
 
     t_torch, _ = timed(topt.step)
-    record("many arrays", f"torch Adam(fused=True), 200 arrays, {int(sizes.sum()) / 1e6:.1f} M",
+    record("many arrays", f"torch Adam(fused=True), {sizes.size} arrays, "
+           f"{int(sizes.sum()) / 1e6:.1f} M elements",
            f"{t_torch:.0f} us")
     variants = []
     mp = [torch.from_numpy(h).cuda() for h in host]
@@ -367,17 +380,24 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default=None, help="folder for results.json")
     parser.add_argument("--quick", action="store_true", help="checks only, no timings")
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny sizes, for a run under NUMBA_ENABLE_CUDASIM=1 (CI)")
     options = parser.parse_args()
+    if options.smoke:
+        SCALE.update(SMOKE)
+        numadam.cuda.config.threads_per_block = 32   # the simulator runs a thread per thread
     import numba
+    name = getattr(cuda.get_current_device(), "name", "CUDA simulator")
     versions = {"numba": numba.__version__, "numpy": np.__version__,
-                "gpu": cuda.get_current_device().name.decode()
-                if isinstance(cuda.get_current_device().name, bytes)
-                else cuda.get_current_device().name}
+                "gpu": name.decode() if isinstance(name, bytes) else str(name)}
     print("versions:", versions, flush=True)
-    import ptx_check
-    status = ptx_check.main()
-    record("ptx", "sm_90 arithmetic", {0: "ok", ptx_check.SKIP: "not run"}.get(status, "FAILED"),
-           ok=status == 0)
+    if options.smoke:
+        record("ptx", "sm_90 arithmetic", "not run (simulator)")
+    else:
+        import ptx_check
+        status = ptx_check.main()
+        record("ptx", "sm_90 arithmetic",
+               {0: "ok", ptx_check.SKIP: "not run"}.get(status, "FAILED"), ok=status == 0)
     started = time.perf_counter()
     check_parity()
     check_adapters()
@@ -387,6 +407,9 @@ def main():
                         time_small_step, time_many_arrays):
             try:
                 section()
+            except ImportError as error:   # no torch or CuPy here
+                record("timing", getattr(section, "__name__", "bandwidth"), "not run",
+                       str(error))
             except Exception as error:  # a timing that cannot run is reported
                 record("timing", getattr(section, "__name__", "bandwidth"),
                        f"error {type(error).__name__}: {error}", ok=False)

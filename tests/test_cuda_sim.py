@@ -56,3 +56,18 @@ def test_host_overhead_script_runs():
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     for row in ("the same g each step", "alternates between two", "opt.grads"):
         assert row in result.stdout
+
+
+@needs_numba_cuda
+def test_gpu_check_script_runs_under_the_simulator(tmp_path):
+    """scripts/gpu_check.py gets ~15 minutes of GPU time when a GPU is lent;
+    a typo found there costs a session. --smoke runs every line of it here,
+    with tiny sizes, under the simulator (its figures mean nothing)."""
+    result = _run([os.path.join(os.path.dirname(HERE), "scripts", "gpu_check.py"), "--smoke",
+                   "--out", str(tmp_path)], NUMBA_ENABLE_CUDASIM="1")
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
+    assert "all checks passed" in result.stdout
+    report = (tmp_path / "gpu_check.json").read_text()
+    for section in ('"parity"', '"adapter"', '"bandwidth"', '"latency"'):
+        assert section in report
+    assert "error" not in report

@@ -7,7 +7,6 @@ count too).
 
 import json
 
-import numpy as np
 import pytest
 
 import optim_configs as oc
