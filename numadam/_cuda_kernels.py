@@ -281,7 +281,7 @@ def _update_element(address_p, address_g, state, i, j, sc, amsgrad, decoupled):
     _store(address_p, j, p, state)
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _step_kernel(table, scal, state, uniform, s, amsgrad, maximize, decoupled):
     i = cuda.grid(1) * VEC
     if i >= state.shape[1]:

@@ -19,6 +19,7 @@ Checks (any failure exits 1, after the table):
     torch CUDA tensors (on a side stream), a raw __cuda_array_interface__
     object, and numadam.cuda.flat_parameters; each bit-identical to the CPU.
 Timings (printed against the issue's targets; a miss is reported, not failed):
+  * import to first finished step in a fresh process, cold and warm kernel cache.
   * 2^28 float32: kernel-only (128/256/512 threads a block) and step()
     effective TB/s (28 B/element; 36 with AMSGrad) against a device-to-device
     copy measured in the same run, and the element path (unaligned) for
@@ -376,6 +377,41 @@ def time_many_arrays():
                + (" MET" if t_torch / gpu_us >= 2.5 else " MISSED"))
 
 
+FIRST_STEP = """
+import time
+t0 = time.perf_counter()
+import numpy as np
+import numadam
+from numba import cuda
+x = cuda.to_device(np.ones(10, np.float32))
+opt = numadam.Adam([x])
+opt.step([cuda.to_device(np.ones(10, np.float32))])
+cuda.synchronize()
+print(f"FIRST {time.perf_counter() - t0:.3f}")
+"""
+
+
+def time_first_step():
+    """Import to first finished step in a fresh process, without and with the
+    kernel in Numba's disk cache (the step kernel is cache=True)."""
+    import glob
+    import subprocess
+    for path in glob.glob(os.path.join(ROOT, "numadam", "__pycache__", "_cuda_kernels*.nb*")):
+        os.remove(path)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [ROOT] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    for label in ("cold cache", "warm cache"):
+        done = subprocess.run([sys.executable, "-c", FIRST_STEP], env=env, cwd=ROOT,
+                              capture_output=True, text=True, timeout=300)
+        lines = [line for line in done.stdout.splitlines() if line.startswith("FIRST ")]
+        warned = "cannot cache" in done.stderr.lower()
+        record("first step", f"10 elements, fresh process, {label}",
+               f"{float(lines[0].split()[1]):.2f} s" if lines else "failed",
+               ("Numba could not cache the kernel; " if warned else "")
+               + (done.stderr.strip().splitlines()[-1] if done.returncode else ""),
+               ok=bool(lines) and done.returncode == 0)
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default=None, help="folder for results.json")
@@ -403,8 +439,9 @@ def main():
     check_adapters()
     record("time", "checks", f"{time.perf_counter() - started:.0f} s")
     if not options.quick:
-        for section in (time_bandwidth, lambda: time_bandwidth(amsgrad=True),
-                        time_small_step, time_many_arrays):
+        for section in (time_first_step, time_bandwidth,
+                        lambda: time_bandwidth(amsgrad=True), time_small_step,
+                        time_many_arrays):
             try:
                 section()
             except ImportError as error:   # no torch or CuPy here
