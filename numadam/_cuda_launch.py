@@ -10,11 +10,11 @@ a boolean one byte). A launch then sets the scalars that changed and makes
 one ctypes call to ``cuLaunchKernel``.
 
 The kernel handle numba-cuda 0.30 holds is a ``CUkernel`` (a library
-kernel), which ``cuLaunchKernel`` runs in the calling thread's current
-context. Before every launch the current context is compared with the one
-the bucket's device uses; where they differ (another device is current, or
-this thread has none) the device's context is made current first, as
-Numba's own launcher does.
+kernel); ``cuKernelGetFunction`` turns it into the device context's
+``CUfunction``, which is what is launched. Before every launch the current
+context is compared with the one the bucket's device uses; where they differ
+(another device is current, or this thread has none) the device's context is
+made current first, as Numba's own launcher does.
 
 ``tests/cuda/ptx_check.py`` checks the flattened layout against the
 parameter list of the kernel's PTX, without a GPU; the launch itself runs
@@ -66,6 +66,8 @@ def _driver():
         lib.cuMemcpyHtoDAsync_v2.argtypes = [ctypes.c_uint64, ctypes.c_void_p, ctypes.c_size_t,
                                              ctypes.c_void_p]
         lib.cuMemcpyHtoDAsync_v2.restype = ctypes.c_int
+        lib.cuKernelGetFunction.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_void_p]
+        lib.cuKernelGetFunction.restype = ctypes.c_int
         lib.cuGetErrorName.argtypes = [ctypes.c_int, ctypes.POINTER(ctypes.c_char_p)]
         lib.cuGetErrorName.restype = ctypes.c_int
         _DRIVER = lib
@@ -76,6 +78,24 @@ def _error_name(lib, code):
     name = ctypes.c_char_p()
     lib.cuGetErrorName(code, ctypes.byref(name))
     return name.value.decode() if name.value else f"CUresult {code}"
+
+
+def _function_in_context(handle):
+    """A ``CUfunction`` for the current context from numba-cuda's kernel handle.
+
+    numba-cuda 0.30 holds a ``CUkernel`` (a library kernel), which
+    ``cuLaunchKernel`` accepts too, but ``cuKernelGetFunction`` gives the
+    plain per-context function every CUDA 12 driver launches; an older
+    numba-cuda hands a ``CUfunction`` already.
+    """
+    if type(handle).__name__ != "CUkernel":
+        return int(handle)
+    lib = _driver()
+    function = ctypes.c_void_p()
+    code = lib.cuKernelGetFunction(ctypes.byref(function), int(handle))
+    if code:
+        raise RuntimeError(f"cuKernelGetFunction failed: {_error_name(lib, code)} ({code})")
+    return function.value
 
 
 class DriverKernel:
@@ -93,8 +113,8 @@ class DriverKernel:
             from numba import cuda
             with cuda.gpus[device]:
                 context = cuda.current_context()
-                function = self.kernel._codelibrary.get_cufunc()
-                found = (int(context.handle), int(function.handle))
+                handle = self.kernel._codelibrary.get_cufunc().handle
+                found = (int(context.handle), _function_in_context(handle))
             self._handles[device] = found
         return found
 
