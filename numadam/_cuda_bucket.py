@@ -30,8 +30,9 @@ from numba import cuda
 from . import _cpu, _cuda_kernels
 from ._bucket import STATE_KEYS, BucketBase
 from ._cpu import OFFSET, PTR_G, SIZE, STEP
-from ._cuda_adapters import (FIXED, TORCH, _on_device, device_address, gradient_info, inspect,
-                             interface_stream, memory_kind, stream_for, zeros_like)
+from ._cuda_adapters import (FIXED, TORCH, _on_device, _torch_stream, device_address,
+                             gradient_info, inspect, interface_stream, memory_kind, stream_for,
+                             zeros_like)
 from ._math import NSCALARS
 from .cuda import config
 
@@ -101,6 +102,7 @@ class DeviceBucket(BucketBase):
         self._table_dirty = True       # the device table is older than the host's
         self._stream_handle = None
         self._numba_param = type(params[0]).__module__.startswith("numba.cuda")
+        self._torch_param = memory_kind(params[0]) == TORCH
         self._scalars = np.empty(NSCALARS, self.dtype)   # the uniform scalars of a step
         self._launch = None            # LaunchArgs of the driver path, made at first use
         self._launched_state = None
@@ -117,6 +119,8 @@ class DeviceBucket(BucketBase):
         if self._numba_param:           # what its interface says, without building it
             stream = param.stream
             return None if stream == 0 else int(stream)
+        if self._torch_param:           # torch's interface has no stream
+            return _torch_stream(self.device)
         face = getattr(param, "__cuda_array_interface__", None)
         return interface_stream(param, face) if face else None
 

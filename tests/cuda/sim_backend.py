@@ -443,9 +443,16 @@ class FakeTorchTensor:
     device = type("device", (), {"index": 0})()
     DTYPES = {np.dtype(np.float32): "torch.float32", np.dtype(np.float64): "torch.float64"}
 
-    def __init__(self, array):
+    is_cuda = True
+    interface_reads = 0
+
+    def __init__(self, array, requires_grad=False):
         self.array = array
         self.contiguous = True
+        self.requires_grad = requires_grad
+
+    def numel(self):
+        return self.array.size
 
     @property
     def shape(self):
@@ -463,6 +470,10 @@ class FakeTorchTensor:
 
     @property
     def __cuda_array_interface__(self):     # torch's is version 2: no stream
+        FakeTorchTensor.interface_reads += 1
+        if self.requires_grad:
+            raise RuntimeError("Can't get __cuda_array_interface__ on Variable that "
+                               "requires grad. Use var.detach().__cuda_array_interface__")
         strides = None if self.contiguous else (8 * self.array.shape[0],)
         return {"shape": self.array.shape, "typestr": self.array.dtype.str,
                 "data": (self.array.ctypes.data, False), "version": 2, "strides": strides}
@@ -471,14 +482,51 @@ class FakeTorchTensor:
 FakeTorchTensor.__module__ = "torch"
 
 
-def test_a_torch_gradient_is_rechecked_cheaply(monkeypatch, one_device):
-    """The same torch tensor is trusted only while its data pointer, dtype and
-    contiguity are those it was checked with: its storage can be swapped."""
+@pytest.fixture
+def fake_torch(monkeypatch):
     import types
 
+    from numadam import _cuda_adapters
+    monkeypatch.setitem(sys.modules, "torch", types.SimpleNamespace(
+        float32="torch.float32", float64="torch.float64",
+        cuda=types.SimpleNamespace(
+            current_stream=lambda device: types.SimpleNamespace(cuda_stream=0))))
+    monkeypatch.setattr(_cuda_adapters, "_TORCH_DTYPES", {})
+    monkeypatch.setattr(FakeTorchTensor, "interface_reads", 0)
+
+
+def test_torch_tensors_are_read_through_torch_not_the_interface(fake_torch, one_device):
+    """torch builds its interface in Python; a usable CUDA tensor is read
+    through data_ptr/shape/dtype instead, anything else through the interface,
+    which explains what is wrong."""
+    host = np.linspace(0, 1, 6)
+    cpu = numadam.Adam([host], lr=0.1)
+    mine = np.linspace(0, 1, 6)
+    dev = numadam.Adam([FakeTorchTensor(mine)], lr=0.1)
+    FakeTorchTensor.interface_reads = 0             # the constructor may look once
+    rng = np.random.default_rng(9)
+    for _ in range(3):
+        g = rng.standard_normal(6)
+        cpu.step([g])
+        dev.step([FakeTorchTensor(g.copy())])      # a new tensor every step
+    assert FakeTorchTensor.interface_reads == 0
+    assert_bits_equal(mine, host, "torch tensors")
+    with pytest.raises(RuntimeError, match="requires grad"):
+        dev.step([FakeTorchTensor(np.ones(6), requires_grad=True)])
+    with pytest.raises(ValueError, match="dtype float32"):
+        dev.step([FakeTorchTensor(np.ones(6, np.float32))])
+    strided = FakeTorchTensor(np.ones(6))
+    strided.contiguous = False
+    with pytest.raises(ValueError, match="C-contiguous"):
+        dev.step([strided])
+    assert FakeTorchTensor.interface_reads == 2     # the float32 and the strided one
+    assert_bits_equal(mine, host, "after refused steps")
+
+
+def test_a_torch_gradient_is_rechecked_cheaply(monkeypatch, fake_torch, one_device):
+    """The same torch tensor is trusted only while its data pointer, dtype and
+    contiguity are those it was checked with: its storage can be swapped."""
     from numadam import _cuda_bucket
-    monkeypatch.setitem(sys.modules, "torch", types.SimpleNamespace(cuda=types.SimpleNamespace(
-        current_stream=lambda device: types.SimpleNamespace(cuda_stream=0))))
     checked = _count_calls(monkeypatch, _cuda_bucket, "gradient_info")
     host = np.ones(6)
     cpu = numadam.Adam([host], lr=0.1)
