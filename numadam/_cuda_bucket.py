@@ -110,6 +110,10 @@ class DeviceBucket(BucketBase):
         with _on_device(self.device):
             self._table_d = cuda.device_array(self.table.shape, np.int64)
             self._scal_d = cuda.device_array((len(self.params), NSCALARS), self.dtype)
+            # For the finiteness check: the dtype, and the row it finds. A host
+            # array here would be copied to the device at every launch.
+            self._like_d = cuda.device_array(0, self.dtype)
+            self._flag_d = cuda.device_array(1, np.int64)
 
     # ---------------------------------------------------------------- streams
     def _read_stream_handle(self):
@@ -247,8 +251,8 @@ class DeviceBucket(BucketBase):
         with _on_device(self.device):
             self._wait_for(self._grad_streams, stream)
             self._upload_table(stream)
-            return _cuda_kernels.first_nonfinite(self._table_d, self.like[0], self.total,
-                                                 stream, _threads())
+            return _cuda_kernels.first_nonfinite(self._table_d, self._like_d, self._flag_d,
+                                                 self.total, stream, _threads())
 
     # ------------------------------------------------------------------- step
     def step(self, args):

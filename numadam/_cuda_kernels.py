@@ -353,13 +353,16 @@ def launch_step(table, scal, state, uniform, s, amsgrad, maximize, decoupled, st
                                           bool(amsgrad), bool(maximize), bool(decoupled))
 
 
-def first_nonfinite(table, like, total, stream, threads):
-    """Row of the first parameter whose gradient holds NaN or Inf, or -1 (waits)."""
+def first_nonfinite(table, like, flag, total, stream, threads):
+    """Row of the first parameter whose gradient holds NaN or Inf, or -1 (waits).
+
+    ``like``: an empty device array of the dtype; ``flag``: a device int64[1].
+    """
     n = table.shape[0]
-    out = cuda.to_device(np.array([n], np.int64), stream=stream)
+    flag.copy_to_device(np.array([n], np.int64), stream=stream)
     blocks, threads = _grid(total, threads)
-    _nonfinite_kernel[blocks, threads, stream](table, like, total, out)
-    host = out.copy_to_host(stream=stream)
+    _nonfinite_kernel[blocks, threads, stream](table, like, total, flag)
+    host = flag.copy_to_host(stream=stream)
     stream.synchronize()
     row = int(host[0])
     return -1 if row == n else row

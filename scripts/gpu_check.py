@@ -203,6 +203,20 @@ def check_adapters():
         return buffer[1:].reshape(a.shape)
 
     run("numba view, unaligned (element path)", unaligned, lambda a: a.copy_to_host())
+    try:
+        x = cuda.to_device(x0)
+        bad_grad = gs[0].copy()
+        bad_grad[7, 9] = np.nan
+        guarded = numadam.Adam([x], lr=1e-2, check_finite="raise")
+        try:
+            guarded.step([cuda.to_device(bad_grad)])
+            result = "no error raised"
+        except FloatingPointError:
+            result = "raised" if differing(x.copy_to_host(), x0) == 0 else "raised, x changed"
+        record("adapter", "check_finite='raise' on a NaN gradient", result,
+               ok=result == "raised")
+    except Exception as error:
+        record("adapter", "check_finite", f"error {type(error).__name__}: {error}", ok=False)
     before, numadam.cuda.config.launcher = numadam.cuda.config.launcher, "numba"
     try:
         run("numba device array, Numba's launcher", cuda.to_device, lambda a: a.copy_to_host())
