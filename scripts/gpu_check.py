@@ -70,6 +70,21 @@ def differing(actual, expected):
     return int((~same).sum())
 
 
+def ulps(actual, expected):
+    """The largest distance in units in the last place between finite elements
+    (what the issue asks for where bits differ)."""
+    a, e = np.asarray(actual).reshape(-1), np.asarray(expected).reshape(-1)
+    finite = np.isfinite(a) & np.isfinite(e)
+    if not finite.any():
+        return 0
+
+    def ordered(x):     # IEEE bits as integers that count ulps across zero
+        i = x.view(f"i{x.itemsize}").astype(np.int64)
+        return np.where(i < 0, np.iinfo(f"i{x.itemsize}").min - i, i)
+
+    return int(np.abs(ordered(a[finite]) - ordered(e[finite])).max())
+
+
 # ------------------------------------------------------------------ launch
 def probe_driver_launch():
     """One small step through the driver launch, first: if it fails, the rest
@@ -142,17 +157,21 @@ def check_parity():
                       for k in order]
                 cpu.step(gs)
                 gpu.step([None if g is None else cuda.to_device(g) for g in gs])
-            bad = sum(differing(d.copy_to_host(), h) for d, h in zip(dev, host))
+            pairs = [(d.copy_to_host(), h) for d, h in zip(dev, host)]
             sc, sg = cpu.state_dict()["state"], gpu.state_dict()["state"]
+            bad = 0
             for i, entry in sc.items():
                 for key, value in entry.items():
                     if key != "step":
-                        bad += differing(sg[i][key], value)
+                        pairs.append((sg[i][key], value))
                     elif sg[i][key] != value:
                         bad += 1
+            bad += sum(differing(a, e) for a, e in pairs)
+            worst = max(ulps(a, e) for a, e in pairs)
             total = sum(p.size for p in params)
             record("parity", f"{name} {dtype}", "bit-exact" if bad == 0 else
-                   f"{bad} of {total} elements differ", f"{steps} steps", ok=bad == 0)
+                   f"{bad} of {total} elements differ, at most {worst} ulp",
+                   f"{steps} steps", ok=bad == 0)
 
 
 # ---------------------------------------------------------------- adapters
