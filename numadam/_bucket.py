@@ -106,6 +106,11 @@ class Bucket(BucketBase):
         lo = self.table[row, OFFSET]
         return self.grad_buffer[lo:lo + self.table[row, SIZE]].reshape(self.params[row].shape)
 
+    def zero_owned_grads(self):
+        """``opt.zero_grad()``: one fill of the bucket's gradient buffer."""
+        if self.grad_buffer is not None:
+            self.grad_buffer.fill(0)
+
     def use_gradients(self, addresses):
         """Point the table at the gradients of this step (``None``: owned ones)."""
         if addresses is None:

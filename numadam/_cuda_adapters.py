@@ -16,7 +16,7 @@ from numba import cuda
 from ._cuda_kernels import SIMULATED
 from ._validation import SUPPORTED_DTYPES, describe
 
-__all__ = ["DeviceArrayInfo", "inspect", "group_infos", "gradient_info", "zeros_like",
+__all__ = ["DeviceArrayInfo", "inspect", "group_infos", "gradient_info", "zeros_like", "fill_zero",
            "stream_for", "memory_kind", "FIXED", "TORCH", "device_address",
            "interface_stream"]
 
@@ -246,18 +246,31 @@ def gradient_info(grad, param_info, device, where):
     return info
 
 
-def zeros_like(obj, info):
-    """A zero array of ``obj``'s kind (CuPy, torch or Numba) on its device."""
+def zeros_like(obj, n, dtype, device):
+    """A zero 1-D array of ``n`` elements of ``obj``'s kind (CuPy, torch, else
+    Numba) on ``device``; slices of it are views of the same kind."""
     module = type(obj).__module__.split(".")[0]
     if module == "cupy":
         import cupy
-        with cupy.cuda.Device(info.device):
-            return cupy.zeros(info.shape, info.dtype)
+        with cupy.cuda.Device(device):
+            return cupy.zeros(n, dtype)
     if module == "torch":
         import torch
-        return torch.zeros_like(obj)
-    with _on_device(info.device):
-        return cuda.to_device(np.zeros(info.shape, info.dtype))
+        return torch.zeros(n, dtype=obj.dtype, device=obj.device)
+    with _on_device(device):
+        return cuda.to_device(np.zeros(n, dtype))
+
+
+def fill_zero(array, stream, threads):
+    """Set a 1-D device array of any supported kind to zero, on its own terms."""
+    module = type(array).__module__.split(".")[0]
+    if module == "cupy":
+        array.fill(0)
+    elif module == "torch":
+        array.zero_()
+    else:
+        from ._cuda_kernels import fill
+        fill(array, 0, stream, threads)
 
 
 class _Nothing:

@@ -31,8 +31,8 @@ from . import _cpu, _cuda_kernels
 from ._bucket import STATE_KEYS, BucketBase
 from ._cpu import OFFSET, PTR_G, SIZE, STEP
 from ._cuda_adapters import (FIXED, TORCH, _on_device, _torch_stream, device_address,
-                             gradient_info, inspect, interface_stream, memory_kind, stream_for,
-                             zeros_like)
+                             fill_zero, gradient_info, inspect, interface_stream, memory_kind,
+                             stream_for, zeros_like)
 from ._math import NSCALARS
 from .cuda import config
 
@@ -99,6 +99,7 @@ class DeviceBucket(BucketBase):
         self._grad_streams = ()
         self._grad_column = None       # the gradient addresses the table holds
         self._seen_grads = [None] * len(self.params)   # see gradient_addresses
+        self.grad_buffer = None        # behind opt.grads, made at first use
         self._table_dirty = True       # the device table is older than the host's
         self._stream_handle = None
         self._numba_param = type(params[0]).__module__.startswith("numba.cuda")
@@ -176,17 +177,23 @@ class DeviceBucket(BucketBase):
 
     # -------------------------------------------------------------- gradients
     def zeros_like(self, k):
-        return zeros_like(self.params[k], self.infos[k])
+        """Parameter ``k``'s buffer of ``opt.grads``: a view, of the parameters'
+        kind (CuPy, torch, else Numba), into one zero buffer per bucket laid
+        out as the state is, so every view starts 16-byte aligned and the
+        kernel reads the gradients as one stream."""
+        if self.grad_buffer is None:
+            self.grad_buffer = zeros_like(self.params[0], self.total, self.dtype, self.device)
+        lo = int(self.table[k, OFFSET])
+        return self.grad_buffer[lo:lo + int(self.table[k, SIZE])].reshape(self.infos[k].shape)
 
     def address_of(self, array):
         return inspect(array, "a gradient buffer").address
 
-    def zero(self, array):
-        if hasattr(array, "fill"):
-            array.fill(0)
-        else:
+    def zero_owned_grads(self):
+        """``opt.zero_grad()``: one fill of the bucket's gradient buffer."""
+        if self.grad_buffer is not None:
             with _on_device(self.device):
-                _cuda_kernels.fill(array.reshape(-1), 0, self._current_stream(), _threads())
+                fill_zero(self.grad_buffer, self._current_stream(), _threads())
 
     def gradient_addresses(self, grads):
         """Validate this bucket's gradients in ``grads``; return their addresses.

@@ -205,11 +205,8 @@ class Adam:
     def zero_grad(self):
         """Fill the owned gradient buffers (``opt.grads``) with zeros."""
         if self._grads is not None:
-            for (bucket, _), g in zip(self._slots, self._grads):
-                if bucket.on_device:
-                    bucket.zero(g)
-                else:
-                    g.fill(0)
+            for bucket in self._buckets:    # every owned buffer is a view of its bucket's
+                bucket.zero_owned_grads()
 
     def _gradient_addresses(self, grads):
         """Validate user gradients; return per-bucket address lists (0: no grad)."""

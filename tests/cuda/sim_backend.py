@@ -102,6 +102,31 @@ def test_owned_gradients_and_zero_grad():
     assert all(not g.copy_to_host().any() for g in dev.grads)
 
 
+def test_owned_gradients_are_aligned_views_of_one_buffer(monkeypatch):
+    """opt.grads on the device: views into one buffer per bucket, laid out as
+    the state (so 16-byte aligned for the vector path); zero_grad is one fill."""
+    from numadam import _cuda_kernels
+    fills = _count_calls(monkeypatch, _cuda_kernels, "fill")
+    vector = _count_calls(monkeypatch, _cuda_kernels, "_load_vec")
+    sizes = [5, 7, 13]
+    dev = numadam.Adam([cuda.to_device(np.ones(n, np.float32)) for n in sizes], lr=0.1)
+    bucket = dev._buckets[0]
+    base = bucket.grad_buffer  # none yet
+    assert base is None
+    grads = dev.grads
+    base = bucket.grad_buffer._ary.ctypes.data
+    offsets = [g._ary.ctypes.data - base for g in grads]
+    assert offsets == [4 * int(o) for o in bucket.table[:, 2]] == [0, 32, 64]
+    for g, n in zip(grads, sizes):
+        g.copy_to_device(np.full(n, 0.5, np.float32))
+    dev.step()
+    assert len(vector) == 2 * (1 + 1 + 3)     # p and g of every full group of four
+    before = len(fills)
+    dev.zero_grad()
+    assert len(fills) == before + 1
+    assert not any(g.copy_to_host().any() for g in grads)
+
+
 @pytest.mark.parametrize("direction", ["gpu_to_cpu", "cpu_to_gpu"])
 def test_checkpoint_resumes_bit_for_bit_across_devices(direction, tmp_path):
     name, dtype = "amsgrad_adamw_maximize", "float64"
