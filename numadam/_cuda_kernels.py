@@ -98,11 +98,29 @@ def _is_lanes(values, dtype):
     return isinstance(values, types.UniTuple) and values.count == VEC and values.dtype == dtype
 
 
+def _is_address_access(address, index, like):
+    """The types of ``(address, index, like)`` an address load or store takes."""
+    return (isinstance(address, types.Integer) and isinstance(index, types.Integer)
+            and isinstance(like, types.Array))
+
+
+def _is_row_access(array, row, col):
+    """The types of ``(array, row, col)`` a row vector load or store takes."""
+    return (isinstance(array, types.Array) and array.ndim == 2 and array.layout == "C"
+            and isinstance(row, types.Integer) and isinstance(col, types.Integer))
+
+
+def _row_args_pointer(context, builder, signature, args):
+    """Pointer to ``array[row, col]`` from an intrinsic's ``(array, row, col, ...)``."""
+    row = context.cast(builder, args[1], signature.args[1], types.intp)
+    col = context.cast(builder, args[2], signature.args[2], types.intp)
+    return _row_pointer(context, builder, signature.args[0], args[0], row, col)
+
+
 @intrinsic
 def _device_load(typingctx, address, index, like):
     """Element ``index`` of the array of ``like``'s dtype at ``address``."""
-    if not (isinstance(address, types.Integer) and isinstance(index, types.Integer)
-            and isinstance(like, types.Array)):
+    if not _is_address_access(address, index, like):
         return None
     dtype = like.dtype
 
@@ -115,9 +133,7 @@ def _device_load(typingctx, address, index, like):
 @intrinsic
 def _device_store(typingctx, address, index, value, like):
     """Write ``value`` to element ``index`` of the array of ``like``'s dtype at ``address``."""
-    if not (isinstance(address, types.Integer) and isinstance(index, types.Integer)
-            and isinstance(value, types.Float) and isinstance(like, types.Array)
-            and like.dtype == value):
+    if not (_is_address_access(address, index, like) and like.dtype == value):
         return None
 
     def codegen(context, builder, signature, args):
@@ -130,8 +146,7 @@ def _device_store(typingctx, address, index, value, like):
 @intrinsic
 def _device_load_vec(typingctx, address, index, like):
     """Elements ``index .. index+3`` at ``address`` in one 16-byte-aligned access."""
-    if not (isinstance(address, types.Integer) and isinstance(index, types.Integer)
-            and isinstance(like, types.Array)):
+    if not _is_address_access(address, index, like):
         return None
     dtype = like.dtype
 
@@ -145,8 +160,7 @@ def _device_load_vec(typingctx, address, index, like):
 @intrinsic
 def _device_store_vec(typingctx, address, index, values, like):
     """Write the 4 ``values`` to ``index ..`` at ``address`` in one aligned access."""
-    if not (isinstance(address, types.Integer) and isinstance(index, types.Integer)
-            and isinstance(like, types.Array) and _is_lanes(values, like.dtype)):
+    if not (_is_address_access(address, index, like) and _is_lanes(values, like.dtype)):
         return None
     dtype = like.dtype
 
@@ -161,14 +175,11 @@ def _device_store_vec(typingctx, address, index, values, like):
 @intrinsic
 def _device_row_load_vec(typingctx, array, row, col):
     """``array[row, col:col+4]`` of a C-contiguous 2-D array, in one aligned access."""
-    if not (isinstance(array, types.Array) and array.ndim == 2 and array.layout == "C"
-            and isinstance(row, types.Integer) and isinstance(col, types.Integer)):
+    if not _is_row_access(array, row, col):
         return None
 
     def codegen(context, builder, signature, args):
-        row_v = context.cast(builder, args[1], signature.args[1], types.intp)
-        col_v = context.cast(builder, args[2], signature.args[2], types.intp)
-        pointer = _row_pointer(context, builder, array, args[0], row_v, col_v)
+        pointer = _row_args_pointer(context, builder, signature, args)
         return _load_vector(context, builder, array.dtype, pointer)
 
     return types.UniTuple(array.dtype, VEC)(array, row, col), codegen
@@ -177,15 +188,11 @@ def _device_row_load_vec(typingctx, array, row, col):
 @intrinsic
 def _device_row_store_vec(typingctx, array, row, col, values):
     """``array[row, col:col+4] = values`` in one aligned access."""
-    if not (isinstance(array, types.Array) and array.ndim == 2 and array.layout == "C"
-            and isinstance(row, types.Integer) and isinstance(col, types.Integer)
-            and _is_lanes(values, array.dtype)):
+    if not (_is_row_access(array, row, col) and _is_lanes(values, array.dtype)):
         return None
 
     def codegen(context, builder, signature, args):
-        row_v = context.cast(builder, args[1], signature.args[1], types.intp)
-        col_v = context.cast(builder, args[2], signature.args[2], types.intp)
-        pointer = _row_pointer(context, builder, array, args[0], row_v, col_v)
+        pointer = _row_args_pointer(context, builder, signature, args)
         _store_vector(context, builder, array.dtype, pointer, args[3])
         return context.get_dummy_value()
 
