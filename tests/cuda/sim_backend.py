@@ -372,7 +372,7 @@ def test_the_stream_of_an_array(monkeypatch):
     from numadam._cuda_adapters import interface_stream
 
     class Tensor:
-        device = 0
+        device = types.SimpleNamespace(index=0)
 
     Tensor.__module__ = "torch"
     current = {"handle": 0}
@@ -385,6 +385,9 @@ def test_the_stream_of_an_array(monkeypatch):
     assert interface_stream(Tensor(), {"version": 2}) is None      # torch's default stream
     current["handle"] = 0x5000
     assert interface_stream(Tensor(), {"version": 2}) == 0x5000
+    # torch's raw accessor, where it has one, is asked instead (with the ordinal).
+    fake_torch._C = types.SimpleNamespace(_cuda_getCurrentRawStream=lambda i: 0x6000 + i)
+    assert interface_stream(Tensor(), {"version": 2}) == 0x6000
 
 
 @pytest.fixture
