@@ -22,8 +22,9 @@ Timings (printed against the issue's targets; a miss is reported, not failed):
   * import to first finished step in a fresh process, cold and warm kernel cache.
   * 2^28 float32: kernel-only (128/256/512 threads a block) and step()
     effective TB/s (28 B/element; 36 with AMSGrad) against a device-to-device
-    copy measured in the same run, and the element path (unaligned) for
-    comparison.
+    copy measured in the same run, the element path (unaligned) for
+    comparison, and streaming kernels with Adam's traffic and no arithmetic
+    (scalar; 16-byte; two 16-byte groups a thread): the ceiling.
   * a 10-element step from Python: microseconds per call of step([g]) and
     step(), Numba / CuPy / torch arrays, driver and Numba launchers.
   * 200 arrays of 1e2..1e6 elements: numadam (torch tensors, owned grads,
@@ -42,6 +43,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [ROOT, os.path.join(ROOT, "tests"), os.path.join(ROOT, "tests", "cuda")]
 
 import numadam  # noqa: E402
+import numadam._cuda_kernels  # noqa: E402
 import numadam.cuda  # noqa: E402
 import optim_configs as oc  # noqa: E402
 from numba import cuda  # noqa: E402
@@ -333,6 +335,70 @@ def time_bandwidth(amsgrad=False):
                f"{ms:.3f} ms, {tbs / copy_tbs:.0%} of copy")
 
 
+def _stream_kernels():
+    """Kernels with Adam's traffic (read p, g, m, v; write p, m, v) and next to
+    no arithmetic: what this access pattern can reach, to tell the memory
+    system's limit from the step kernel's own cost."""
+    from numadam._cuda_kernels import _row_load_vec as load, _row_store_vec as store
+
+    @cuda.jit
+    def scalar(p, g, m, v):         # one element a thread, as DESIGN.md's plain kernel
+        i = cuda.grid(1)
+        if i < p.shape[1]:
+            a, b, c, d = p[0, i], g[0, i], m[0, i], v[0, i]
+            m[0, i] = c + b
+            v[0, i] = d + b
+            p[0, i] = a + d
+
+    @cuda.jit(device=True)
+    def group(p, g, m, v, i):
+        a, b, c, d = load(p, 0, i), load(g, 0, i), load(m, 0, i), load(v, 0, i)
+        store(m, 0, i, (c[0] + b[0], c[1] + b[1], c[2] + b[2], c[3] + b[3]))
+        store(v, 0, i, (d[0] + b[0], d[1] + b[1], d[2] + b[2], d[3] + b[3]))
+        store(p, 0, i, (a[0] + d[0], a[1] + d[1], a[2] + d[2], a[3] + d[3]))
+
+    @cuda.jit
+    def vector(p, g, m, v):         # four elements a thread, 16-byte accesses
+        i = cuda.grid(1) * 4
+        if i < p.shape[1]:
+            group(p, g, m, v, i)
+
+    @cuda.jit
+    def vector2(p, g, m, v):        # two such groups a thread, a block apart
+        i = (cuda.blockIdx.x * 2 * cuda.blockDim.x + cuda.threadIdx.x) * 4
+        j = i + cuda.blockDim.x * 4
+        if j < p.shape[1]:
+            a, b = load(p, 0, i), load(p, 0, j)
+            c, d = load(g, 0, i), load(g, 0, j)
+            e, f = load(m, 0, i), load(m, 0, j)
+            x, y = load(v, 0, i), load(v, 0, j)
+            store(m, 0, i, (e[0] + c[0], e[1] + c[1], e[2] + c[2], e[3] + c[3]))
+            store(m, 0, j, (f[0] + d[0], f[1] + d[1], f[2] + d[2], f[3] + d[3]))
+            store(v, 0, i, (x[0] + c[0], x[1] + c[1], x[2] + c[2], x[3] + c[3]))
+            store(v, 0, j, (y[0] + d[0], y[1] + d[1], y[2] + d[2], y[3] + d[3]))
+            store(p, 0, i, (a[0] + x[0], a[1] + x[1], a[2] + x[2], a[3] + x[3]))
+            store(p, 0, j, (b[0] + y[0], b[1] + y[1], b[2] + y[2], b[3] + y[3]))
+        elif i < p.shape[1]:
+            group(p, g, m, v, i)
+
+    return (("scalar, 1 element a thread", scalar, 1), ("16-byte, 4 elements a thread",
+            vector, 4), ("16-byte, 2 x 4 elements a thread", vector2, 8))
+
+
+def time_stream_kernels():
+    n, reps = SCALE["n"], SCALE["reps"]
+    arrays = [cuda.device_array((1, n), np.float32) for _ in range(4)]
+    for a in arrays:
+        numadam._cuda_kernels.fill(a.reshape(-1), 0.5, cuda.default_stream(), 256)
+    threads = numadam.cuda.config.threads_per_block
+    for label, kernel, per_thread in _stream_kernels():
+        blocks = -(-n // (threads * per_thread))
+        ms = event_ms(lambda: kernel[blocks, threads](*arrays), reps)
+        tbs = 28 * n / ms / 1e9
+        record("bandwidth", f"4-read/3-write stream {n} f32, {label}", f"{tbs:.2f} TB/s",
+               f"{ms:.3f} ms; the ceiling for Adam's traffic")
+
+
 def time_small_step():
     reps = SCALE["small_reps"]
     def us_per_call(call):
@@ -511,7 +577,7 @@ def main():
     check_adapters()
     record("time", "checks", f"{time.perf_counter() - started:.0f} s")
     if not options.quick:
-        for section in (time_first_step, time_bandwidth,
+        for section in (time_first_step, time_bandwidth, time_stream_kernels,
                         lambda: time_bandwidth(amsgrad=True), time_small_step,
                         time_many_arrays):
             try:
