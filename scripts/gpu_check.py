@@ -274,6 +274,28 @@ def check_adapters():
         lambda a: a.cpu().numpy(), lambda: torch.cuda.stream(torch.cuda.Stream()))
 
 
+def check_example():
+    """examples/gpu_least_squares.py on CuPy: it must fit, and says how fast."""
+    try:
+        import cupy
+    except ImportError as error:
+        record("example", "gpu_least_squares", "not run", str(error))
+        return
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        "gpu_least_squares", os.path.join(ROOT, "examples", "gpu_least_squares.py"))
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    try:
+        out = example.main(cupy)
+        record("example", "gpu_least_squares (CuPy, opt.grads)",
+               f"relative error {out['error']:.1e}, {out['steps_per_second']:.0f} steps/s",
+               ok=out["error"] < 1e-2)
+    except Exception as error:
+        record("example", "gpu_least_squares", f"error {type(error).__name__}: {error}",
+               ok=False)
+
+
 # ------------------------------------------------------------------ timing
 def event_ms(fn, reps):
     start, end = cuda.event(), cuda.event()
@@ -575,6 +597,7 @@ def main():
     probe_driver_launch()
     check_parity()
     check_adapters()
+    check_example()
     record("time", "checks", f"{time.perf_counter() - started:.0f} s")
     if not options.quick:
         for section in (time_first_step, time_bandwidth, time_stream_kernels,

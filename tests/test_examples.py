@@ -54,3 +54,18 @@ def test_the_readme_main_job_runs_as_a_user_would():
                           timeout=300)
     assert done.returncode == 0, done.stderr
     assert "same result bit for bit: True" in done.stdout
+
+
+def test_gpu_least_squares_runs_the_same_code_on_the_cpu(capsys):
+    example = load("gpu_least_squares")
+    out = example.main(np, n=2048, d=64, steps=300)
+    assert out["last"] < 1e-3 * out["first"]
+    assert out["error"] < 1e-2
+    assert "numpy: loss" in capsys.readouterr().out
+
+
+def test_gpu_least_squares_without_cupy_says_what_it_needs(monkeypatch):
+    monkeypatch.setitem(sys.modules, "cupy", None)          # import fails
+    example = load("gpu_least_squares")
+    with pytest.raises(SystemExit, match="needs CuPy and an NVIDIA GPU.*--cpu"):
+        example.cli([])
