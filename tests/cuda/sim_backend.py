@@ -267,6 +267,33 @@ def test_odd_sizes_and_unaligned_views_match_the_cpu(dtype, monkeypatch):
     assert len(element) == 4 * 2 * (1 + 1 + 3 + 1 + 11)
 
 
+@pytest.mark.parametrize("seed", range(12))
+def test_random_layouts_match_the_cpu(seed):
+    """Random shapes (empty and 0-d included), dtypes, offsets into a buffer
+    (aligned or not), hyperparameters and missing gradients: every bit of
+    parameters and state equals the CPU's."""
+    rng = np.random.default_rng(1000 + seed)
+    dtype = rng.choice(oc.DTYPES)
+    shapes = [() if rng.random() < 0.1 else tuple(rng.integers(0, 9, rng.integers(1, 3)))
+              for _ in range(rng.integers(1, 7))]
+    host = [rng.standard_normal(s).astype(dtype) for s in shapes]
+    device = []
+    for h in host:
+        shift = int(rng.integers(0, 4))             # 0: aligned, else an element path
+        buffer = cuda.to_device(np.concatenate([np.zeros(shift, dtype), h.reshape(-1)]))
+        device.append(buffer[shift:].reshape(h.shape))
+    kwargs = dict(lr=float(rng.uniform(1e-3, 0.1)), amsgrad=bool(rng.random() < 0.5),
+                  weight_decay=float(rng.choice([0.0, 0.01])), maximize=bool(rng.random() < 0.3))
+    cls = numadam.AdamW if rng.random() < 0.5 else numadam.Adam
+    cpu, dev = cls(host, **kwargs), cls(device, **kwargs)
+    for _ in range(5):
+        grads = [None if rng.random() < 0.2 else rng.standard_normal(s).astype(dtype)
+                 for s in shapes]
+        cpu.step(grads)
+        dev.step(_to_device(grads))
+    _same(host, device, cpu, dev, f"seed {seed}")
+
+
 def test_state_dicts_move_between_padded_and_packed_layouts():
     """The device pads each parameter's state to a multiple of four; state
     dicts carry none of it, in either direction."""
