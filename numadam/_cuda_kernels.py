@@ -49,8 +49,8 @@ from numba.extending import intrinsic
 from ._cpu import NCOLS, OFFSET, PTR_G, PTR_P, SIZE, _first_param
 from ._math import NSCALARS, adam_element, loop_scalars
 
-__all__ = ["SIMULATED", "VEC", "VEC_BYTES", "step_signature", "step_kernel", "launch_step",
-           "first_nonfinite", "fill", "NCOLS"]
+__all__ = ["SIMULATED", "VEC", "VEC_BYTES", "step_signature", "step_kernel", "step_grid",
+           "launch_step", "first_nonfinite", "fill", "NCOLS"]
 
 SIMULATED = bool(numba_config.ENABLE_CUDASIM)
 VEC = 4            # elements a thread updates

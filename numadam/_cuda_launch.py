@@ -159,9 +159,6 @@ class LaunchArgs:
         for field, value in zip(self.fields[position], values, strict=True):
             field.value = value
 
-    def set_value(self, position, value):
-        self.fields[position][0].value = value
-
     def values_view(self, position, dtype):
         """A NumPy array over the fields of argument ``position`` (a tuple of
         ``dtype``): writing it sets the next launch's values, with no call."""
