@@ -62,6 +62,7 @@ class Bucket(BucketBase):
     """Parameters ``params`` (global indices ``indices``) of group ``group_index``."""
 
     on_device = False   # DeviceBucket (numadam._cuda_bucket) has the same interface
+    unready = False     # see ready()
 
     def __init__(self, params, indices, group_index):
         params = list(params)
@@ -130,6 +131,9 @@ class Bucket(BucketBase):
                                     numba.get_num_threads())
 
     # ------------------------------------------------------------------ step
+    def ready(self):
+        """Nothing to make ready beyond the state (``unready`` stays False)."""
+
     def step(self, args):
         """Run one update of the whole bucket with validated ``args``."""
         if self.total < config.serial_below:

@@ -23,7 +23,8 @@ from ._math import NSCALARS, adam_element, loop_scalars, scalars_into
 # update_span and address_as_pointer are also used by numadam.functional and
 # numadam._distributed_kernels: editing them leaves those modules' Numba caches stale.
 __all__ = ["step_serial", "step_parallel", "update_span", "address_as_pointer",
-           "prepare_uniform", "PTR_P", "PTR_G", "OFFSET", "SIZE", "STEP", "LIVE", "NCOLS"]
+           "prepare_uniform", "undo_prepare", "PTR_P", "PTR_G", "OFFSET", "SIZE", "STEP",
+           "LIVE", "NCOLS"]
 
 # Columns of the bucket table.
 PTR_P, PTR_G, OFFSET, SIZE, STEP, LIVE = range(6)
@@ -68,14 +69,17 @@ def _prepare(table, state, lr, beta1, beta2, eps, weight_decay):
 
 
 @njit(cache=True, error_model="numpy")
-def prepare_uniform(table, state, s, lr, beta1, beta2, eps, weight_decay):
+def prepare_uniform(table, state, s, was_live, lr, beta1, beta2, eps, weight_decay):
     """:func:`_prepare` for the device kernels, which take the scalars by value
     when every parameter with a gradient is at the same step.
 
     Returns ``(scal, mode)``: mode 0, no parameter has a gradient; 1, all are
     at one step and ``s`` holds their scalars; 2, steps differ and ``scal``
-    (one row per parameter) is what the kernel must read.
+    (one row per parameter) is what the kernel must read. ``was_live``
+    receives the live column as it was, for :func:`undo_prepare`.
     """
+    for k in range(table.shape[0]):
+        was_live[k] = table[k, LIVE]
     scal = _prepare(table, state, lr, beta1, beta2, eps, weight_decay)
     first = -1
     for k in range(table.shape[0]):
@@ -89,6 +93,13 @@ def prepare_uniform(table, state, s, lr, beta1, beta2, eps, weight_decay):
     for j in range(NSCALARS):
         s[j] = scal[first, j]
     return scal, 1
+
+
+def undo_prepare(table, was_live):
+    """Take back what :func:`prepare_uniform` did to ``table`` (a launch that failed)."""
+    stepped = table[:, PTR_G] != 0
+    table[stepped, STEP] -= 1
+    table[:, LIVE] = was_live
 
 
 @njit(cache=True, error_model="numpy")

@@ -37,6 +37,7 @@ from ._math import NSCALARS
 from .cuda import config
 
 _DRIVER_KERNELS = {}     # dtype -> DriverKernel of the step kernel
+_COMPILED = set()        # dtypes the step kernel is compiled for (Numba's launcher)
 
 
 def _threads():
@@ -105,7 +106,9 @@ class DeviceBucket(BucketBase):
         self._numba_param = type(params[0]).__module__.startswith("numba.cuda")
         self._torch_param = memory_kind(params[0]) == TORCH
         self._scalars = np.empty(NSCALARS, self.dtype)   # the uniform scalars of a step
-        self._launch = None            # LaunchArgs of the driver path, made at first use
+        self._was_live = np.empty(len(self.params), np.int64)   # see step
+        self._launch = None            # LaunchArgs of the driver path, made by ready()
+        self.unready = True            # ready() has not run yet
         self._launched_state = None
         self._grid_for = (-1, -1, 0, 0)   # (total, threads) -> (blocks, threads)
         with _on_device(self.device):
@@ -262,13 +265,39 @@ class DeviceBucket(BucketBase):
                                                  self.total, stream, _threads())
 
     # ------------------------------------------------------------------- step
+    def ready(self):
+        """Compile the step kernel and build the launch, at the first step,
+        before any bucket of the optimizer steps: a failure here leaves every
+        bucket as it was. (After ``numadam.cuda.config.launcher`` changes
+        between steps, the other launcher is made ready by the step itself.)"""
+        if not _cuda_kernels.SIMULATED:
+            if config.launcher == "driver":
+                if self._launch is None:
+                    self._driver_args()
+            elif self.dtype not in _COMPILED:
+                _cuda_kernels.step_kernel.compile(_cuda_kernels.step_signature(self.dtype))
+                _COMPILED.add(self.dtype)
+        self.unready = False
+
     def step(self, args):
-        """Enqueue one update of the whole bucket with validated ``args``."""
+        """Enqueue one update of the whole bucket with validated ``args``.
+
+        If the enqueue fails (a driver error), the step counts are taken back:
+        the kernel did not run, and a later step must not skip a step's bias
+        correction.
+        """
         lr, beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled = args
-        scal, mode = _cpu.prepare_uniform(self.table, self.like, self._scalars, lr, beta1,
-                                          beta2, eps, weight_decay)
+        scal, mode = _cpu.prepare_uniform(self.table, self.like, self._scalars,
+                                          self._was_live, lr, beta1, beta2, eps, weight_decay)
         if mode == 0:                  # no gradient at all: nothing to launch
             return
+        try:
+            self._enqueue(scal, mode, amsgrad, maximize, decoupled)
+        except BaseException:
+            _cpu.undo_prepare(self.table, self._was_live)
+            raise
+
+    def _enqueue(self, scal, mode, amsgrad, maximize, decoupled):
         handle = self._stream_handle = self._read_stream_handle()
         others = [h for h in self._grad_streams if h != handle] if self._grad_streams else ()
         if _cuda_kernels.SIMULATED or config.launcher != "driver":
@@ -282,7 +311,7 @@ class DeviceBucket(BucketBase):
                                           self._scalars, amsgrad, maximize, decoupled, stream,
                                           _threads())
             return
-        launch = self._launch or self._driver_args()
+        launch = self._launch or self._driver_args()   # made by ready() as a rule
         if others:
             with _on_device(self.device):
                 self._wait_for(others, stream_for(handle))

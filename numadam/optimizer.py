@@ -294,11 +294,29 @@ class Adam:
         if self.check_finite is not None and not self._gradients_finite():
             return loss
         for bucket in buckets:
-            bucket_args = args[bucket.group_index]
-            if bucket.state is None:
-                bucket.allocate(bucket_args[5])
-            bucket.step(bucket_args)
+            if bucket.state is None or bucket.unready:
+                self._make_ready(buckets, args)
+                break
+        for bucket in buckets:
+            bucket.step(args[bucket.group_index])
         return loss
+
+    @staticmethod
+    def _make_ready(buckets, args):
+        """Everything that can fail for want of memory or a compiled kernel,
+        for every bucket before any steps: a later bucket that runs out of
+        memory must not leave an earlier one a step ahead. What this call
+        allocated is dropped again on failure."""
+        fresh = [bucket for bucket in buckets if bucket.state is None]
+        try:
+            for bucket in fresh:
+                bucket.allocate(args[bucket.group_index][5])
+            for bucket in buckets:
+                bucket.ready()
+        except BaseException:
+            for bucket in fresh:
+                bucket.state = None
+            raise
 
     def _gradients_finite(self):
         for bucket in self._buckets:

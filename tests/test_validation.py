@@ -126,6 +126,34 @@ def test_bad_gradients_leave_everything_untouched(case):
     assert opt.state[params[0]]["step"] == 2
 
 
+def test_memory_error_in_a_later_bucket_changes_nothing():
+    """The state of every bucket is made before any bucket steps: running out
+    of memory for the second dtype's state must not leave the first bucket's
+    parameters one step ahead of the rest."""
+    params, grads = _problem()
+    opt = numadam.Adam(params, lr=0.1, amsgrad=True)
+    assert len(opt._buckets) == 2
+    snapshot = _snapshot(opt, params)
+    later = opt._buckets[1]
+
+    def out_of_memory(amsgrad):
+        raise MemoryError("no room for the state")
+
+    later.allocate = out_of_memory
+    with pytest.raises(MemoryError, match="no room"):
+        opt.step(grads)
+    _assert_unchanged(opt, params, snapshot)
+    assert all(b.state is None for b in opt._buckets)
+    del later.allocate                                # memory is back
+    opt.step(grads)
+    fresh_params, _ = _problem()
+    fresh = numadam.Adam(fresh_params, lr=0.1, amsgrad=True)
+    fresh.step(grads)
+    for p, q in zip(params, fresh_params):
+        np.testing.assert_array_equal(p, q)
+    assert opt.state[params[0]]["step"] == 1
+
+
 def test_sparse_gradient_is_refused():
     sparse = pytest.importorskip("scipy.sparse")
     params, grads = _problem()

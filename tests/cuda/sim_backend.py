@@ -492,6 +492,77 @@ def test_the_driver_launch_passes_the_arguments_numba_would(name, dtype,
     assert record["uploads"] >= len(dev._buckets) + ("missing" in name)
 
 
+def _mixed_problem():
+    """float32 and float64 parameters in one group: two buckets."""
+    host = [np.linspace(-1, 1, 10, dtype=np.float32), np.linspace(0, 2, 7)]
+    grads = [np.full(p.shape, 0.25, p.dtype) for p in host]
+    return host, grads
+
+
+@pytest.mark.parametrize("launcher", ["driver", "numba"])
+def test_a_failed_launch_takes_its_step_back(launcher, driver_launch_on_the_simulator,
+                                             monkeypatch):
+    """A launch the driver refuses leaves the step counts (and everything
+    else) as they were, so that the retry is the step it should have been."""
+    from numadam import _cuda_kernels, _cuda_launch
+    if launcher == "numba":
+        monkeypatch.setattr(_cuda_kernels, "SIMULATED", True)
+    failures = []
+    real_launch, real_step = _cuda_launch.LaunchArgs.launch, _cuda_kernels.launch_step
+
+    def fail_once(real):
+        def launch(*args):
+            if failures:
+                raise failures.pop()
+            return real(*args)
+        return launch
+
+    monkeypatch.setattr(_cuda_launch.LaunchArgs, "launch", fail_once(real_launch))
+    monkeypatch.setattr(_cuda_kernels, "launch_step", fail_once(real_step))
+    host, grads = _mixed_problem()
+    cpu = numadam.Adam([p.copy() for p in host], lr=0.1)
+    params = [cuda.to_device(p) for p in host]
+    dev = numadam.Adam(params, lr=0.1)
+    driver_launch_on_the_simulator["buckets"] = dev._buckets
+    cpu.step(grads)
+    dev.step(_to_device(grads))
+    failures.append(RuntimeError("cuLaunchKernel failed: CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES"))
+    with pytest.raises(RuntimeError, match="OUT_OF_RESOURCES"):
+        dev.step(_to_device(grads))       # the first bucket's launch fails
+    assert [dev.state[p]["step"] for p in params] == [1, 1]
+    for _ in range(3):
+        cpu.step(grads)
+        dev.step(_to_device(grads))
+    _same([p for group in cpu.param_groups for p in group["params"]], params, cpu, dev,
+          launcher)
+
+
+def test_a_kernel_that_cannot_be_made_changes_no_bucket(driver_launch_on_the_simulator,
+                                                        monkeypatch):
+    """Kernels are compiled and launches built for every bucket before any
+    bucket steps: the float64 kernel failing must not leave the float32
+    parameters a step ahead."""
+    from numadam import _cuda_bucket
+    make = _cuda_bucket._driver_kernel
+
+    def float32_only(dtype):
+        if dtype == np.float64:
+            raise RuntimeError("no float64 kernel")
+        return make(dtype)
+
+    monkeypatch.setattr(_cuda_bucket, "_driver_kernel", float32_only)
+    host, grads = _mixed_problem()
+    params = [cuda.to_device(p) for p in host]
+    dev = numadam.Adam(params, lr=0.1)
+    driver_launch_on_the_simulator["buckets"] = dev._buckets
+    with pytest.raises(RuntimeError, match="no float64 kernel"):
+        dev.step(_to_device(grads))
+    for p, h in zip(params, host):
+        assert_bits_equal(p.copy_to_host(), h, "untouched")
+    assert len(dev.state) == 0 and all(b.state is None for b in dev._buckets)
+    assert driver_launch_on_the_simulator["launches"] == 0
+
+
 class FakeTorchTensor:
     """What numadam reads of a torch CUDA tensor, over a host array."""
 
