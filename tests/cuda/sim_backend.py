@@ -563,6 +563,44 @@ def test_a_kernel_that_cannot_be_made_changes_no_bucket(driver_launch_on_the_sim
     assert driver_launch_on_the_simulator["launches"] == 0
 
 
+def test_a_driver_launch_that_cannot_be_set_up_says_what_to_do(
+        driver_launch_on_the_simulator, monkeypatch):
+    """Loading the kernel for the driver launch fails (say a numba-cuda whose
+    internals moved): a RuntimeError naming the way out, nothing changed, and
+    Numba's launcher then steps as usual."""
+    from numadam import _cuda_bucket, _cuda_kernels
+    make = _cuda_bucket._driver_kernel
+
+    def unloadable(dtype):
+        kernel = make(dtype)
+
+        def handles(device):
+            raise AttributeError("'CodeLibrary' object has no attribute 'get_cufunc'")
+        kernel.handles = handles
+        return kernel
+
+    monkeypatch.setattr(_cuda_bucket, "_driver_kernel", unloadable)
+    host, grads = _mixed_problem()
+    params = [cuda.to_device(p) for p in host]
+    dev = numadam.Adam(params, lr=0.1)
+    with pytest.raises(RuntimeError, match="launcher = 'numba'") as caught:
+        dev.step(_to_device(grads))
+    assert isinstance(caught.value.__cause__, AttributeError)
+    assert len(dev.state) == 0
+    for p, h in zip(params, host):
+        assert_bits_equal(p.copy_to_host(), h, "untouched")
+    numadam.cuda.config.launcher = "numba"
+    monkeypatch.setattr(_cuda_kernels, "SIMULATED", True)   # Numba's launcher, simulated
+    try:
+        dev.step(_to_device(grads))
+    finally:
+        numadam.cuda.config.launcher = "driver"
+    cpu = numadam.Adam([p.copy() for p in host], lr=0.1)
+    cpu.step(grads)
+    _same([p for group in cpu.param_groups for p in group["params"]], params, cpu, dev,
+          "after the switch")
+
+
 class FakeTorchTensor:
     """What numadam reads of a torch CUDA tensor, over a host array."""
 
