@@ -37,7 +37,7 @@ from ._math import NSCALARS
 from .cuda import config
 
 _DRIVER_KERNELS = {}     # dtype -> DriverKernel of the step kernel
-_COMPILED = set()        # dtypes the step kernel is compiled for (Numba's launcher)
+_COMPILED = set()        # (dtype, device) the step kernel is loaded for (Numba's launcher)
 
 
 def _threads():
@@ -274,9 +274,11 @@ class DeviceBucket(BucketBase):
             if config.launcher == "driver":
                 if self._launch is None:
                     self._driver_args()
-            elif self.dtype not in _COMPILED:
-                _cuda_kernels.step_kernel.compile(_cuda_kernels.step_signature(self.dtype))
-                _COMPILED.add(self.dtype)
+            elif (self.dtype, self.device) not in _COMPILED:
+                with _on_device(self.device):   # compile() loads it into the current context
+                    _cuda_kernels.step_kernel.compile(
+                        _cuda_kernels.step_signature(self.dtype))
+                _COMPILED.add((self.dtype, self.device))
         self.unready = False
 
     def step(self, args):
