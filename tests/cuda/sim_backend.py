@@ -563,6 +563,38 @@ def test_a_kernel_that_cannot_be_made_changes_no_bucket(driver_launch_on_the_sim
     assert driver_launch_on_the_simulator["launches"] == 0
 
 
+def test_numbas_launcher_compiles_every_bucket_before_any_steps(
+        driver_launch_on_the_simulator, monkeypatch):
+    """With launcher = "numba" the kernel is compiled for each dtype (once a
+    process) before any bucket steps; a failing compile changes nothing."""
+    from numadam import _cuda_bucket, _cuda_kernels
+    compiled = []
+
+    class Dispatcher:
+        def compile(self, signature):
+            if signature[2].dtype == nb_types.float64:
+                raise RuntimeError("NVVM failed on float64")
+            compiled.append(signature)
+
+    monkeypatch.setattr(_cuda_kernels, "step_kernel", Dispatcher())
+    monkeypatch.setattr(_cuda_bucket, "_COMPILED", set())
+    monkeypatch.setattr(numadam.cuda.config, "launcher", "numba")
+    host, grads = _mixed_problem()
+    params = [cuda.to_device(p) for p in host]
+    dev = numadam.Adam(params, lr=0.1)
+    with pytest.raises(RuntimeError, match="NVVM failed"):
+        dev.step(_to_device(grads))
+    assert len(dev.state) == 0
+    for p, h in zip(params, host):
+        assert_bits_equal(p.copy_to_host(), h, "untouched")
+    assert compiled == [_cuda_kernels.step_signature(np.float32)]
+    only32 = numadam.Adam([cuda.to_device(host[0])], lr=0.1)
+    only32.step(_to_device(grads[:1]))
+    only32.step(_to_device(grads[:1]))
+    assert len(compiled) == 1                         # once a process
+    assert driver_launch_on_the_simulator["launches"] == 0
+
+
 def test_a_driver_launch_that_cannot_be_set_up_says_what_to_do(
         driver_launch_on_the_simulator, monkeypatch):
     """Loading the kernel for the driver launch fails (say a numba-cuda whose
