@@ -3,8 +3,9 @@
     python examples/mpi_bench.py                     # P = 1..4, 4M float32
     python examples/mpi_bench.py --ranks 1 2 --elements 1000000
 
-Starts ``mpiexec -n P`` for each P (one Numba thread per rank), and prints a
-markdown table: the median step time in both reduction modes, the payload
+Starts ``mpiexec -n P python -m mpi4py`` for each P (one Numba thread per
+rank; ``-m mpi4py`` makes a rank's exception end the job rather than hang it),
+and prints a markdown table: the median step time in both reduction modes, the payload
 bytes each rank receives per step, the optimizer state per rank, and the
 pieces a scaling model needs, measured in the same run: the shard update
 alone, the effective bandwidth of the gradient exchange and of the

@@ -1,8 +1,11 @@
 """Data-parallel least squares with ShardedAdam: each rank owns a slice of the data.
 
-Run with MPI (pip install "numadam[mpi]")::
+Run with MPI, from a venv made as in the README (``pip install -e ".[mpi]"``)::
 
-    mpiexec -n 4 python examples/mpi_fit.py
+    .venv/bin/mpiexec -n 2 .venv/bin/python -m mpi4py examples/mpi_fit.py
+
+``python -m mpi4py`` turns an uncaught exception on any rank into ``MPI_Abort``,
+so the job ends instead of leaving the other ranks waiting in a collective.
 
 A synthetic multi-output linear model ``Y = X W + b + noise`` (20,000 samples,
 200 features, 50 outputs: 10,050 parameters) is fitted by full-batch Adam.

@@ -18,6 +18,7 @@ import numpy as np
 from numba import get_num_threads, njit, prange
 
 import numadam
+from numadam._jitcache import CACHE
 
 __all__ = ["Contender", "Unavailable", "make_arrays", "stream_traffic", "CONTENDERS",
            "numadam_step", "numadam_owned", "numadam_flat", "stream", "noop_call"]
@@ -50,7 +51,7 @@ def stream_traffic(itemsize, amsgrad):
     return (9 if amsgrad else 7) * itemsize
 
 
-@njit(parallel=True, cache=True, error_model="numpy")
+@njit(parallel=True, cache=CACHE, error_model="numpy")
 def _fill(a, seed):
     # Written by Numba's threads, so pages are first touched where they are used.
     for i in prange(a.size):
@@ -120,7 +121,7 @@ def _stream_body_ams(p, g, m, v, w, a, b, nthreads):
             ww[i] = max(ww[i], vi)
 
 
-_STREAM = {(parallel, ams): njit(parallel=parallel, cache=True, error_model="numpy")(
+_STREAM = {(parallel, ams): njit(parallel=parallel, cache=CACHE, error_model="numpy")(
     _stream_body_ams if ams else _stream_body)
     for parallel in (False, True) for ams in (False, True)}
 
@@ -250,7 +251,7 @@ optax_jit = Contender("optax adam jit", _optax, 5)
 
 
 # ------------------------------------------------------------ bare njit call
-@njit(cache=True)
+@njit(cache=CACHE)
 def _noop(table, state, lr, beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled):
     pass
 

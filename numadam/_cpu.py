@@ -18,6 +18,7 @@ import numpy as np
 from numba import carray, njit, prange, types
 from numba.extending import intrinsic
 
+from ._jitcache import CACHE
 from ._math import NSCALARS, adam_element, loop_scalars, scalars_into
 
 # update_span and address_as_pointer are also used by numadam.functional and
@@ -44,7 +45,7 @@ def address_as_pointer(typingctx, address, like):
     return pointer_type(address, like), codegen
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=CACHE, error_model="numpy")
 def _prepare(table, state, lr, beta1, beta2, eps, weight_decay):
     """Advance the step of every parameter that has a gradient and build its
     scalar vector (parameter dtype). Parameters without a gradient
@@ -68,7 +69,7 @@ def _prepare(table, state, lr, beta1, beta2, eps, weight_decay):
     return scal
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=CACHE, error_model="numpy")
 def prepare_uniform(table, state, s, was_live, lr, beta1, beta2, eps, weight_decay):
     """:func:`_prepare` for the device kernels, which take the scalars by value
     when every parameter with a gradient is at the same step.
@@ -102,7 +103,7 @@ def undo_prepare(table, was_live):
     table[:, LIVE] = was_live
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=CACHE, error_model="numpy")
 def update_span(p, g, m, v, vmax, lo, hi, base, s, amsgrad, maximize, decoupled):
     """Update elements ``lo:hi`` of one parameter whose state starts at ``base``."""
     (neg_step, bc2_sqrt, eps, wd, lerp_w, lerp_small, c2, beta2, decay,
@@ -126,7 +127,7 @@ def update_span(p, g, m, v, vmax, lo, hi, base, s, amsgrad, maximize, decoupled)
                 lerp_small, c2, beta2, decay, sign, False, decoupled)
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=CACHE, error_model="numpy")
 def _first_param(table, element):
     """Index of the parameter that holds ``element`` (binary search on offsets)."""
     lo = 0
@@ -140,7 +141,7 @@ def _first_param(table, element):
     return lo
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=CACHE, error_model="numpy")
 def _run_task(table, state, scal, lo, hi, amsgrad, maximize, decoupled):
     """Update elements ``lo:hi`` of the concatenated parameter space."""
     k = _first_param(table, lo)
@@ -162,7 +163,7 @@ def _run_task(table, state, scal, lo, hi, amsgrad, maximize, decoupled):
         k += 1
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=CACHE, error_model="numpy")
 def step_serial(table, state, lr, beta1, beta2, eps, weight_decay,
                 amsgrad, maximize, decoupled):
     """One step of a bucket on the calling thread (for small buckets)."""
@@ -170,7 +171,7 @@ def step_serial(table, state, lr, beta1, beta2, eps, weight_decay,
     _run_task(table, state, scal, 0, state.shape[1], amsgrad, maximize, decoupled)
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
+@njit(cache=CACHE, parallel=True, error_model="numpy")
 def step_parallel(table, state, lr, beta1, beta2, eps, weight_decay,
                   amsgrad, maximize, decoupled, min_task, nthreads):
     """One step of a bucket spread over Numba's threads.
@@ -192,14 +193,14 @@ def step_parallel(table, state, lr, beta1, beta2, eps, weight_decay,
         _run_task(table, state, scal, lo, hi, amsgrad, maximize, decoupled)
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=CACHE, error_model="numpy")
 def address(array):
     """The address of ``array``'s first element (146 ns, against 1.7 us for
     ``array.ctypes.data`` from Python)."""
     return array.ctypes.data
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=CACHE, error_model="numpy")
 def _span_is_finite(g, lo, hi):
     g = g[lo:hi]
     bad = 0
@@ -211,7 +212,7 @@ def _span_is_finite(g, lo, hi):
     return bad == 0
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
+@njit(cache=CACHE, parallel=True, error_model="numpy")
 def first_nonfinite(table, like, min_task, nthreads):
     """Row of the first parameter whose gradient holds a NaN or an Inf, or -1.
 

@@ -8,9 +8,10 @@ parameter's state starts at a multiple of the kernel's vector width.
 
 A step, in the usual case (every parameter at the same step, gradient
 addresses as last time), copies nothing to the device: the scalars travel as
-kernel arguments, and the launch is one driver call
-(:mod:`numadam._cuda_launch`; ``numadam.cuda.config.launcher = "numba"``
-selects Numba's launcher instead, and the simulator has only that one).
+kernel arguments. The launch is Numba's kernel call; with
+``numadam.cuda.config.launcher = "driver"`` (opt-in until
+``scripts/gpu_check.py`` has passed on a GPU) it is one driver call
+(:mod:`numadam._cuda_launch`). The simulator has only Numba's launcher.
 
 Streams: each step is enqueued on the stream of the bucket's first parameter
 (:func:`numadam._cuda_adapters.interface_stream`: what version 3 of
@@ -354,8 +355,8 @@ class DeviceBucket(BucketBase):
             raise RuntimeError(
                 f"numadam could not set up its direct driver launch on device "
                 f"{self.device} ({type(error).__name__}: {error}). Set "
-                "numadam.cuda.config.launcher = 'numba' to launch through Numba "
-                "instead (the same results, about 45 us more a step), and please "
+                "numadam.cuda.config.launcher = 'numba' (the default) to launch through "
+                "Numba instead (the same results, about 45 us more a step), and please "
                 "report this with your numba-cuda and driver versions") from error
         self._table_address = device_address(self._table_d)
         self._scal_address = device_address(self._scal_d)

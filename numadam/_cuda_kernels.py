@@ -47,6 +47,7 @@ from numba.core import config as numba_config
 from numba.extending import intrinsic
 
 from ._cpu import NCOLS, OFFSET, PTR_G, PTR_P, SIZE, _first_param
+from ._jitcache import CACHE
 from ._math import NSCALARS, adam_element, loop_scalars
 
 __all__ = ["SIMULATED", "VEC", "VEC_BYTES", "step_signature", "step_kernel", "step_grid",
@@ -288,7 +289,7 @@ def _update_element(address_p, address_g, state, i, j, sc, amsgrad, decoupled):
     _store(address_p, j, p, state)
 
 
-@cuda.jit(cache=True)
+@cuda.jit(cache=CACHE)
 def _step_kernel(table, scal, state, uniform, s, amsgrad, maximize, decoupled):
     i = cuda.grid(1) * VEC
     if i >= state.shape[1]:

@@ -13,6 +13,7 @@ from numba import carray, njit, prange
 
 from ._config import config
 from ._cpu import OFFSET, PTR_G, SIZE, address_as_pointer
+from ._jitcache import CACHE
 
 __all__ = ["ordered_mean", "square_bins", "bins_to_sum", "NBINS", "NONFINITE", "OVERFLOW"]
 
@@ -27,7 +28,7 @@ _LOW_BITS = 26
 _BLOCK = 1024
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=CACHE, error_model="numpy")
 def _mean_range(received, out, lo, hi, count):
     acc = out[lo:hi]
     first = received[0, lo:hi]
@@ -41,7 +42,7 @@ def _mean_range(received, out, lo, hi, count):
         acc[i] = acc[i] / count
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=CACHE, error_model="numpy")
 def ordered_mean_serial(received, out, count):
     """``out[i] = (((received[0, i] + received[1, i]) + ...) + received[P-1, i]) / count``.
 
@@ -55,7 +56,7 @@ def ordered_mean_serial(received, out, count):
         _mean_range(received, out, lo, min(lo + _BLOCK, out.size), count)
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
+@njit(cache=CACHE, parallel=True, error_model="numpy")
 def ordered_mean_parallel(received, out, count):
     """:func:`ordered_mean_serial` with the blocks spread over Numba's threads."""
     nblocks = (out.size + _BLOCK - 1) // _BLOCK
@@ -64,7 +65,7 @@ def ordered_mean_parallel(received, out, count):
         _mean_range(received, out, lo, min(lo + _BLOCK, out.size), count)
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=CACHE, error_model="numpy")
 def _bin_span(g, lo, hi, bins):
     for i in range(lo, hi):
         x = np.float64(g[i])
@@ -85,7 +86,7 @@ def _bin_span(g, lo, hi, bins):
         bins[_EXPONENTS + exponent] += significand & ((1 << _LOW_BITS) - 1)
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=CACHE, error_model="numpy")
 def _bin_range(table, like, lo, hi, bins):
     """Bin the squares of elements ``lo:hi`` of the shard (rows with a gradient)."""
     for k in range(table.shape[0]):
@@ -97,7 +98,7 @@ def _bin_range(table, like, lo, hi, bins):
             _bin_span(g, start - offset, end - offset, bins)
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=CACHE, error_model="numpy")
 def square_bins_serial(table, like):
     """Exact integer bins of ``sum(float64(g)**2)`` over a shard's gradients.
 
@@ -116,7 +117,7 @@ def square_bins_serial(table, like):
     return bins
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
+@njit(cache=CACHE, parallel=True, error_model="numpy")
 def square_bins_parallel(table, like, min_task, nthreads):
     """:func:`square_bins_serial` spread over ``nthreads`` tasks of at least
     ``min_task`` elements (``nthreads`` is read by the caller:

@@ -26,6 +26,8 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
 
+from ._jitcache import CACHE
+
 __all__ = ["fma", "mul_rn", "adam_element", "loop_scalars", "scalars_into", "NSCALARS"]
 
 # Layout of the per-step scalar vector (parameter dtype) built by scalars_into.
@@ -76,7 +78,7 @@ def mul_rn(typingctx, a, b):
     return a(a, b), codegen
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=CACHE, error_model="numpy")
 def scalars_into(out, step, lr, beta1, beta2, eps, weight_decay):
     """Fill ``out`` (length ``NSCALARS``, parameter dtype) for step ``step``.
 
@@ -101,7 +103,7 @@ def scalars_into(out, step, lr, beta1, beta2, eps, weight_decay):
     out[ONE] = 1.0
 
 
-@njit(cache=True, error_model="numpy", inline="always")
+@njit(cache=CACHE, error_model="numpy", inline="always")
 def adam_element(p, g, m, v, vmax, neg_step, bc2_sqrt, eps, weight_decay, lerp_w,
                  lerp_small, c2, beta2, decay, sign, amsgrad, decoupled):
     """One element of the update; returns the new ``(p, m, v, vmax)``.
@@ -133,7 +135,7 @@ def adam_element(p, g, m, v, vmax, neg_step, bc2_sqrt, eps, weight_decay, lerp_w
     return p, m, v, vmax
 
 
-@njit(cache=True, error_model="numpy", inline="always")
+@njit(cache=CACHE, error_model="numpy", inline="always")
 def loop_scalars(s, maximize):
     """The scalars of :func:`adam_element` from the vector ``s``, as locals."""
     lerp_small = abs(s[W1]) < 0.5

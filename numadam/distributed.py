@@ -89,7 +89,8 @@ class ShardedAdam:
 
     Examples
     --------
-    Run under ``mpiexec -n 4 python fit.py``::
+    Run under ``mpiexec -n 4 python -m mpi4py fit.py`` (``-m mpi4py``: an exception
+    on one rank aborts the job instead of leaving the others in a collective)::
 
         from numadam.distributed import ShardedAdam
         opt = ShardedAdam([w], lr=1e-2)          # w: the same array on every rank

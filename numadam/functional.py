@@ -27,6 +27,7 @@ from numba.extending import overload
 
 from . import _validation
 from ._cpu import update_span
+from ._jitcache import CACHE
 from ._math import NSCALARS, scalars_into
 
 __all__ = ["adam_update"]
@@ -172,7 +173,7 @@ def _check_arrays(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, amsgrad):
             raise error
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=CACHE, error_model="numpy")
 def _update(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, beta1, beta2,
             eps, weight_decay, amsgrad, maximize, decoupled):
     """Check shapes and values (cheap, before any write), then update."""

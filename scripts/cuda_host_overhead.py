@@ -6,7 +6,10 @@ that does everything the real one does except the calls into libcuda
 changed, ``cuMemcpyHtoDAsync`` of the address table): validation, scalars,
 stream lookup, the argument buffer. A real step costs this plus those driver
 calls. Simulator arrays stand in for device arrays, so the gradient check
-measured is the simulator's, not a CuPy or torch interface's.
+measured is the simulator's, not a CuPy or torch interface's. The driver
+launch is opt-in (``numadam.cuda.config.launcher = "driver"``); this script
+opts in, and counts the stubbed launches and uploads so that a run which
+missed that path shows it.
 
     python scripts/cuda_host_overhead.py [--reps N]
 """
@@ -35,6 +38,9 @@ class _StubKernel:
         return 0, 0
 
 
+COUNTS = {"launches": 0, "uploads": 0}
+
+
 class _StubLaunchArgs(_cuda_launch.LaunchArgs):
     """LaunchArgs with the driver calls left out."""
 
@@ -42,13 +48,15 @@ class _StubLaunchArgs(_cuda_launch.LaunchArgs):
         pass    # a simulator array has no device pointer; done once, not per step
 
     def launch(self, blocks, threads, stream_handle):
-        pass
+        COUNTS["launches"] += 1
 
     def upload(self, address, host_array, stream_handle):
         host_array.ctypes.data, host_array.nbytes    # what the real one reads
+        COUNTS["uploads"] += 1
 
 
 def install_stub():
+    numadam.cuda.config.launcher = "driver"
     _cuda_kernels.SIMULATED = False            # take the driver path ...
     _cuda_bucket._DEFAULT_HANDLE[:] = [0]
     _cuda_bucket._driver_kernel = _StubKernel  # ... with a kernel that needs no GPU
@@ -94,6 +102,7 @@ def main(argv=None):
         median, best = per_call_us(call, options.reps)
         results[label] = median
         print(f"{label:36s} {median:10.2f} {best:8.2f}")
+    print(f"stubbed driver calls: {COUNTS['launches']} launches, {COUNTS['uploads']} uploads")
     return results
 
 

@@ -11,13 +11,19 @@ for the command, including the numpy 2.4 wheel that numba-cuda 0.30.4 needs):
 
 Checks (any failure exits 1, after the table):
   * PTX: every multiply is mul.rn, the FMAs are exactly adam_element's.
+  * launchers: Numba's launcher (the default) and the opt-in driver launch
+    (ctypes cuLaunchKernel, which reads a numba-cuda internal) each run the
+    parity and adapter checks below; the driver launch is probed first, and
+    where it fails the run goes on with Numba's launcher alone. The last
+    "launch" row says whether the driver launch passed everything (the
+    condition for making it the default).
   * parity: every configuration of tests/optim_configs.py, float32 and float64,
     on fresh random data, GPU bit-identical to numadam's CPU update (params
     and every state array, each step's result compared after the last step).
-  * adapters: Numba device arrays (aligned, unaligned, and through Numba's
-    launcher instead of the driver launch), CuPy (on a non-default stream),
-    torch CUDA tensors (on a side stream), a raw __cuda_array_interface__
-    object, and numadam.cuda.flat_parameters; each bit-identical to the CPU.
+  * adapters: Numba device arrays (aligned, unaligned), CuPy (on a non-default
+    stream), torch CUDA tensors (on a side stream), a raw
+    __cuda_array_interface__ object, and numadam.cuda.flat_parameters; each
+    bit-identical to the CPU.
 Timings (printed against the issue's targets; a miss is reported, not failed):
   * import to first finished step in a fresh process, cold and warm kernel cache.
   * 2^28 float32: kernel-only (128/256/512 threads a block) and step()
@@ -32,6 +38,7 @@ Timings (printed against the issue's targets; a miss is reported, not failed):
 """
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -50,6 +57,7 @@ from numba import cuda  # noqa: E402
 
 ROWS = []          # (section, what, result, note)
 FAILURES = []
+LAUNCHERS = ["numba"]   # numadam.cuda.config.launcher values to check; probe adds "driver"
 # Problem sizes; --smoke shrinks them so that CI can run this script under the
 # CUDA simulator (every line runs; no figure means anything there).
 SCALE = dict(n=1 << 28, chunk=1 << 20, reps=20, small_reps=2000, parity_steps=12,
@@ -63,6 +71,15 @@ def record(section, what, result, note="", ok=True):
     if not ok:
         FAILURES.append(f"{section}: {what}: {result} {note}")
     print(f"[{section}] {what}: {result} {note}", flush=True)
+
+
+def cuda_torch():
+    """torch, where it is installed with CUDA and sees a GPU (else ImportError:
+    a CPU-only torch, or any torch under the simulator, is reported "not run")."""
+    import torch
+    if not torch.cuda.is_available():
+        raise ImportError(f"torch {torch.__version__} without a usable CUDA device")
+    return torch
 
 
 def differing(actual, expected):
@@ -88,33 +105,57 @@ def ulps(actual, expected):
 
 
 # ------------------------------------------------------------------ launch
+@contextlib.contextmanager
+def launcher(name):
+    """numadam.cuda.config.launcher set to ``name`` for the block."""
+    config = numadam.cuda.config
+    before, config.launcher = config.launcher, name
+    try:
+        yield
+    finally:
+        config.launcher = before
+
+
 def probe_driver_launch():
-    """One small step through the driver launch, first: if it fails, the rest
-    of the run uses Numba's launcher, so that the session still yields the
-    kernels' exactness and bandwidth."""
+    """One small step through the opt-in driver launch, first: if it fails,
+    the rest of the run checks Numba's launcher alone, so that the session
+    still yields the kernels' exactness and bandwidth."""
     rng = np.random.default_rng(11)
     host = rng.standard_normal(37).astype(np.float32)
     grad = rng.standard_normal(37).astype(np.float32)
     x = cuda.to_device(host)
     cpu = numadam.Adam([host], lr=0.1)
     try:
-        opt = numadam.Adam([x], lr=0.1)
-        for _ in range(3):
-            opt.step([cuda.to_device(grad)])
-            cpu.step([grad])
-        cuda.synchronize()
+        with launcher("driver"):
+            opt = numadam.Adam([x], lr=0.1)
+            for _ in range(3):
+                opt.step([cuda.to_device(grad)])
+                cpu.step([grad])
+            cuda.synchronize()
         bad = differing(x.copy_to_host(), host)
         from numadam._cuda_kernels import SIMULATED
         record("launch", "driver launch (ctypes cuLaunchKernel)",
                "bit-exact" if bad == 0 else f"{bad} elements differ",
                "simulator: Numba's launcher ran" if SIMULATED else "", ok=bad == 0)
-        return True
+        if bad == 0:
+            LAUNCHERS.append("driver")
     except Exception as error:
         record("launch", "driver launch (ctypes cuLaunchKernel)",
                f"error {type(error).__name__}: {error}", ok=False)
-        numadam.cuda.config.launcher = "numba"
-        record("launch", "the rest of this run", "Numba's launcher")
-        return False
+    if LAUNCHERS == ["numba"]:
+        record("launch", "the rest of this run", "Numba's launcher only")
+
+
+def report_driver_launch():
+    """Whether the driver launch passed every check it ran (the last row)."""
+    driver = [f for f in FAILURES if "driver" in f]
+    if "driver" not in LAUNCHERS:
+        verdict = "failed its probe: keep Numba's launcher the default"
+    elif driver:
+        verdict = f"{len(driver)} driver-launch checks failed: keep Numba's launcher the default"
+    else:
+        verdict = "passed every parity and adapter check, as Numba's launcher did"
+    record("launch", "driver launch, overall", verdict)   # its failures are counted above
 
 
 # ------------------------------------------------------------------ parity
@@ -133,7 +174,7 @@ def groups_of(config, params):
                  **{k: v for k, v in g.items() if k != "shapes"}) for g in layout]
 
 
-def check_parity():
+def check_parity(launcher_name):
     steps = SCALE["parity_steps"]
     seed = int(time.time())
     print(f"parity seed {seed}", flush=True)
@@ -171,7 +212,8 @@ def check_parity():
             bad += sum(differing(a, e) for a, e in pairs)
             worst = max(ulps(a, e) for a, e in pairs)
             total = sum(p.size for p in params)
-            record("parity", f"{name} {dtype}", "bit-exact" if bad == 0 else
+            record("parity", f"{name} {dtype}, {launcher_name} launcher",
+                   "bit-exact" if bad == 0 else
                    f"{bad} of {total} elements differ, at most {worst} ulp",
                    f"{steps} steps", ok=bad == 0)
 
@@ -185,7 +227,7 @@ class InterfaceOnly:
         self.__cuda_array_interface__ = dict(base.__cuda_array_interface__)
 
 
-def check_adapters():
+def check_adapters(launcher_name):
     rng = np.random.default_rng(7)
     x0 = rng.standard_normal((33, 65)).astype(np.float32)
     gs = [rng.standard_normal((33, 65)).astype(np.float32) for _ in range(5)]
@@ -195,6 +237,7 @@ def check_adapters():
         cpu.step([g])
 
     def run(kind, make, to_host, stream_ctx=None):
+        kind = f"{kind}, {launcher_name} launcher"
         try:
             compare(kind, make, to_host, stream_ctx)
         except Exception as error:
@@ -234,15 +277,11 @@ def check_adapters():
             result = "no error raised"
         except FloatingPointError:
             result = "raised" if differing(x.copy_to_host(), x0) == 0 else "raised, x changed"
-        record("adapter", "check_finite='raise' on a NaN gradient", result,
-               ok=result == "raised")
+        record("adapter", f"check_finite='raise' on a NaN gradient, {launcher_name} launcher",
+               result, ok=result == "raised")
     except Exception as error:
-        record("adapter", "check_finite", f"error {type(error).__name__}: {error}", ok=False)
-    before, numadam.cuda.config.launcher = numadam.cuda.config.launcher, "numba"
-    try:
-        run("numba device array, Numba's launcher", cuda.to_device, lambda a: a.copy_to_host())
-    finally:
-        numadam.cuda.config.launcher = before
+        record("adapter", f"check_finite, {launcher_name} launcher",
+               f"error {type(error).__name__}: {error}", ok=False)
     flat = numadam.cuda.flat_parameters([(33, 65), 7])
     flat.params[0].copy_to_device(x0)
     gflat = numadam.cuda.flat_parameters([(33, 65), 7])
@@ -251,8 +290,8 @@ def check_adapters():
         gflat.params[0].copy_to_device(g)
         opt.step(gflat.params)
     bad = differing(flat.params[0].copy_to_host(), expect)
-    record("adapter", "flat_parameters", "bit-exact" if bad == 0 else f"{bad} differ",
-           ok=bad == 0)
+    record("adapter", f"flat_parameters, {launcher_name} launcher",
+           "bit-exact" if bad == 0 else f"{bad} differ", ok=bad == 0)
     try:
         import cupy
         stream = cupy.cuda.Stream(non_blocking=True)
@@ -266,7 +305,7 @@ def check_adapters():
     except ImportError as error:
         record("adapter", "cupy", "not run", str(error))
     try:
-        import torch
+        torch = cuda_torch()
     except ImportError as error:
         record("adapter", "torch", "not run", str(error))
         return
@@ -440,49 +479,43 @@ def time_small_step():
     except ImportError:
         pass
     try:
-        import torch
+        torch = cuda_torch()
         kinds.append(("torch", lambda a: torch.from_numpy(a).cuda()))
     except ImportError:
         pass
-    config = numadam.cuda.config
-    before = config.launcher
-    launchers = ("driver", "numba") if before == "driver" else ("numba",)
-    try:
-        _time_small_steps(config, launchers, kinds, us_per_call)
-    finally:
-        config.launcher = before
+    for name in LAUNCHERS:
+        with launcher(name):
+            _time_small_steps(name, kinds, us_per_call)
 
 
-def _time_small_steps(config, launchers, kinds, us_per_call):
-    for launcher in launchers:
-        config.launcher = launcher
-        for kind, make in kinds:
-            x = make(np.ones(10, np.float32))
-            g = make(np.full(10, 0.5, np.float32))
-            opt = numadam.Adam([x])
-            owned = numadam.Adam([make(np.ones(10, np.float32))])
-            owned.grads[0][:] = 0.5
-            pair = [make(np.full(10, 0.5, np.float32)) for _ in range(2)]
-            turn = [0]
-            other = numadam.Adam([make(np.ones(10, np.float32))])
+def _time_small_steps(launcher_name, kinds, us_per_call):
+    for kind, make in kinds:
+        x = make(np.ones(10, np.float32))
+        g = make(np.full(10, 0.5, np.float32))
+        opt = numadam.Adam([x])
+        owned = numadam.Adam([make(np.ones(10, np.float32))])
+        owned.grads[0][:] = 0.5
+        pair = [make(np.full(10, 0.5, np.float32)) for _ in range(2)]
+        turn = [0]
+        other = numadam.Adam([make(np.ones(10, np.float32))])
 
-            def alternating():      # a new object and address each step
-                turn[0] ^= 1
-                other.step([pair[turn[0]]])
+        def alternating():      # a new object and address each step
+            turn[0] ^= 1
+            other.step([pair[turn[0]]])
 
-            for label, call in (("step([g]) same g", lambda: opt.step([g])),
-                                ("step([g]) g alternating", alternating),
-                                ("step() owned grads", owned.step)):
-                us = us_per_call(call)
-                record("latency", f"10-element {kind} {label}, {launcher} launcher",
-                       f"{us:.1f} us", "target <= 10 us" + (" MET" if us <= 10 else " MISSED"))
-            # The finiteness check goes through Numba's launcher and waits for
-            # its answer: what it costs decides whether it should move to the
-            # driver launch too.
-            guarded = numadam.Adam([make(np.ones(10, np.float32))], check_finite="skip")
-            us = us_per_call(lambda: guarded.step([g]))
-            record("latency", f"10-element {kind} step([g]) check_finite='skip', "
-                   f"{launcher} launcher", f"{us:.1f} us", "no target; the check waits")
+        for label, call in (("step([g]) same g", lambda: opt.step([g])),
+                            ("step([g]) g alternating", alternating),
+                            ("step() owned grads", owned.step)):
+            us = us_per_call(call)
+            record("latency", f"10-element {kind} {label}, {launcher_name} launcher",
+                   f"{us:.1f} us", "target <= 10 us" + (" MET" if us <= 10 else " MISSED"))
+        # The finiteness check goes through Numba's launcher and waits for
+        # its answer: what it costs decides whether it should move to the
+        # driver launch too.
+        guarded = numadam.Adam([make(np.ones(10, np.float32))], check_finite="skip")
+        us = us_per_call(lambda: guarded.step([g]))
+        record("latency", f"10-element {kind} step([g]) check_finite='skip', "
+               f"{launcher_name} launcher", f"{us:.1f} us", "no target; the check waits")
 
 
 def time_many_arrays():
@@ -492,7 +525,7 @@ def time_many_arrays():
     longer per step than the GPU, it measures the host. The host's own time
     per step is printed next to it.
     """
-    import torch
+    torch = cuda_torch()
     sizes = np.geomspace(*SCALE["many"]).astype(np.int64)
     rng = np.random.default_rng(2)
     host = [rng.standard_normal(int(s)).astype(np.float32) for s in sizes]
@@ -602,8 +635,11 @@ def main():
                {0: "ok", ptx_check.SKIP: "not run"}.get(status, "FAILED"), ok=status == 0)
     started = time.perf_counter()
     probe_driver_launch()
-    check_parity()
-    check_adapters()
+    for name in LAUNCHERS:
+        with launcher(name):
+            check_parity(name)
+            check_adapters(name)
+    report_driver_launch()
     check_example()
     record("time", "checks", f"{time.perf_counter() - started:.0f} s")
     if not options.quick:

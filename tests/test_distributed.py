@@ -9,7 +9,10 @@ number of (simulated) ranks.
 
 import math
 import os
+import re
+import shlex
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -271,38 +274,87 @@ def _mpiexec():
     return local if os.path.exists(local) else shutil.which("mpiexec")
 
 
+def _readme_mpi_command():
+    """The README's mpiexec line (distributed section) as an argument list, its
+    ``.venv/bin/`` programs mapped to this interpreter's (the same files under
+    ``.ci/run``, whose venv is ``.venv``)."""
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        text = f.read()
+    section = text[text.index("## Beyond one machine"):]
+    block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
+    line = next(x for x in block.splitlines() if "mpiexec" in x).split("#")[0]
+    words = shlex.split(line)
+    programs = {".venv/bin/mpiexec": _mpiexec(), ".venv/bin/python": sys.executable}
+    return [programs.get(w, w) for w in words]
+
+
+def _run_mpi(command, timeout):
+    """Run an mpiexec command line in a session of its own. Past ``timeout``
+    seconds every process of that session is killed and the test fails, so a
+    deadlock fails the test instead of hanging it (or leaving ranks behind)."""
+    pytest.importorskip("mpi4py")
+    if command[0] is None:
+        pytest.skip("no mpiexec (pip install mpich)")
+    version = subprocess.run([command[0], "--version"], capture_output=True, text=True)
+    if "Open MPI" in version.stdout + version.stderr:
+        command = command[:1] + ["--oversubscribe"] + command[1:]
+    env = dict(os.environ, NUMBA_NUM_THREADS="1")   # the ranks share the cores
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env, cwd=ROOT, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"{' '.join(command)} did not end within {timeout} s (a deadlock?)\n"
+                    + out[-3000:] + err[-3000:])
+    return subprocess.CompletedProcess(command, proc.returncode, out, err)
+
+
+def _checks(nranks, *names):
+    return [_mpiexec(), "-n", str(nranks), sys.executable, "-m", "mpi4py",
+            os.path.join(HERE, "mpi", "check_sharded.py"), *names]
+
+
 @pytest.mark.parametrize("nranks", [2, 3])
 def test_mpi_checks_pass_under_mpiexec(nranks):
-    pytest.importorskip("mpi4py")
-    mpiexec = _mpiexec()
-    if mpiexec is None:
-        pytest.skip("no mpiexec (pip install mpich)")
-    command = [mpiexec, "-n", str(nranks)]
-    version = subprocess.run([mpiexec, "--version"], capture_output=True, text=True)
-    if "Open MPI" in version.stdout + version.stderr:
-        command.append("--oversubscribe")
-    env = dict(os.environ, NUMBA_NUM_THREADS="1")   # the ranks share the cores
-    done = subprocess.run(
-        command + [sys.executable, "-m", "mpi4py", os.path.join(HERE, "mpi", "check_sharded.py")],
-        capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+    done = _run_mpi(_checks(nranks), timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
-    assert f"ALL CHECKS PASSED (10 checks on {nranks} ranks)" in done.stdout, done.stdout
+    assert f"ALL CHECKS PASSED (11 checks on {nranks} ranks)" in done.stdout, done.stdout
 
 
-def test_the_mpi_example_fits_and_prints_per_rank_state_memory(tmp_path):
-    pytest.importorskip("mpi4py")
-    mpiexec = _mpiexec()
-    if mpiexec is None:
-        pytest.skip("no mpiexec (pip install mpich)")
-    env = dict(os.environ, NUMBA_NUM_THREADS="1")
-    done = subprocess.run(
-        [mpiexec, "-n", "2", sys.executable, "examples/mpi_fit.py", "--steps", "100",
-         "--checkpoint", str(tmp_path / "fit.npz")],
-        capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+def test_ranks_passing_different_roots_get_an_error_not_a_deadlock():
+    """Without the agreement on the root, rank 0's Gatherv to itself and rank
+    1's to itself wait for each other forever: the short timeout turns that
+    into a failure."""
+    check = "ranks_passing_different_roots_are_refused_everywhere"
+    done = _run_mpi(_checks(2, check), timeout=90)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    assert f"OK {check}" in done.stdout and "ALL CHECKS PASSED (1 checks on 2 ranks)" \
+        in done.stdout, done.stdout
+
+
+def test_the_readme_mpi_command_works_as_written(tmp_path):
+    command = _readme_mpi_command()
+    assert command[-1] == "examples/mpi_fit.py" and command[-3:-1] == ["-m", "mpi4py"], command
+    checkpoint = str(tmp_path / "fit.npz")
+    done = _run_mpi(command + ["--steps", "100", "--checkpoint", checkpoint], timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     out = done.stdout
     assert "rank 0: elements [0, 5025) of 10050" in out, out
     assert "rank 1: elements [5025, 10050) of 10050; optimizer state 39.3 KiB" in out, out
     mse = float(out.split("step  100  mse ")[1].split()[0])
     assert mse < 0.05, out
-    assert len(numadam.load(tmp_path / "fit.npz")["state"]) == 2
+    assert len(numadam.load(checkpoint)["state"]) == 2
+
+
+def test_an_exception_on_one_rank_ends_the_job_under_the_readme_command():
+    """The README's form (``python -m mpi4py``) turns an uncaught exception on
+    one rank into MPI_Abort: the job ends in seconds (plain ``python`` leaves
+    the other rank waiting in its next collective until the timeout)."""
+    command = _readme_mpi_command()
+    command[-1] = os.path.join(HERE, "mpi", "raise_on_one_rank.py")
+    done = _run_mpi(command, timeout=60)
+    assert done.returncode != 0, done.stdout + done.stderr
+    assert "RuntimeError: a user error on rank 1" in done.stderr, done.stderr
+    assert "not reached" not in done.stdout

@@ -419,9 +419,10 @@ def test_the_stream_of_an_array(monkeypatch):
 
 @pytest.fixture
 def driver_launch_on_the_simulator(monkeypatch):
-    """The driver launch path, with the two libcuda calls replaced: a launch
-    decodes the argument buffer through its pointers, as the driver would, and
-    runs the kernel on what it finds; an upload copies host memory."""
+    """The driver launch path (opted into: Numba's launcher is the default),
+    with the two libcuda calls replaced: a launch decodes the argument buffer
+    through its pointers, as the driver would, and runs the kernel on what it
+    finds; an upload copies host memory."""
     import ctypes
 
     from numadam import _cuda_bucket, _cuda_kernels, _cuda_launch
@@ -468,6 +469,7 @@ def driver_launch_on_the_simulator(monkeypatch):
     monkeypatch.setattr(_cuda_bucket, "_driver_kernel", Kernel)
     monkeypatch.setattr(_cuda_launch, "LaunchArgs", Recording)
     monkeypatch.setattr(_cuda_launch, "_driver", lambda: None)
+    monkeypatch.setattr(numadam.cuda.config, "launcher", "driver")
     return record
 
 
@@ -506,6 +508,7 @@ def test_a_failed_launch_takes_its_step_back(launcher, driver_launch_on_the_simu
     else) as they were, so that the retry is the step it should have been."""
     from numadam import _cuda_kernels, _cuda_launch
     if launcher == "numba":
+        monkeypatch.setattr(numadam.cuda.config, "launcher", "numba")
         monkeypatch.setattr(_cuda_kernels, "SIMULATED", True)
     failures = []
     real_launch, real_step = _cuda_launch.LaunchArgs.launch, _cuda_kernels.launch_step
@@ -595,6 +598,47 @@ def test_numbas_launcher_compiles_every_bucket_before_any_steps(
     assert driver_launch_on_the_simulator["launches"] == 0
 
 
+def test_the_default_launcher_is_numbas_and_never_touches_the_driver(monkeypatch):
+    """Until scripts/gpu_check.py has passed on a GPU, the ctypes driver launch
+    (which reads a numba-cuda internal) is opt-in: a default step on a real
+    device (SIMULATED false) compiles and launches through Numba alone."""
+    from numadam import _cuda_bucket, _cuda_kernels, _cuda_launch
+    compiled, launched = [], []
+
+    def refuse(*args):
+        raise AssertionError("the driver launch was used")
+
+    class Dispatcher:                  # the simulator's kernels cannot .compile()
+        def compile(self, signature):
+            compiled.append(signature)
+
+    def launch_step(*args):
+        launched.append(args[2].dtype)
+        real_launch_step(*args)
+
+    real_launch_step = _cuda_kernels.launch_step
+    monkeypatch.setattr(_cuda_kernels, "SIMULATED", False)
+    monkeypatch.setattr(_cuda_kernels, "step_kernel", Dispatcher())
+    monkeypatch.setattr(_cuda_kernels, "launch_step", launch_step)
+    monkeypatch.setattr(_cuda_bucket, "_COMPILED", set())
+    monkeypatch.setattr(_cuda_bucket, "_driver_kernel", refuse)
+    monkeypatch.setattr(_cuda_launch, "LaunchArgs", refuse)
+    monkeypatch.setattr(_cuda_launch, "_driver", refuse)
+    assert numadam.cuda.config.launcher == "numba"
+    host, grads = _mixed_problem()
+    cpu = numadam.Adam([p.copy() for p in host], lr=0.1)
+    params = [cuda.to_device(p) for p in host]
+    dev = numadam.Adam(params, lr=0.1)
+    for _ in range(2):
+        cpu.step(grads)
+        dev.step(_to_device(grads))
+    assert compiled == [_cuda_kernels.step_signature(np.float32),
+                        _cuda_kernels.step_signature(np.float64)]
+    assert len(launched) == 4                       # two buckets, two steps
+    _same([p for group in cpu.param_groups for p in group["params"]], params, cpu, dev,
+          "default launcher")
+
+
 def test_a_driver_launch_that_cannot_be_set_up_says_what_to_do(
         driver_launch_on_the_simulator, monkeypatch):
     """Loading the kernel for the driver launch fails (say a numba-cuda whose
@@ -621,12 +665,9 @@ def test_a_driver_launch_that_cannot_be_set_up_says_what_to_do(
     assert len(dev.state) == 0
     for p, h in zip(params, host):
         assert_bits_equal(p.copy_to_host(), h, "untouched")
-    numadam.cuda.config.launcher = "numba"
+    monkeypatch.setattr(numadam.cuda.config, "launcher", "numba")
     monkeypatch.setattr(_cuda_kernels, "SIMULATED", True)   # Numba's launcher, simulated
-    try:
-        dev.step(_to_device(grads))
-    finally:
-        numadam.cuda.config.launcher = "driver"
+    dev.step(_to_device(grads))
     cpu = numadam.Adam([p.copy() for p in host], lr=0.1)
     cpu.step(grads)
     _same([p for group in cpu.param_groups for p in group["params"]], params, cpu, dev,
@@ -763,7 +804,7 @@ def test_cuda_config_is_validated():
         config.launcher = "cupy"
     with pytest.raises(ValueError, match="threads_per_block"):
         config.threads_per_block = 100
-    assert config.launcher == "driver"
+    assert config.launcher == "numba"
 
 
 class InterfaceOnly:

@@ -3,7 +3,8 @@
 Started by ``tests/test_distributed.py`` with P = 2 and 3 (uneven shards).
 ``python -m mpi4py`` aborts every rank when one raises, so a failed check
 ends the run instead of leaving the other ranks waiting. Rank 0 prints one
-``OK <name>`` line per check and ``ALL CHECKS PASSED`` at the end.
+``OK <name>`` line per check and ``ALL CHECKS PASSED`` at the end. Names
+given as arguments run those checks only.
 
 The reference on every rank is single-process ``numadam.Adam`` stepped with
 the gradients of all ranks summed in rank order and divided by P.
@@ -11,6 +12,7 @@ the gradients of all ranks summed in rank order and divided by P.
 
 import math
 import os
+import shutil
 import sys
 import tempfile
 
@@ -348,6 +350,37 @@ def a_failed_checkpoint_leaves_the_previous_one_intact_on_every_rank():
     assert_unchanged(opt, params, before, "after refused loads")
 
 
+@check
+def ranks_passing_different_roots_are_refused_everywhere():
+    """A collective whose root differs between ranks would pair a Gatherv on
+    one rank with another root's (or an Allgatherv) on the next: a deadlock.
+    The roots are agreed first, and the refusal leaves every rank ready for
+    the next collective."""
+    directory = shared_tmpdir()
+    path = os.path.join(directory, "roots.npz")
+    opt, params = build("amsgrad", "float32", True)
+    run_pair("amsgrad", "float32", opt, None, 1, 3, P, RANK)
+    before = snapshot(opt, params)
+    full = before[1]
+    for roots in ([RANK for _ in range(P)], [None] + [0] * (P - 1), [0] * (P - 1) + [None]):
+        expect_everywhere(ValueError, lambda: opt.state_dict(root=roots[RANK]),
+                          "the ranks passed different roots")
+    expect_everywhere(ValueError, lambda: opt.load_state_dict(full, root=RANK),
+                      "the ranks passed different roots")
+    expect_everywhere(ValueError, lambda: opt.save(path, root=RANK),
+                      "different (path, root)")
+    assert not os.path.exists(path)
+    opt.save(path, root=P - 1)                       # the same root everywhere: fine
+    expect_everywhere(ValueError, lambda: opt.load(path, root=RANK),
+                      "the ranks passed different roots")
+    assert_unchanged(opt, params, before, "after different roots")
+    opt.load(path, root=0)
+    assert_unchanged(opt, params, before, "after a save and load")
+    COMM.Barrier()
+    if RANK == 0:
+        shutil.rmtree(directory)
+
+
 # ------------------------------------------------------------- bad input
 @check
 def a_bad_gradient_on_one_rank_raises_everywhere_and_changes_nothing():
@@ -426,14 +459,16 @@ def different_layouts_are_refused_at_construction_on_every_rank():
 
 def main():
     import time
-    for fn in CHECKS:
+    chosen = [fn for fn in CHECKS if not sys.argv[1:] or fn.__name__ in sys.argv[1:]]
+    assert len(chosen) == len(sys.argv[1:]) or not sys.argv[1:], f"unknown: {sys.argv[1:]}"
+    for fn in chosen:
         start = time.perf_counter()
         fn()
         COMM.Barrier()
         if RANK == 0:
             print(f"OK {fn.__name__} ({time.perf_counter() - start:.2f} s)", flush=True)
     if RANK == 0:
-        print(f"ALL CHECKS PASSED ({len(CHECKS)} checks on {P} ranks)", flush=True)
+        print(f"ALL CHECKS PASSED ({len(chosen)} checks on {P} ranks)", flush=True)
 
 
 if __name__ == "__main__":
