@@ -62,7 +62,7 @@ def remove_stale(directory, prefix):
         try:
             # The lock must be ours, and the name must still be this inode
             # (a finished writer renames its temporary away).
-            if _lock(fd, wait=False) and os.path.samestat(os.fstat(fd), os.lstat(full)):
+            if _lock(fd, wait=False) and _names(full, fd):
                 os.unlink(full)
         except OSError:
             pass
@@ -70,11 +70,12 @@ def remove_stale(directory, prefix):
             os.close(fd)
 
 
-def _lstat(path):
+def _names(path, fd):
+    """Whether ``path`` is (still) the file open as ``fd``."""
     try:
-        return os.lstat(path)
+        return os.path.samestat(os.fstat(fd), os.lstat(path))
     except FileNotFoundError:
-        return None
+        return False
 
 
 def _create(directory, prefix, mode):
@@ -86,9 +87,9 @@ def _create(directory, prefix, mode):
                          0o666 if mode is None else mode)
         except FileExistsError:
             continue
-        # A cleaner may have taken the name between creation and lock: then
-        # the name is gone (or another file's), so start again.
-        if _lock(fd, wait=True) and not os.path.samestat(os.fstat(fd), _lstat(tmp)):
+        # A cleaner may have locked and removed the file between its creation
+        # and our lock; then the name is gone (or another file's): start again.
+        if _lock(fd, wait=True) and not _names(tmp, fd):
             os.close(fd)
             continue
         return fd, tmp

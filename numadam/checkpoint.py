@@ -111,8 +111,8 @@ def save(state_dict, path):
     the previous checkpoint (if any) exactly as it was. A new file gets the
     permissions the umask allows (as ``open`` would give it); a file saved over
     keeps its mode. Temporaries that a killed save of the same ``path`` left
-    behind are removed (see ``numadam/_checkpoint_file.py`` for how a live
-    save's temporary is told from a dead one's).
+    behind are removed; a save holds a lock on its temporary until the rename,
+    so the temporary of a save still running is never touched.
 
     Parameters
     ----------

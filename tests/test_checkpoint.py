@@ -200,8 +200,8 @@ def test_a_killed_save_leaves_the_checkpoint_and_its_temporary_goes_next_time(tm
         opt.save(path)                                   # concurrent: must not touch it
         assert _temporaries(tmp_path) == live
         good = path.read_bytes()
-        proc.kill()
     finally:
+        proc.kill()                                      # half-way through its write
         proc.wait(timeout=60)
     assert path.read_bytes() == good
     assert numadam.load(path)["state"][0]["step"] == 3
@@ -410,3 +410,25 @@ def test_a_torch_file_says_how_to_convert_it(tmp_path, legacy):
         numadam.load(path)
     for step in ("torch.load", ".numpy()", "load_state_dict"):
         assert step in str(info.value)
+
+
+def test_a_temporary_removed_before_its_writer_locks_it_is_made_again(tmp_path, monkeypatch):
+    """A cleaner can lock and remove a temporary in the instant between its
+    creation and its writer's lock; the writer notices and starts again."""
+    from numadam import _checkpoint_file
+    opt, _ = _trained()
+    real_lock = _checkpoint_file._lock
+    raced = []
+
+    def lock_after_a_cleaner(fd, wait):
+        if wait and not raced:
+            raced.append(_temporaries(tmp_path))
+            for name in raced[0]:
+                os.unlink(tmp_path / name)
+        return real_lock(fd, wait)
+
+    monkeypatch.setattr(_checkpoint_file, "_lock", lock_after_a_cleaner)
+    opt.save(tmp_path / "c.npz")
+    assert len(raced[0]) == 1
+    assert os.listdir(tmp_path) == ["c.npz"]
+    assert numadam.load(tmp_path / "c.npz")["state"][0]["step"] == 3
