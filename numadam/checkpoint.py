@@ -38,7 +38,9 @@ _NPY_HEADER = re.compile(
     rb"'shape': \((|[0-9]{1,19},|[0-9]{1,19}(?:, [0-9]{1,19})+)\), \}"
     rb" *\n")
 _NPY_MAGIC = b"\x93NUMPY"
-_CHUNK = 1 << 24        # bytes read at a time into the destination array
+# Bytes read at a time into the destination array: 1 MiB loads 120 MB as fast
+# as np.load here; 16 MiB chunks (copies that miss the cache) took 1.5x as long.
+_CHUNK = 1 << 20
 # torch.save's legacy (non-zip) format begins with the pickled magic number
 # 0x1950a86a20f9469cfc6c (torch/serialization.py), protocol 2.
 _TORCH_LEGACY_MAGIC = b"\x80\x02\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little")

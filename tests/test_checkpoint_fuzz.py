@@ -131,7 +131,8 @@ def _npy(header_text, data=b"", version=1, length=None):
     header = header_text.encode("utf-8", "surrogatepass")
     if length is None:
         length = len(header)
-    size = struct.pack("<H" if version == 1 else "<I", length % (1 << (16 if version == 1 else 32)))
+    bits = 16 if version == 1 else 32
+    size = struct.pack("<H" if version == 1 else "<I", length % (1 << bits))
     return b"\x93NUMPY" + bytes([version, 0]) + size + header + data
 
 
