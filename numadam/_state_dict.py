@@ -13,10 +13,11 @@ from ._validation import HYPERPARAMETERS
 _TORCH_ONLY_KEYS = frozenset({"foreach", "capturable", "differentiable", "fused"})
 # Hyperparameters newer than the oldest state dicts. A state dict without one
 # was written before it existed, so it gets the value that reproduces that
-# behaviour (as torch's __setstate__ fills them): the signature default, and
-# the class's own kind of weight decay. Every other hyperparameter must be there.
-_LATER_ADDITIONS = {"amsgrad": lambda opt: False, "maximize": lambda opt: False,
-                    "decoupled_weight_decay": lambda opt: opt._decoupled}
+# behaviour, as torch's Adam.__setstate__ fills them. Every other
+# hyperparameter must be there.
+_LATER_ADDITIONS = {"amsgrad": False, "maximize": False, "decoupled_weight_decay": False}
+# Step counts live in an int64 table.
+_MAX_STEP = 2 ** 63 - 1
 
 
 def as_step(value, where):
@@ -34,8 +35,8 @@ def as_step(value, where):
         step = int(value)
     else:
         raise ValueError(f"{where} must be a whole number, got {value!r}")
-    if step < 0:
-        raise ValueError(f"{where} must be >= 0, got {step}")
+    if not 0 <= step <= _MAX_STEP:
+        raise ValueError(f"{where} must be in [0, 2**63 - 1], got {step}")
     return step
 
 
@@ -65,9 +66,14 @@ def _merged_group(opt, saved, gi):
         if key in saved:
             group[key] = saved[key]
         elif key in _LATER_ADDITIONS:
-            group[key] = _LATER_ADDITIONS[key](opt)
+            group[key] = _LATER_ADDITIONS[key]
         else:
             raise ValueError(f"param_groups[{gi}] has no {key!r}")
+    if opt._decoupled:
+        # torch's AdamW.__setstate__ sets this whatever the state dict says: an
+        # Adam state dict loaded into AdamW decays the AdamW way. Adam keeps
+        # the saved value (an AdamW state dict makes it decouple), as torch's.
+        group["decoupled_weight_decay"] = True
     group.update((k, v) for k, v in saved.items()
                  if k not in group and k != "params" and k not in _TORCH_ONLY_KEYS)
     return group

@@ -1,9 +1,14 @@
 """Checkpoint files: exact, pickle-free, validated, and atomic."""
 
+import errno
 import json
 import os
+import pickle
+import shutil
+import stat
 import subprocess
 import sys
+import tempfile
 import textwrap
 import zipfile
 
@@ -33,6 +38,7 @@ def test_roundtrip_is_exact(tmp_path):
     assert loaded["param_groups"][1]["note"] == "head"
     for index, entry in sd["state"].items():
         assert loaded["state"][index]["step"] == entry["step"]
+        assert type(loaded["state"][index]["step"]) is int
         for key in entry:
             if key != "step":
                 np.testing.assert_array_equal(loaded["state"][index][key], entry[key])
@@ -60,7 +66,7 @@ def test_a_pickled_member_is_refused_not_executed(tmp_path):
                 dst.writestr(name, src.read(name))
         with dst.open("state.0.exp_avg.npy", "w") as f:   # an object array: pickle inside
             np.lib.format.write_array(f, np.array([print], dtype=object), allow_pickle=True)
-    with pytest.raises(CheckpointError, match="allow_pickle"):
+    with pytest.raises(CheckpointError, match="header numadam does not write"):
         numadam.load(evil)
 
 
@@ -91,6 +97,8 @@ def _rewrite_header(path, **changes):
         members = {k: archive[k] for k in archive.files}
     header = json.loads(str(members["__numadam__"]))
     header.update(changes)
+    if changes.get("version", 1) is None:
+        del header["version"]
     members["__numadam__"] = np.array(json.dumps(header))
     np.savez(path, **members)
 
@@ -101,6 +109,13 @@ def test_other_format_version_and_other_npz(tmp_path):
     opt.save(path)
     _rewrite_header(path, version=2)
     with pytest.raises(CheckpointError, match="version 2"):
+        numadam.load(path)
+    for version in (True, 1.0, "1"):
+        _rewrite_header(path, version=version)
+        with pytest.raises(CheckpointError, match="format version"):
+            numadam.load(path)
+    _rewrite_header(path, version=None)
+    with pytest.raises(CheckpointError, match="no checkpoint format version"):
         numadam.load(path)
     other = tmp_path / "other.npz"
     np.savez(other, a=np.zeros(3))
@@ -148,32 +163,272 @@ def test_an_exception_mid_save_keeps_the_previous_checkpoint(tmp_path, monkeypat
     assert os.listdir(tmp_path) == ["c.npz"]
 
 
-def test_a_process_killed_mid_save_keeps_the_previous_checkpoint(tmp_path):
-    """SIGKILL while the new file is half written: the old one is intact."""
+def _temporaries(directory):
+    return sorted(name for name in os.listdir(directory) if name.endswith(".tmp"))
+
+
+_BLOCKED_SAVER = """
+import sys
+import numpy as np, numadam
+opt = numadam.Adam([np.zeros(5)])
+opt.step([np.ones(5)])
+real_savez = np.savez
+def blocked_savez(file, **arrays):
+    file.write(b"PK\\x03\\x04" + bytes(1 << 20))   # half an archive
+    file.flush()
+    print("writing", flush=True)
+    sys.stdin.readline()
+    real_savez(file, **arrays)
+np.savez = blocked_savez
+opt.save(sys.argv[1])
+"""
+
+
+def test_a_killed_save_leaves_the_checkpoint_and_its_temporary_goes_next_time(tmp_path):
+    """A save blocked half-way in another process: its temporary survives a
+    concurrent save (it is live); once the process is killed (SIGKILL), the
+    previous checkpoint is intact and the next save removes the temporary."""
     opt, _ = _trained()
     path = tmp_path / "c.npz"
     opt.save(path)
-    good = path.read_bytes()
-    script = textwrap.dedent(f"""
-        import sys, time
-        import numpy as np, numadam
-        x = np.zeros(2_000_000)
-        opt = numadam.Adam([x])
-        opt.step([np.ones_like(x)])
-        real_savez = np.savez
-        def slow_savez(file, **arrays):
-            file.write(b"PK\\x03\\x04" + bytes(1 << 20))   # a partial archive
-            file.flush()
-            print("writing", flush=True)
-            time.sleep(60)
-        np.savez = slow_savez
-        opt.save({str(path)!r})
-    """)
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", _BLOCKED_SAVER, str(path)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline().strip() == "writing"
-        proc.kill()
+        live = _temporaries(tmp_path)
+        assert len(live) == 1 and len(live[0]) < 60
+        opt.save(path)                                   # concurrent: must not touch it
+        assert _temporaries(tmp_path) == live
+        good = path.read_bytes()
     finally:
-        proc.wait(timeout=30)
+        proc.kill()                                      # half-way through its write
+        proc.wait(timeout=60)
     assert path.read_bytes() == good
     assert numadam.load(path)["state"][0]["step"] == 3
+    assert _temporaries(tmp_path) == live                # the killed save's leftover
+    opt.step([np.ones((2, 3)), np.ones(40, np.float32)])
+    opt.save(path)
+    assert _temporaries(tmp_path) == []
+    assert numadam.load(path)["state"][0]["step"] == 4
+
+
+def test_temporaries_of_other_targets_are_left_alone(tmp_path):
+    opt, _ = _trained()
+    stale = tmp_path / ".other.npz-0123456789.abcdef01.tmp"
+    stale.write_bytes(b"someone else's")
+    opt.save(tmp_path / "c.npz")
+    assert stale.exists()
+
+
+@pytest.mark.parametrize("length", [244, 255])
+def test_the_longest_file_names_save(tmp_path, length):
+    opt, _ = _trained()
+    path = tmp_path / ("c" * length)
+    opt.save(path)
+    assert numadam.load(path)["state"][0]["step"] == 3
+    assert os.listdir(tmp_path) == [path.name]
+
+
+def test_save_fsyncs_the_file_before_the_rename_and_the_directory_after(tmp_path, monkeypatch):
+    opt, _ = _trained()
+    path = tmp_path / "c.npz"
+    opt.save(path)
+    calls = []
+    real_fsync = os.fsync
+
+    def observed_fsync(fd):
+        calls.append((os.fstat(fd), os.stat(path).st_ino))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", observed_fsync)
+    opt.save(path)
+    final = os.stat(path)
+    file_syncs = [at_path for st, at_path in calls if os.path.samestat(st, final)]
+    assert file_syncs and all(at_path != final.st_ino for at_path in file_syncs)
+    dir_syncs = [at_path for st, at_path in calls if os.path.samestat(st, os.stat(tmp_path))]
+    assert dir_syncs and all(at_path == final.st_ino for at_path in dir_syncs)
+
+
+def test_new_files_follow_the_umask_and_saved_over_files_keep_their_mode(tmp_path):
+    opt, _ = _trained()
+    old = os.umask(0o027)
+    try:
+        opt.save(tmp_path / "new.npz")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(tmp_path / "new.npz").st_mode) == 0o640
+    for mode in (0o644, 0o600, 0o664):
+        os.chmod(tmp_path / "new.npz", mode)
+        opt.save(tmp_path / "new.npz")
+        assert stat.S_IMODE(os.stat(tmp_path / "new.npz").st_mode) == mode
+
+
+def test_a_zero_d_parameter_resumes(tmp_path):
+    x = np.array(2.0)
+    opt = numadam.Adam([x], lr=0.1, amsgrad=True)
+    opt.step([np.array(0.5)])
+    opt.save(tmp_path / "c.npz")
+    loaded = numadam.load(tmp_path / "c.npz")
+    assert loaded["state"][0]["exp_avg"].shape == ()
+    y = x.copy()
+    resumed = numadam.Adam([y], lr=0.1, amsgrad=True)
+    resumed.load(tmp_path / "c.npz")
+    opt.step([np.array(0.25)])
+    resumed.step([np.array(0.25)])
+    assert y.tobytes() == x.tobytes()
+
+
+def test_a_fractional_step_in_a_file_is_refused(tmp_path):
+    opt, _ = _trained()
+    path = tmp_path / "c.npz"
+    opt.save(path)
+    _rewrite_header(path, steps={"0": 1.7, "1": 3})
+    with pytest.raises(CheckpointError, match="step count 1.7"):
+        numadam.load(path)
+
+
+def test_big_endian_arrays_load_in_native_order(tmp_path):
+    opt, _ = _trained()
+    path = tmp_path / "c.npz"
+    opt.save(path)
+    with np.load(path) as archive:
+        members = {k: archive[k] for k in archive.files}
+    expected = members["state.0.exp_avg"].copy()
+    members["state.0.exp_avg"] = expected.astype(">f8")
+    np.savez(path, **members)
+    loaded = numadam.load(path)["state"][0]["exp_avg"]
+    assert loaded.dtype == np.float64 and loaded.dtype.isnative
+    np.testing.assert_array_equal(loaded, expected)
+
+
+@pytest.mark.parametrize("edit, error, match", [
+    (lambda sd: sd["state"][0].update(exp_avg=np.array([print], dtype=object)), TypeError,
+     "dtype object"),
+    (lambda sd: sd["state"][0].update(momentum=np.zeros(3)), ValueError, "unknown"),
+    (lambda sd: sd["state"][0].update(step=1.5), ValueError, "whole number"),
+    (lambda sd: sd.update(state={True: sd["state"][0]}), TypeError, "integers"),
+    (lambda sd: sd["state"].update({"2": sd["state"][0]}), TypeError, "integers"),
+    (lambda sd: sd["param_groups"][0].update(note=[[1, 2]]), TypeError, "note"),
+])
+def test_what_a_checkpoint_cannot_hold_fails_before_writing(tmp_path, edit, error, match):
+    opt, _ = _trained()
+    sd = opt.state_dict()
+    edit(sd)
+    with pytest.raises(error, match=match):
+        numadam.save(sd, tmp_path / "c.npz")
+    assert os.listdir(tmp_path) == []
+
+
+# ----------------------------------------------------------------- messages
+def test_saving_into_a_missing_directory_names_the_target(tmp_path):
+    opt, _ = _trained()
+    target = tmp_path / "missing" / "c.npz"
+    with pytest.raises(FileNotFoundError) as info:
+        opt.save(target)
+    assert str(target) in str(info.value) and ".tmp" not in str(info.value)
+
+
+def test_an_unreadable_file_is_a_permission_error(tmp_path):
+    """Not 'truncated or corrupted'. As root, chmod does not stop reads: the
+    load runs in a child that gives up root after importing numadam."""
+    opt, _ = _trained()
+    directory = tempfile.mkdtemp()
+    try:
+        os.chmod(directory, 0o755)
+        path = os.path.join(directory, "c.npz")
+        opt.save(path)
+        os.chmod(path, 0o600 if os.geteuid() == 0 else 0)
+        script = textwrap.dedent(f"""
+            import os, numadam
+            if os.geteuid() == 0:
+                os.setgid(65534)
+                os.setuid(65534)
+            try:
+                numadam.load({path!r})
+            except Exception as error:
+                print(type(error).__name__, error)
+        """)
+        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                             timeout=120).stdout
+    finally:
+        shutil.rmtree(directory)
+    assert out.startswith("PermissionError") and "corrupted" not in out, out
+
+
+def test_a_symlink_loop_is_not_a_missing_checkpoint(tmp_path):
+    os.symlink(tmp_path / "a", tmp_path / "b")
+    os.symlink(tmp_path / "b", tmp_path / "a")
+    with pytest.raises(OSError) as info:
+        numadam.load(tmp_path / "a")
+    assert info.value.errno == errno.ELOOP
+    assert not isinstance(info.value, FileNotFoundError)
+
+
+def test_a_directory_is_not_a_checkpoint(tmp_path):
+    with pytest.raises(IsADirectoryError) as info:
+        numadam.load(tmp_path)
+    assert "allow_pickle" not in str(info.value)
+
+
+def test_a_pickle_is_refused_without_suggesting_allow_pickle(tmp_path):
+    opt, _ = _trained()
+    path = tmp_path / "opt.pkl"
+    path.write_bytes(pickle.dumps(opt.state_dict()))
+    with pytest.raises(CheckpointError, match="pickle") as info:
+        numadam.load(path)
+    assert "allow_pickle" not in str(info.value)
+
+
+def test_a_single_npy_array_is_not_a_checkpoint(tmp_path):
+    np.save(tmp_path / "a.npy", np.zeros(3))
+    with pytest.raises(CheckpointError, match="single .npy array"):
+        numadam.load(tmp_path / "a.npy")
+
+
+# torch.save's two formats, built without torch: its zip layout, and the
+# pickled magic number its legacy format starts with (torch/serialization.py).
+_TORCH_LEGACY = (b"\x80\x02\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
+                 + b".\x80\x02M\xe9\x03.")
+
+
+def _torch_zip(path):
+    with zipfile.ZipFile(path, "w") as z:
+        for name, data in [("opt/data.pkl", b"\x80\x02}q\x00."), ("opt/byteorder", b"little"),
+                           ("opt/data/0", bytes(12)), ("opt/version", b"3\n"),
+                           ("opt/.data/serialization_id", b"0")]:
+            z.writestr(name, data)
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_a_torch_file_says_how_to_convert_it(tmp_path, legacy):
+    path = tmp_path / "opt.pt"
+    if legacy:
+        path.write_bytes(_TORCH_LEGACY)
+    else:
+        _torch_zip(path)
+    with pytest.raises(CheckpointError, match="PyTorch") as info:
+        numadam.load(path)
+    for step in ("torch.load", ".numpy()", "load_state_dict"):
+        assert step in str(info.value)
+
+
+def test_a_temporary_removed_before_its_writer_locks_it_is_made_again(tmp_path, monkeypatch):
+    """A cleaner can lock and remove a temporary in the instant between its
+    creation and its writer's lock; the writer notices and starts again."""
+    from numadam import _checkpoint_file
+    opt, _ = _trained()
+    real_lock = _checkpoint_file._lock
+    raced = []
+
+    def lock_after_a_cleaner(fd, wait):
+        if wait and not raced:
+            raced.append(_temporaries(tmp_path))
+            for name in raced[0]:
+                os.unlink(tmp_path / name)
+        return real_lock(fd, wait)
+
+    monkeypatch.setattr(_checkpoint_file, "_lock", lock_after_a_cleaner)
+    opt.save(tmp_path / "c.npz")
+    assert len(raced[0]) == 1
+    assert os.listdir(tmp_path) == ["c.npz"]
+    assert numadam.load(tmp_path / "c.npz")["state"][0]["step"] == 3

@@ -103,6 +103,9 @@ def _bad_state_dicts():
         ("unknown", edit(lambda sd: sd["state"][0].update(momentum=1)), "unknown"),
         ("step", edit(lambda sd: sd["state"][0].update(step=-1)), "step"),
         ("step2", edit(lambda sd: sd["state"][0].update(step=2.5)), "whole number"),
+        ("step3", edit(lambda sd: sd["state"][0].update(step=2 ** 64)), "2\\*\\*63"),
+        ("step4", edit(lambda sd: sd["state"][0].update(step=np.uint64(2 ** 63))), "2\\*\\*63"),
+        ("step5", edit(lambda sd: sd["state"][0].update(step=1e300)), "2\\*\\*63"),
         ("lr", edit(lambda sd: sd["param_groups"][0].update(lr=-1)), "lr"),
         ("nolr", edit(lambda sd: sd["param_groups"][0].pop("lr")), "no 'lr'"),
         ("amsgrad", edit(lambda sd: sd["param_groups"][0].update(amsgrad=True)),
@@ -112,7 +115,7 @@ def _bad_state_dicts():
     ]
 
 
-@pytest.mark.parametrize("case", range(13))
+@pytest.mark.parametrize("case", range(16))
 def test_load_state_dict_that_does_not_fit_changes_nothing(case):
     opt, params = _trained()
     before = opt.state_dict()
@@ -124,6 +127,40 @@ def test_load_state_dict_that_does_not_fit_changes_nothing(case):
     for index, entry in before["state"].items():
         for key, value in entry.items():
             np.testing.assert_array_equal(after["state"][index][key], value)
+
+
+def test_max_exp_avg_sq_of_another_shape_is_refused():
+    """(3, 2) AMSGrad state into a (2, 3) parameter: same size, other shape."""
+    opt, _ = _trained(amsgrad=True)
+    sd = opt.state_dict()
+    sd["state"][0]["max_exp_avg_sq"] = sd["state"][0]["max_exp_avg_sq"].reshape(3, 2)
+    before = opt.state_dict()
+    with pytest.raises(ValueError, match=r"max_exp_avg_sq.*shape \(3, 2\)"):
+        opt.load_state_dict(sd)
+    np.testing.assert_array_equal(opt.state[0]["max_exp_avg_sq"],
+                                  before["state"][0]["max_exp_avg_sq"])
+
+
+def test_adamw_keeps_decoupled_decay_when_loading_an_adam_state_dict():
+    """As torch's AdamW.__setstate__: an Adam state dict loaded into AdamW
+    decays the AdamW way; Adam loading an AdamW state dict decouples too."""
+    params = [np.ones(3)]
+    adam = numadam.Adam([p.copy() for p in params], weight_decay=0.5)
+    adam.step([np.ones(3)])
+    adamw = numadam.AdamW([p.copy() for p in params])
+    adamw.load_state_dict(adam.state_dict())
+    assert adamw.param_groups[0]["decoupled_weight_decay"] is True
+    assert adamw.param_groups[0]["weight_decay"] == 0.5
+    # And it steps that way: with a zero gradient, decoupled decay leaves the
+    # moments alone (L2 decay would feed 0.5 * p into them).
+    before = adamw.state_dict()["state"][0]
+    adamw.step([np.zeros(3)])
+    after = adamw.state_dict()["state"][0]
+    np.testing.assert_allclose(after["exp_avg"], 0.9 * before["exp_avg"], rtol=1e-12)
+
+    back = numadam.Adam([p.copy() for p in params])
+    back.load_state_dict(adamw.state_dict())
+    assert back.param_groups[0]["decoupled_weight_decay"] is True
 
 
 def test_older_state_dict_gets_defaults_for_later_hyperparameters():

@@ -1,0 +1,277 @@
+"""Checkpoint files under attack: every damaged or crafted file is a CheckpointError.
+
+A load either raises :class:`numadam.CheckpointError` or returns exactly what
+was saved; no other exception, no silently changed shape or step.
+"""
+
+import io
+import json
+import os
+import struct
+import zipfile
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+import numadam
+from numadam import CheckpointError
+
+_FUZZ = settings(max_examples=150, deadline=None,
+                 suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    """The bytes of a small checkpoint (a 0-d parameter with AMSGrad state), and
+    its state dict; about 2 KB, so that every byte and bit can be tried."""
+    opt = numadam.Adam([np.array(0.5)], lr=0.1, amsgrad=True)
+    opt.step([np.array(0.25)])
+    path = tmp_path_factory.mktemp("small") / "small.npz"
+    opt.save(path)
+    return path.read_bytes(), numadam.load(path)
+
+
+def _assert_same(loaded, expected):
+    assert loaded["param_groups"] == expected["param_groups"]
+    assert loaded["state"].keys() == expected["state"].keys()
+    for index, entry in expected["state"].items():
+        got = loaded["state"][index]
+        assert got.keys() == entry.keys()
+        assert type(got["step"]) is int and got["step"] == entry["step"]
+        for key in entry.keys() - {"step"}:
+            assert got[key].dtype == entry[key].dtype and got[key].shape == entry[key].shape
+            assert got[key].tobytes() == entry[key].tobytes()
+
+
+def _load_or_checkpoint_error(path, expected):
+    try:
+        loaded = numadam.load(path)
+    except CheckpointError:
+        return False
+    _assert_same(loaded, expected)
+    return True
+
+
+def _each_variant(data, tmp_path, variants):
+    """Write each (offset, byte) change of ``data`` in place in turn, yield."""
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(data)
+    fd = os.open(bad, os.O_WRONLY)
+    try:
+        for offset, byte in variants:
+            os.pwrite(fd, bytes([byte]), offset)
+            yield bad
+            os.pwrite(fd, data[offset:offset + 1], offset)
+    finally:
+        os.close(fd)
+
+
+def test_every_flipped_byte_is_caught_or_harmless(small, tmp_path):
+    """Each byte of a small checkpoint inverted in turn."""
+    data, expected = small
+    flips = ((i, data[i] ^ 0xFF) for i in range(len(data)))
+    harmless = sum(_load_or_checkpoint_error(bad, expected)
+                   for bad in _each_variant(data, tmp_path, flips))
+    # Timestamps, attributes and the local headers' copies of the central
+    # directory's fields are not read; everything else is.
+    assert 0 < harmless < len(data) // 4
+
+
+def test_every_flipped_bit_of_the_zip_directory_is_caught_or_harmless(small, tmp_path):
+    """Each bit of the central directory (names, sizes, offsets, CRCs, flags,
+    compression methods) flipped in turn."""
+    data, expected = small
+    start = data.index(b"PK\x01\x02")
+    flips = ((i, data[i] ^ (1 << bit)) for i in range(start, len(data)) for bit in range(8))
+    for bad in _each_variant(data, tmp_path, flips):
+        _load_or_checkpoint_error(bad, expected)
+
+
+def test_every_truncation_is_caught(small, tmp_path):
+    data, _ = small
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(data)
+    for n in range(len(data) - 1, -1, -1):
+        os.truncate(bad, n)
+        with pytest.raises(CheckpointError):
+            numadam.load(bad)
+
+
+@pytest.mark.parametrize("old, new, match", [
+    (b"'shape': (2000,)", b"'shape': (1000,)", "holds 16000 bytes"),   # numpy read half
+    (b"'shape': (2000,), }  ", b"'shape': (1000, 2), }", "CRC"),       # same size
+])
+def test_a_changed_npy_header_in_a_large_member_is_caught(tmp_path, old, new, match):
+    """The shape in the .npy header of a 16 KB member changed without fixing
+    the CRC: shapes are bounded by the member's size, and every member's CRC
+    is checked before anything is returned."""
+    x = np.zeros(2000)
+    opt = numadam.Adam([x])
+    opt.step([np.ones(2000)])
+    path = tmp_path / "c.npz"
+    opt.save(path)
+    data = path.read_bytes()
+    at = data.index(old, data.index(b"state.0.exp_avg.npy"))
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(data[:at] + new + data[at + len(old):])
+    with pytest.raises(CheckpointError, match=match):
+        numadam.load(bad)
+
+
+# ----------------------------------------------- crafted with valid CRCs
+def _replace_member(data, name, content, out):
+    with zipfile.ZipFile(io.BytesIO(data)) as src, zipfile.ZipFile(out, "w") as dst:
+        for member in src.namelist():
+            dst.writestr(member, content if member == name else src.read(member))
+
+
+def _npy(header_text, data=b"", version=1, length=None):
+    header = header_text.encode("utf-8", "surrogatepass")
+    if length is None:
+        length = len(header)
+    bits = 16 if version == 1 else 32
+    size = struct.pack("<H" if version == 1 else "<I", length % (1 << bits))
+    return b"\x93NUMPY" + bytes([version, 0]) + size + header + data
+
+
+_DESCRS = st.one_of(
+    st.sampled_from(["<f8", ">f8", "<f4", "|O", "O", "<U3", "<f16", "<c16", "V8", "<i8",
+                     "__import__('os').system('true')", "('<f8', (2, 3))",
+                     "[('a', '<f8')]", "<f8' + '", "\\x00"]),
+    st.text(max_size=12))
+_SHAPES = st.one_of(
+    st.lists(st.integers(-3, 2 ** 70), max_size=4).map(lambda s: repr(tuple(s))),
+    st.integers(1, 3000).map(lambda d: "(" * d + "1" + ")" * d),
+    st.sampled_from(["()", "(8,)", "(1, 8)", "[8]", "(8.0,)", "(True,)", "None",
+                     "(2**62, 2**62)", "(1e400,)", "(-1,)", "(0x8,)", "(8, )"]),
+    st.text(max_size=20))
+
+
+@_FUZZ
+@given(descr=_DESCRS, fortran=st.sampled_from(["False", "True", "0", "None"]), shape=_SHAPES,
+       data=st.binary(max_size=64), version=st.sampled_from([1, 2]),
+       pad=st.sampled_from(["", " ", "\n", "}"]))
+@example(descr="<f8", fortran="False", shape="(4611686018427387904, 4611686018427387904)",
+         data=b"", version=1, pad="\n")                             # a huge shape
+@example(descr="<f8", fortran="False", shape="(" * 2000 + ")" * 2000,
+         data=b"", version=1, pad="\n")                             # deep nesting
+@example(descr="__import__('os')", fortran="False", shape="(1,)",
+         data=bytes(8), version=1, pad="\n")                        # not a literal
+@example(descr="<f8", fortran="False", shape="(1000000000,)",
+         data=bytes(8), version=2, pad="\n")                        # larger than the member
+def test_crafted_npy_headers(small, tmp_path, descr, fortran, shape, data, version, pad):
+    text = f"{{'descr': '{descr}', 'fortran_order': {fortran}, 'shape': {shape}, }}{pad}"
+    content = _npy(text, data, version)
+    bad = tmp_path / "bad.npz"
+    _replace_member(small[0], "state.0.exp_avg.npy", content, bad)
+    try:
+        loaded = numadam.load(bad)["state"][0]["exp_avg"]
+    except CheckpointError:
+        return
+    # Loaded: then it is a well-formed float array, and numpy reads the same.
+    reference = np.lib.format.read_array(io.BytesIO(content), allow_pickle=False)
+    assert loaded.shape == reference.shape and loaded.dtype == reference.dtype.newbyteorder("=")
+    np.testing.assert_array_equal(loaded, reference)
+
+
+@_FUZZ
+@given(length=st.one_of(st.integers(0, 200), st.just(0xFFFF), st.just(0xFFFFFFFF)),
+       version=st.sampled_from([1, 2, 3, 0, 255]))
+def test_crafted_npy_header_lengths(small, tmp_path, length, version):
+    expected = small[1]
+    text = "{'descr': '<f8', 'fortran_order': False, 'shape': (), }\n"
+    content = _npy(text, bytes(8), version if version in (1, 2) else 1, length)
+    if version not in (1, 2):
+        content = content[:6] + bytes([version]) + content[7:]
+    bad = tmp_path / "bad.npz"
+    _replace_member(small[0], "state.0.exp_avg.npy", content, bad)
+    if version in (1, 2) and length == len(text):
+        _assert_same(numadam.load(bad), _with_zeros(expected, 0, "exp_avg"))
+    else:
+        with pytest.raises(CheckpointError):
+            numadam.load(bad)
+
+
+def _with_zeros(state_dict, index, key):
+    entry = state_dict["state"][index]
+    return {"param_groups": state_dict["param_groups"],
+            "state": {**state_dict["state"], index: {**entry, key: np.zeros_like(entry[key])}}}
+
+
+def _rewrite_header(data, out, edit):
+    with zipfile.ZipFile(io.BytesIO(data)) as src:
+        raw = src.read("__numadam__.npy")
+    header = json.loads(str(np.load(io.BytesIO(raw))))
+    text = edit(header)
+    if not isinstance(text, str):
+        text = json.dumps(header)
+    buffer = io.BytesIO()
+    np.lib.format.write_array(buffer, np.array(text))
+    _replace_member(data, "__numadam__.npy", buffer.getvalue(), out)
+
+
+_JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-2 ** 70, 2 ** 70) | st.floats() | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner,
+                                                                 max_size=3),
+    max_leaves=8)
+_HEADER_PATHS = [("version",), ("format",), ("steps",), ("steps", "0"), ("members",),
+                 ("members", "0"), ("param_groups",), ("param_groups", 0),
+                 ("param_groups", 0, "params"), ("param_groups", 0, "betas")]
+
+
+def _set(header, where, value):
+    target = header
+    for key in where[:-1]:
+        target = target[key]
+    if value is _DELETE:
+        del target[where[-1]]
+    else:
+        target[where[-1]] = value
+
+
+_DELETE = object()
+
+
+@_FUZZ
+@given(where=st.sampled_from(_HEADER_PATHS), value=_JSON_VALUES | st.just(_DELETE))
+@example(where=("steps", "0"), value=1.7)                  # truncated to 1 before
+@example(where=("steps", "0"), value=2 ** 64)
+@example(where=("version",), value=_DELETE)                # taken as the current version
+@example(where=("version",), value=True)
+@example(where=("param_groups", 0, "params"), value=[[[[0]]]])
+@example(where=("version",), value=1)                      # unchanged: loads
+def test_crafted_json_headers(small, tmp_path, where, value):
+    bad = tmp_path / "bad.npz"
+    _rewrite_header(small[0], bad, lambda h: _set(h, where, value))
+    try:
+        loaded = numadam.load(bad)
+    except CheckpointError:
+        return
+    # Only what the writer could have written loads: a step count in range,
+    # a group entry (load_state_dict validates hyperparameters), or an
+    # unchanged value.
+    for entry in loaded["state"].values():
+        assert type(entry["step"]) is int and 0 <= entry["step"] < 2 ** 63
+    original = _rewrite_header_value(small, where)
+    assert (where[:2] in {("param_groups", 0), ("steps", "0")}
+            or (type(value) is type(original) and value == original)), (where, value)
+
+
+def _rewrite_header_value(small, where):
+    with zipfile.ZipFile(io.BytesIO(small[0])) as src:
+        value = json.loads(str(np.load(io.BytesIO(src.read("__numadam__.npy")))))
+    for key in where:
+        value = value[key]
+    return value
+
+
+@pytest.mark.parametrize("text", ["[" * 100_000 + "]" * 100_000, '{"a": ' * 50_000,
+                                  "9" * 100_000, "", "\ud800", '{"format": 1e999}'])
+def test_malformed_json_text(small, tmp_path, text):
+    bad = tmp_path / "bad.npz"
+    _rewrite_header(small[0], bad, lambda h: text)
+    with pytest.raises(CheckpointError):
+        numadam.load(bad)
