@@ -7,7 +7,7 @@ import operator
 
 import numpy as np
 
-from ._minimize_support import (AGREEMENT, Progress, ValueTrend, make_result,
+from ._minimize_support import (AGREEMENT, Progress, ValueTrend, make_box, make_result,
                                 projected_gradient)
 from .optimizer import Adam, AdamW
 
@@ -159,7 +159,7 @@ def minimize(fun, x0, args=(), *, jac=None, method="adam", bounds=None, tol=None
     evaluate = _evaluator(fun, jac, args)
     x = _initial_point(x0)
     method, opts = _settings(method, tol, options)
-    box = _box(bounds, x)
+    box = make_box(bounds, x)
     if box is not None:
         np.clip(x, *box, out=x)
     cls = AdamW if method == "adamw" else Adam
@@ -369,56 +369,6 @@ def _count(name, value, low):
     if value < low:
         raise ValueError(f"{name} must be >= {low}, got {value}")
     return value
-
-
-def _box(bounds, x):
-    """``(lower, upper)`` arrays shaped like ``x``, or None when nothing is bounded."""
-    if bounds is None:
-        return None
-    if hasattr(bounds, "lb") and hasattr(bounds, "ub"):
-        lower = _bound_array(bounds.lb, -np.inf, x, "bounds.lb")
-        upper = _bound_array(bounds.ub, np.inf, x, "bounds.ub")
-    else:
-        if isinstance(bounds, (str, bytes)) or not hasattr(bounds, "__len__"):
-            raise ValueError(f"bounds must be a sequence of (min, max) pairs, got {bounds!r}")
-        if len(bounds) != x.size:
-            raise ValueError(f"bounds has {len(bounds)} pairs for {x.size} variables")
-        lower = np.empty(x.size)
-        upper = np.empty(x.size)
-        for i, pair in enumerate(bounds):
-            if isinstance(pair, (str, bytes)) or not hasattr(pair, "__len__") \
-                    or len(pair) != 2:
-                raise ValueError(f"bounds[{i}] must be a (min, max) pair, got {pair!r}")
-            lower[i] = -np.inf if pair[0] is None else _real(f"bounds[{i}][0]", pair[0])
-            upper[i] = np.inf if pair[1] is None else _real(f"bounds[{i}][1]", pair[1])
-        lower, upper = lower.reshape(x.shape), upper.reshape(x.shape)
-    if np.isnan(lower).any() or np.isnan(upper).any():
-        raise ValueError("bounds hold NaN")
-    crossed = np.flatnonzero(lower > upper)
-    if crossed.size:
-        i = int(crossed[0])
-        raise ValueError(f"bounds of element {i} are crossed: min {lower.flat[i]} > "
-                         f"max {upper.flat[i]}")
-    if np.all(np.isinf(lower)) and np.all(np.isinf(upper)):
-        return None
-    return lower.astype(x.dtype), upper.astype(x.dtype)
-
-
-def _real(name, value):
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{name} must be a real number or None, got {value!r}")
-    return float(value)
-
-
-def _bound_array(bound, unbounded, x, name):
-    array = np.asarray(unbounded if bound is None else bound, dtype=np.float64)
-    if array.size == x.size and array.shape != x.shape:
-        array = array.reshape(x.shape)
-    try:
-        return np.broadcast_to(array, x.shape)
-    except ValueError:
-        raise ValueError(f"{name} has shape {array.shape}, which does not fit x0's "
-                         f"shape {x.shape}") from None
 
 
 def _wrap_callback(callback):

@@ -1,20 +1,71 @@
-"""The stopping tests, the result object and the progress display of
-:func:`numadam.minimize`."""
+"""The bounds, the stopping tests, the result object and the progress display
+of :func:`numadam.minimize`."""
 
 import math
+import numbers
 import sys
 import time
 
 import numpy as np
 
-__all__ = ["make_result", "Progress", "OptimizeResult", "projected_gradient", "ValueTrend",
-           "AGREEMENT"]
+__all__ = ["make_box", "projected_gradient", "ValueTrend", "AGREEMENT", "make_result",
+           "Progress", "OptimizeResult"]
 
 # The ftol test passes only where successive gradients disagree: measured
 # mean cosines over a window were 0.99-1.00 on plateaus and smooth descents
 # (3-component Gaussian mixtures, Rosenbrock), 0.0-0.05 under minibatch noise
 # at the optimum and -0.9 to -0.97 while oscillating about a minimum.
 AGREEMENT = 0.5
+
+
+def make_box(bounds, x):
+    """``(lower, upper)`` arrays shaped like ``x``, or None when nothing is bounded."""
+    if bounds is None:
+        return None
+    if hasattr(bounds, "lb") and hasattr(bounds, "ub"):
+        lower = _bound_array(bounds.lb, -np.inf, x, "bounds.lb")
+        upper = _bound_array(bounds.ub, np.inf, x, "bounds.ub")
+    else:
+        if isinstance(bounds, (str, bytes)) or not hasattr(bounds, "__len__"):
+            raise ValueError(f"bounds must be a sequence of (min, max) pairs, got {bounds!r}")
+        if len(bounds) != x.size:
+            raise ValueError(f"bounds has {len(bounds)} pairs for {x.size} variables")
+        lower = np.empty(x.size)
+        upper = np.empty(x.size)
+        for i, pair in enumerate(bounds):
+            if isinstance(pair, (str, bytes)) or not hasattr(pair, "__len__") \
+                    or len(pair) != 2:
+                raise ValueError(f"bounds[{i}] must be a (min, max) pair, got {pair!r}")
+            lower[i] = -np.inf if pair[0] is None else _real(f"bounds[{i}][0]", pair[0])
+            upper[i] = np.inf if pair[1] is None else _real(f"bounds[{i}][1]", pair[1])
+        lower, upper = lower.reshape(x.shape), upper.reshape(x.shape)
+    if np.isnan(lower).any() or np.isnan(upper).any():
+        raise ValueError("bounds hold NaN")
+    crossed = np.flatnonzero(lower > upper)
+    if crossed.size:
+        i = int(crossed[0])
+        raise ValueError(f"bounds of element {i} are crossed: min {lower.flat[i]} > "
+                         f"max {upper.flat[i]}")
+    if np.all(np.isinf(lower)) and np.all(np.isinf(upper)):
+        return None
+    return lower.astype(x.dtype), upper.astype(x.dtype)
+
+
+def _real(name, value):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be a real number or None, got {value!r}")
+    return float(value)
+
+
+def _bound_array(bound, unbounded, x, name):
+    array = np.asarray(unbounded if bound is None else bound, dtype=np.float64)
+    if array.size == x.size and array.shape != x.shape:
+        array = array.reshape(x.shape)
+    try:
+        return np.broadcast_to(array, x.shape)
+    except ValueError:
+        raise ValueError(f"{name} has shape {array.shape}, which does not fit x0's "
+                         f"shape {x.shape}") from None
 
 
 def projected_gradient(x, g, box):
