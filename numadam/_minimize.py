@@ -198,7 +198,7 @@ def _iterate(evaluate, x, optimizer, box, notify, progress, opts):
     counts = [0, 0]                      # nfev, njev
     while True:
         try:
-            f, g = evaluate(x, counts)
+            f, g, gmax = evaluate(x, counts)
         except _Failure as failure:
             status, message = failure.args
             message += f" at iteration {nit}" + ("; x is the best point before it"
@@ -212,10 +212,10 @@ def _iterate(evaluate, x, optimizer, box, notify, progress, opts):
             else:
                 np.copyto(best_g, g)
         pg = projected_gradient(x, g, box)
-        gnorm = float(np.max(np.abs(pg)))
+        gnorm = gmax if box is None else float(np.max(np.abs(pg)))
         stalled = False
         if trend is not None and gnorm > gtol:
-            stalled, window, decrease, agreement = trend.add(f, pg)
+            stalled, window, decrease, agreement = trend.add(f, pg, gnorm)
         if nit > 0 and notify is not None:
             try:
                 notify(x, f, g, nit, counts[0])
@@ -251,7 +251,8 @@ def _iterate(evaluate, x, optimizer, box, notify, progress, opts):
 
 
 def _evaluator(fun, jac, args):
-    """``evaluate(x, counts) -> (value, gradient)``, both finite, or ``_Failure``."""
+    """``evaluate(x, counts) -> (value, gradient, max|gradient|)``, all finite,
+    or ``_Failure``."""
     if jac is True:
         def both(x):
             out = fun(x.copy(), *args)
@@ -289,11 +290,12 @@ def _evaluator(fun, jac, args):
                                     f"{grad.dtype}; x has shape {x.shape} ({x.dtype})")
         if grad.dtype != x.dtype or not grad.flags.c_contiguous:
             grad = np.ascontiguousarray(grad, dtype=x.dtype)
+        gmax = float(max(grad.max(), -grad.min()))
         if not math.isfinite(f):
             raise _Failure(NONFINITE, f"NaN result encountered: fun returned {f}")
-        if not math.isfinite(max(grad.max(), -grad.min())):
+        if not math.isfinite(gmax):
             raise _Failure(NONFINITE, "NaN result encountered: the gradient holds NaN or Inf")
-        return f, grad
+        return f, grad, gmax
 
     return evaluate
 

@@ -5,6 +5,7 @@ import math
 import numbers
 import sys
 import time
+from array import array
 
 import numpy as np
 
@@ -81,7 +82,9 @@ def projected_gradient(x, g, box):
     if box is None:
         return g
     lower, upper = box
-    return np.where(g < 0, np.maximum(x - upper, g), np.minimum(x - lower, g))
+    # x lies in the box, so x - upper <= 0 <= x - lower, and clamping g between
+    # them is both branches at once: the same subtractions, the same bits
+    return np.minimum(np.maximum(g, x - upper), x - lower)
 
 
 class ValueTrend:
@@ -109,17 +112,20 @@ class ValueTrend:
     def __init__(self, ftol, patience):
         self.ftol = ftol
         self.patience = patience
-        self.sums = np.zeros(1024)           # sums[n] = f_0 + ... + f_{n-1}
-        self.agreement = np.zeros(1024)      # the same for c_k
-        self.n = 0
+        # array('d'): 8 bytes a value, and indexing gives Python floats,
+        # whose arithmetic costs a fraction of NumPy scalars'
+        self.sums = array("d", [0.0])         # sums[n] = f_0 + ... + f_{n-1}
+        self.agreement = array("d", [0.0])    # the same for c_k
         self.total = 0.0
         self.carry = 0.0
         self.direction = None
+        self.length = 0.0
 
-    def add(self, f, pg):
-        """Record the next value and (nonzero) projected gradient; return
-        ``(stalled, W, decrease, agreement)``: ``decrease`` the larger of the
-        two relative decreases tested, ``agreement`` the mean cosine."""
+    def add(self, f, pg, size):
+        """Record the next value and projected gradient ``pg``, whose max-norm
+        ``size`` is positive; return ``(stalled, W, decrease, agreement)``:
+        ``decrease`` the larger of the two relative decreases tested,
+        ``agreement`` the mean cosine over the last window."""
         # Neumaier's compensated sum: every stored prefix sum is within one
         # rounding of the exact one, so a window's mean is good to a few ulps
         # of |f| however long the run (a plain running sum drifts by ~n ulps).
@@ -129,19 +135,16 @@ class ValueTrend:
         else:
             self.carry += (f - total) + self.total
         self.total = total
+        self.sums.append(total + self.carry)
         # scaled by max|pg| first, so that huge or tiny gradients neither
-        # overflow nor underflow the dot products
-        direction = pg / np.max(np.abs(pg)).astype(np.float64)
-        direction /= math.sqrt(np.dot(direction, direction))
-        cosine = 0.0 if self.direction is None else float(np.dot(direction, self.direction))
-        self.direction = direction
-        self.n += 1
-        n = self.n
-        if n == self.sums.size:
-            self.sums = np.concatenate([self.sums, np.zeros(n)])
-            self.agreement = np.concatenate([self.agreement, np.zeros(n)])
-        self.sums[n] = total + self.carry
-        self.agreement[n] = self.agreement[n - 1] + cosine
+        # overflow nor underflow the dot products (float64 even for float32)
+        direction = pg / np.float64(size)
+        length = math.sqrt(float(np.dot(direction, direction)))
+        cosine = 0.0 if self.direction is None else \
+            float(np.dot(direction, self.direction)) / (length * self.length)
+        self.direction, self.length = direction, length
+        self.agreement.append(self.agreement[-1] + cosine)
+        n = len(self.sums) - 1
         window = max(self.patience, n // 4)
         if n < 3 * window:
             return False, window, math.nan, math.nan

@@ -142,7 +142,8 @@ def test_value_trend_is_the_documented_test_on_random_series():
         ftol, patience = float(rng.choice([0.0, 1e-6, 1e-3])), int(rng.integers(1, 30))
         tracker = ValueTrend(ftol, patience)
         for k in range(n):
-            stalled, window, _, _ = tracker.add(float(values[k]), gradients[k])
+            size = np.max(np.abs(gradients[k]))
+            stalled, window, _, _ = tracker.add(float(values[k]), gradients[k], size)
             assert window == max(patience, (k + 1) // 4)
             expected = naive_stall(values[:k + 1], gradients[:k + 1] / scale, ftol, patience)
             assert stalled == expected, (case, k)
@@ -156,7 +157,8 @@ def test_value_trend_past_its_first_buffer_and_on_a_constant_value():
     gradients = rng.standard_normal((2500, 2))
     tracker = ValueTrend(1e-4, 20)
     for k in range(2500):
-        stalled, _, _, _ = tracker.add(float(values[k]), gradients[k])
+        size = np.max(np.abs(gradients[k]))
+        stalled, _, _, _ = tracker.add(float(values[k]), gradients[k], size)
         if k % 97 == 0 or k > 2480:
             assert stalled == naive_stall(values[:k + 1], gradients[:k + 1], 1e-4, 20), k
     # A constant 0.1, not a binary fraction: the windowed means must agree to
@@ -164,7 +166,7 @@ def test_value_trend_past_its_first_buffer_and_on_a_constant_value():
     tracker = ValueTrend(1e-14, 10)
     flip = np.array([1.0, -1.0])
     for k in range(20_000):
-        stalled, window, decrease, _ = tracker.add(0.1, flip * (-1) ** k)
+        stalled, window, decrease, _ = tracker.add(0.1, flip * (-1) ** k, 1.0)
         assert stalled == (k + 1 >= 3 * window), (k, decrease)
 
 
