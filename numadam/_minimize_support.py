@@ -205,7 +205,7 @@ class Progress:
 
     def __init__(self, maxiter, enabled):
         self.enabled = enabled
-        total = math.ceil(maxiter) if math.isfinite(maxiter) else None
+        total = None if maxiter == math.inf else math.ceil(maxiter)
         self.bar = None
         self.last = time.monotonic()
         if enabled:

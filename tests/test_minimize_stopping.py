@@ -5,6 +5,8 @@ import inspect
 import math
 import os
 import re
+import sys
+import types
 
 import numpy as np
 import pytest
@@ -346,3 +348,26 @@ def test_the_readme_signature_is_the_code_signature():
             assert expected is inspect.Parameter.empty, name
         else:
             assert ast.literal_eval(node) == expected, name
+
+
+@pytest.mark.parametrize("maxiter,total", [(2.5, 3), (math.inf, None), (10**400, 10**400)])
+def test_the_progress_bar_counts_to_the_step_limit(monkeypatch, maxiter, total):
+    bars = []
+
+    class FakeBar:
+        def __init__(self, total, **kwargs):
+            self.total, self.n = total, 0
+            bars.append(self)
+
+        def update(self, n):
+            self.n += n
+
+        def set_postfix_str(self, text, refresh=True):
+            pass
+
+        def close(self):
+            pass
+    monkeypatch.setitem(sys.modules, "tqdm", types.SimpleNamespace(tqdm=FakeBar))
+    numadam.minimize(rosenbrock, np.zeros(2), jac=True,
+                     options=dict(maxiter=maxiter, disp=True, gtol=1e-2, lr=0.05))
+    assert bars[0].total == total
