@@ -201,6 +201,17 @@ def test_a_flat_value_with_a_steady_gradient_is_not_converged():
     assert (res.success, res.status, res.nit) == (False, 1, 300)
 
 
+def test_tol_sets_ftol_unless_options_give_it():
+    def run(**kwargs):
+        # a slow descent (1e-3 per step) with a gradient that flips every call
+        return numadam.minimize(alternating(lambda k: 10.0 - 1e-3 * k), np.zeros(2),
+                                jac=True, **kwargs)
+    loose = run(tol=0.5, options=dict(maxiter=200))
+    assert loose.success and "ftol = 0.5" in loose.message and loose.nit == 59
+    tight = run(tol=0.5, options=dict(maxiter=200, ftol=1e-6))
+    assert (tight.success, tight.nit) == (False, 200)
+
+
 def test_default_patience_scales_with_beta1():
     nits = [numadam.minimize(alternating(lambda k: 1.0), np.zeros(2), jac=True,
                              options=dict(ftol=0.0, betas=(beta1, 0.999))).nit
