@@ -7,14 +7,15 @@ import operator
 
 import numpy as np
 
-from ._minimize_support import Progress, make_result
+from ._minimize_support import (AGREEMENT, Progress, ValueTrend, make_box, make_result,
+                                projected_gradient)
 from .optimizer import Adam, AdamW
 
 __all__ = ["minimize"]
 
 METHODS = ("adam", "adamw", "amsgrad")
 DEFAULT_OPTIONS = dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=None,
-                       maxiter=1000, disp=False, gtol=1e-5, ftol=None, patience=10)
+                       maxiter=1000, disp=False, gtol=1e-5, ftol=None, patience=None)
 
 # status codes of the result
 CONVERGED, MAXITER, BAD_FUN, NONFINITE, CALLBACK_STOP = 0, 1, 2, 3, 99
@@ -44,17 +45,20 @@ def minimize(fun, x0, args=(), *, jac=None, method="adam", bounds=None, tol=None
     args : tuple, optional
         Extra arguments passed to ``fun`` and ``jac``.
     jac : True or callable
-        ``True``: ``fun`` returns ``(value, gradient)``. A callable:
-        ``jac(x, *args)`` returns the gradient. The gradient must have the
-        shape of ``x0`` (its dtype is converted). Adam needs gradients, so
-        there is no finite-difference default.
+        Required (the default ``None`` raises ``ValueError`` before ``fun``
+        is called, as scipy's Newton-CG does): Adam needs gradients, so there
+        is no finite-difference default. ``True``: ``fun`` returns
+        ``(value, gradient)``. A callable: ``jac(x, *args)`` returns the
+        gradient. The gradient must have the shape of ``x0`` (its dtype is
+        converted).
     method : {"adam", "adamw", "amsgrad"}, default "adam"
         ``numadam.Adam``, ``numadam.AdamW`` or ``Adam(amsgrad=True)``; the
         iterates are bit-identical to those classes' ``step()``.
     bounds : sequence of (min, max) pairs, or scipy.optimize.Bounds, optional
         One pair per element of ``x0`` (in C order; ``None`` for no bound),
         or an object with ``lb`` and ``ub`` that broadcast to ``x0``. ``x0``
-        and every iterate are projected (clipped) into the box.
+        is clipped into the box before ``fun`` first sees it, and so is every
+        iterate; ``gtol`` applies to the projected gradient (see Notes).
     tol : float, optional
         Sets both ``gtol`` and ``ftol`` (each only where ``options`` does not
         give it), as ``tol`` does for scipy's L-BFGS-B.
@@ -66,11 +70,15 @@ def minimize(fun, x0, args=(), *, jac=None, method="adam", bounds=None, tol=None
         ``StopIteration`` ends the run (``status`` 99, ``success`` False).
     options : dict, optional
         ``lr`` (1e-3), ``betas`` ((0.9, 0.999)), ``eps`` (1e-8),
-        ``weight_decay`` (0; 1e-2 for ``"adamw"``), ``maxiter`` (1000 steps),
+        ``weight_decay`` (0; 1e-2 for ``"adamw"``), ``maxiter`` (1000 steps;
+        any real number >= 0, as in scipy: the run stops once
+        ``nit >= maxiter``, so 100.1 allows 101 steps and ``inf`` no limit),
         ``disp`` (False: a progress bar with the current and best values,
         through tqdm when it is installed, else a line a second, then a
-        summary), ``gtol`` (1e-5), ``ftol`` (None: off) and ``patience`` (10).
-        Unknown keys raise ``ValueError``.
+        summary), ``gtol`` (1e-5), ``ftol`` (None: off) and ``patience``
+        (the smallest window of the ``ftol`` test; default ``2 / (1 - beta1)``
+        rounded, at least 10: 20 for the default betas). Unknown keys raise
+        ``ValueError``.
 
     Returns
     -------
@@ -90,13 +98,37 @@ def minimize(fun, x0, args=(), *, jac=None, method="adam", bounds=None, tol=None
     Notes
     -----
     Each iteration evaluates ``fun`` (and the gradient) at the current point,
-    then takes one Adam step and projects onto ``bounds``. The run stops
+    then takes one Adam step and projects onto ``bounds``. After each
+    evaluation the run stops with
 
-    * ``status 0`` (success) when the gradient's max-norm ``max|g_i|`` is at
-      most ``gtol``, or when, with ``ftol`` set, the best value has not
-      improved on the value at its last improvement ``f_ref`` by more than
-      ``ftol * |f_ref|`` for ``patience`` consecutive iterations;
-    * ``status 1`` after ``maxiter`` steps (scipy's "Maximum number of
+    * ``status 0`` (success) when the projected gradient's max-norm
+      ``max|pg_i|`` is at most ``gtol``. ``pg`` is L-BFGS-B's: without bounds
+      it is the gradient; a component whose descent direction leads out of
+      the box counts only up to its distance to the bound
+      (``pg_i = max(x_i - upper_i, g_i)`` where ``g_i < 0``, else
+      ``min(x_i - lower_i, g_i)``), so one at its bound with the gradient
+      pointing outwards counts as zero;
+    * ``status 0`` (success) when ``ftol`` is set and the value has stopped
+      decreasing while the gradient no longer points one way. With
+      ``f_0, ..., f_{n-1}`` the ``n`` values so far (``f_0`` at ``x0``), the
+      window ``W = max(patience, n // 4)`` and ``c_k`` the cosine between the
+      projected gradients of evaluations ``k`` and ``k - 1``: once
+      ``n >= 3 W``, the means ``C, A, B`` of ``f`` over the three consecutive
+      windows of ``W`` values ending with the latest (``B`` the last) satisfy
+      ``C - A <= ftol * max(|C|, |A|)`` and ``A - B <= ftol * max(|A|, |B|)``,
+      and the mean of ``c_k`` over the last window is at most 0.5.
+      The window grows with the run, so noise in ``f`` (minibatches) averages
+      out; two stalled pairs in a row, over windows of at least twice the
+      momentum's time constant, keep Adam's overshoots (the value rising for
+      tens of steps, then falling further) from passing for a stall; and the
+      cosine keeps a consistent descent, however slow (a plateau near a
+      saddle, a smooth approach, where successive gradients agree), from
+      passing for convergence: that is for ``gtol`` to judge. Under noise,
+      or oscillating about a minimum, successive gradients disagree (mean
+      cosines of about 0 and -0.9 were measured). A value that fluctuates
+      without a trend passes once its windowed means stop decreasing, which
+      includes a step size too large to settle;
+    * ``status 1`` when ``nit >= maxiter`` (scipy's "Maximum number of
       iterations has been exceeded."; ``success`` is False, as in scipy);
     * ``status 2`` when ``fun`` or ``jac`` raises an exception or returns
       something unusable (not a real scalar, a gradient of the wrong shape);
@@ -127,7 +159,7 @@ def minimize(fun, x0, args=(), *, jac=None, method="adam", bounds=None, tol=None
     evaluate = _evaluator(fun, jac, args)
     x = _initial_point(x0)
     method, opts = _settings(method, tol, options)
-    box = _box(bounds, x)
+    box = make_box(bounds, x)
     if box is not None:
         np.clip(x, *box, out=x)
     cls = AdamW if method == "adamw" else Adam
@@ -136,6 +168,14 @@ def minimize(fun, x0, args=(), *, jac=None, method="adam", bounds=None, tol=None
         weight_decay = 1e-2 if method == "adamw" else 0.0
     optimizer = cls([x], lr=opts["lr"], betas=opts["betas"], eps=opts["eps"],
                     weight_decay=weight_decay, amsgrad=method == "amsgrad")
+    if opts["patience"] is None:
+        # The momentum averages gradients over about 1 / (1 - beta1) steps and
+        # its overshoots last a few of those: shorter windows judge the swing,
+        # not the trend (by the value alone, windows of 10 took a 25-step climb
+        # on 50-D Rosenbrock at lr 0.1 for a stall; twice the time constant
+        # did not, for beta1 = 0.5, 0.9 and 0.99).
+        beta1 = float(optimizer.param_groups[0]["betas"][0])
+        opts["patience"] = max(10, round(2.0 / (1.0 - beta1)))
     notify = _wrap_callback(callback)
     progress = Progress(opts["maxiter"], opts["disp"])
     try:
@@ -149,17 +189,16 @@ def minimize(fun, x0, args=(), *, jac=None, method="adam", bounds=None, tol=None
 
 def _iterate(evaluate, x, optimizer, box, notify, progress, opts):
     """Run the loop; return the fields of the result."""
-    maxiter, gtol = opts["maxiter"], opts["gtol"]
-    ftol, patience = opts["ftol"], opts["patience"]
+    maxiter, gtol, ftol = opts["maxiter"], opts["gtol"], opts["ftol"]
+    trend = None if ftol is None else ValueTrend(ftol, opts["patience"])
     best_x = x.copy()
     best_g = None
     best_f = math.inf
-    f_ref = None
-    stall = nit = 0
+    nit = 0
     counts = [0, 0]                      # nfev, njev
     while True:
         try:
-            f, g, gnorm = evaluate(x, counts)
+            f, g, gmax = evaluate(x, counts)
         except _Failure as failure:
             status, message = failure.args
             message += f" at iteration {nit}" + ("; x is the best point before it"
@@ -172,11 +211,11 @@ def _iterate(evaluate, x, optimizer, box, notify, progress, opts):
                 best_g = g.copy()
             else:
                 np.copyto(best_g, g)
-        if ftol is not None:
-            if f_ref is None or f_ref - f > ftol * abs(f_ref):
-                f_ref, stall = f, 0
-            else:
-                stall += 1
+        pg = projected_gradient(x, g, box)
+        gnorm = gmax if box is None else float(np.max(np.abs(pg)))
+        stalled = False
+        if trend is not None and gnorm > gtol:
+            stalled, window, decrease, agreement = trend.add(f, pg, gnorm)
         if nit > 0 and notify is not None:
             try:
                 notify(x, f, g, nit, counts[0])
@@ -186,13 +225,17 @@ def _iterate(evaluate, x, optimizer, box, notify, progress, opts):
         progress.update(nit, f, best_f, gnorm)
         if gnorm <= gtol:
             status, message = CONVERGED, (
-                f"Optimization terminated successfully: max|gradient| = {gnorm:.3g} "
-                f"<= gtol = {gtol:g}.")
+                "Optimization terminated successfully: max|"
+                + ("projected gradient" if box is not None else "gradient")
+                + f"| = {gnorm:.3g} <= gtol = {gtol:g}.")
             break
-        if ftol is not None and stall >= patience:
+        if stalled:
             status, message = CONVERGED, (
-                "Optimization terminated successfully: the best value improved by no "
-                f"more than ftol = {ftol:g} (relative) in {patience} iterations.")
+                f"Optimization terminated successfully: the mean value over three "
+                f"consecutive windows of {window} iterations fell by at most "
+                f"{decrease:.3g} (relative) from one window to the next, <= ftol = "
+                f"{ftol:g}, and successive gradients agreed by a mean cosine of "
+                f"{agreement:.2f} <= {AGREEMENT:g} over the last window.")
             break
         if nit >= maxiter:
             status, message = MAXITER, "Maximum number of iterations has been exceeded."
@@ -208,7 +251,8 @@ def _iterate(evaluate, x, optimizer, box, notify, progress, opts):
 
 
 def _evaluator(fun, jac, args):
-    """``evaluate(x, counts) -> (value, gradient, max|gradient|)`` or ``_Failure``."""
+    """``evaluate(x, counts) -> (value, gradient, max|gradient|)``, all finite,
+    or ``_Failure``."""
     if jac is True:
         def both(x):
             out = fun(x.copy(), *args)
@@ -246,12 +290,12 @@ def _evaluator(fun, jac, args):
                                     f"{grad.dtype}; x has shape {x.shape} ({x.dtype})")
         if grad.dtype != x.dtype or not grad.flags.c_contiguous:
             grad = np.ascontiguousarray(grad, dtype=x.dtype)
-        gnorm = float(max(grad.max(), -grad.min()))
+        gmax = float(max(grad.max(), -grad.min()))
         if not math.isfinite(f):
             raise _Failure(NONFINITE, f"NaN result encountered: fun returned {f}")
-        if not math.isfinite(gnorm):
+        if not math.isfinite(gmax):
             raise _Failure(NONFINITE, "NaN result encountered: the gradient holds NaN or Inf")
-        return f, grad, gnorm
+        return f, grad, gmax
 
     return evaluate
 
@@ -288,8 +332,9 @@ def _settings(method, tol, options):
         options.setdefault("gtol", tol)
         options.setdefault("ftol", tol)
     opts = {**DEFAULT_OPTIONS, **options}
-    opts["maxiter"] = _count("maxiter", opts["maxiter"], 0)
-    opts["patience"] = _count("patience", opts["patience"], 1)
+    opts["maxiter"] = _limit(opts["maxiter"])
+    if opts["patience"] is not None:
+        opts["patience"] = _count("patience", opts["patience"], 1)
     opts["gtol"] = _nonnegative("gtol", opts["gtol"])
     if opts["ftol"] is not None:
         opts["ftol"] = _nonnegative("ftol", opts["ftol"])
@@ -306,6 +351,16 @@ def _nonnegative(name, value):
     return float(value)
 
 
+def _limit(maxiter):
+    """``maxiter`` as scipy's gradient methods take it: any real number >= 0,
+    compared with the step count (``nit >= maxiter`` stops), so 100.1 allows
+    101 steps and ``inf`` no limit."""
+    if isinstance(maxiter, (bool, np.bool_)) or not isinstance(maxiter, numbers.Real) \
+            or not maxiter >= 0:
+        raise ValueError(f"maxiter must be a number >= 0, got {maxiter!r}")
+    return int(maxiter) if isinstance(maxiter, numbers.Integral) else float(maxiter)
+
+
 def _count(name, value, low):
     try:
         if isinstance(value, (bool, np.bool_)):
@@ -316,56 +371,6 @@ def _count(name, value, low):
     if value < low:
         raise ValueError(f"{name} must be >= {low}, got {value}")
     return value
-
-
-def _box(bounds, x):
-    """``(lower, upper)`` arrays shaped like ``x``, or None when nothing is bounded."""
-    if bounds is None:
-        return None
-    if hasattr(bounds, "lb") and hasattr(bounds, "ub"):
-        lower, upper = (_bound_array(b, x, f"bounds.{name}")
-                        for b, name in ((bounds.lb, "lb"), (bounds.ub, "ub")))
-    else:
-        if isinstance(bounds, (str, bytes)) or not hasattr(bounds, "__len__"):
-            raise ValueError(f"bounds must be a sequence of (min, max) pairs, got {bounds!r}")
-        if len(bounds) != x.size:
-            raise ValueError(f"bounds has {len(bounds)} pairs for {x.size} variables")
-        lower = np.empty(x.size)
-        upper = np.empty(x.size)
-        for i, pair in enumerate(bounds):
-            if isinstance(pair, (str, bytes)) or not hasattr(pair, "__len__") \
-                    or len(pair) != 2:
-                raise ValueError(f"bounds[{i}] must be a (min, max) pair, got {pair!r}")
-            lower[i] = -np.inf if pair[0] is None else _real(f"bounds[{i}][0]", pair[0])
-            upper[i] = np.inf if pair[1] is None else _real(f"bounds[{i}][1]", pair[1])
-        lower, upper = lower.reshape(x.shape), upper.reshape(x.shape)
-    if np.isnan(lower).any() or np.isnan(upper).any():
-        raise ValueError("bounds hold NaN")
-    crossed = np.flatnonzero(lower > upper)
-    if crossed.size:
-        i = int(crossed[0])
-        raise ValueError(f"bounds of element {i} are crossed: min {lower.flat[i]} > "
-                         f"max {upper.flat[i]}")
-    if np.all(np.isinf(lower)) and np.all(np.isinf(upper)):
-        return None
-    return lower.astype(x.dtype), upper.astype(x.dtype)
-
-
-def _real(name, value):
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{name} must be a real number or None, got {value!r}")
-    return float(value)
-
-
-def _bound_array(bound, x, name):
-    array = np.asarray(-np.inf if bound is None else bound, dtype=np.float64)
-    if array.size == x.size and array.shape != x.shape:
-        array = array.reshape(x.shape)
-    try:
-        return np.broadcast_to(array, x.shape)
-    except ValueError:
-        raise ValueError(f"{name} has shape {array.shape}, which does not fit x0's "
-                         f"shape {x.shape}") from None
 
 
 def _wrap_callback(callback):

@@ -1,9 +1,165 @@
-"""The result object and the progress display of :func:`numadam.minimize`."""
+"""The bounds, the stopping tests, the result object and the progress display
+of :func:`numadam.minimize`."""
 
+import math
+import numbers
 import sys
 import time
+from array import array
 
-__all__ = ["make_result", "Progress", "OptimizeResult"]
+import numpy as np
+
+__all__ = ["make_box", "projected_gradient", "ValueTrend", "AGREEMENT", "make_result",
+           "Progress", "OptimizeResult"]
+
+# The ftol test passes only where successive gradients disagree: measured
+# mean cosines over a window were 0.99-1.00 on plateaus and smooth descents
+# (3-component Gaussian mixtures, Rosenbrock), 0.0-0.05 under minibatch noise
+# at the optimum and -0.9 to -0.97 while oscillating about a minimum.
+AGREEMENT = 0.5
+
+
+def make_box(bounds, x):
+    """``(lower, upper)`` arrays shaped like ``x``, or None when nothing is bounded."""
+    if bounds is None:
+        return None
+    if hasattr(bounds, "lb") and hasattr(bounds, "ub"):
+        lower = _bound_array(bounds.lb, -np.inf, x, "bounds.lb")
+        upper = _bound_array(bounds.ub, np.inf, x, "bounds.ub")
+    else:
+        if isinstance(bounds, (str, bytes)) or not hasattr(bounds, "__len__"):
+            raise ValueError(f"bounds must be a sequence of (min, max) pairs, got {bounds!r}")
+        if len(bounds) != x.size:
+            raise ValueError(f"bounds has {len(bounds)} pairs for {x.size} variables")
+        lower = np.empty(x.size)
+        upper = np.empty(x.size)
+        for i, pair in enumerate(bounds):
+            if isinstance(pair, (str, bytes)) or not hasattr(pair, "__len__") \
+                    or len(pair) != 2:
+                raise ValueError(f"bounds[{i}] must be a (min, max) pair, got {pair!r}")
+            lower[i] = -np.inf if pair[0] is None else _real(f"bounds[{i}][0]", pair[0])
+            upper[i] = np.inf if pair[1] is None else _real(f"bounds[{i}][1]", pair[1])
+        lower, upper = lower.reshape(x.shape), upper.reshape(x.shape)
+    if np.isnan(lower).any() or np.isnan(upper).any():
+        raise ValueError("bounds hold NaN")
+    crossed = np.flatnonzero(lower > upper)
+    if crossed.size:
+        i = int(crossed[0])
+        raise ValueError(f"bounds of element {i} are crossed: min {lower.flat[i]} > "
+                         f"max {upper.flat[i]}")
+    if np.all(np.isinf(lower)) and np.all(np.isinf(upper)):
+        return None
+    return lower.astype(x.dtype), upper.astype(x.dtype)
+
+
+def _real(name, value):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be a real number or None, got {value!r}")
+    return float(value)
+
+
+def _bound_array(bound, unbounded, x, name):
+    array = np.asarray(unbounded if bound is None else bound, dtype=np.float64)
+    if array.size == x.size and array.shape != x.shape:
+        array = array.reshape(x.shape)
+    try:
+        return np.broadcast_to(array, x.shape)
+    except ValueError:
+        raise ValueError(f"{name} has shape {array.shape}, which does not fit x0's "
+                         f"shape {x.shape}") from None
+
+
+def projected_gradient(x, g, box):
+    """L-BFGS-B's projected gradient (its ``projgr``), ``g`` itself without bounds.
+
+    A component whose descent direction ``-g_i`` leads out of the box counts
+    only up to its distance to that bound: where ``g_i < 0`` (descent raises
+    ``x_i``), ``pg_i = max(x_i - upper_i, g_i)``; elsewhere
+    ``pg_i = min(x_i - lower_i, g_i)``. A component at its bound with the
+    gradient pointing out of the box is therefore zero; an infinite bound
+    leaves ``g_i`` exactly as it is.
+    """
+    if box is None:
+        return g
+    lower, upper = box
+    # x lies in the box, so x - upper <= 0 <= x - lower, and clamping g between
+    # them is both branches at once: the same subtractions, the same bits
+    return np.minimum(np.maximum(g, x - upper), x - lower)
+
+
+class ValueTrend:
+    """The ``ftol`` test of :func:`numadam.minimize`.
+
+    Keeps prefix sums of the values ``f_k`` and of ``c_k``, the cosine between
+    the (projected) gradients of evaluations ``k`` and ``k - 1`` (``c_0 = 0``),
+    so that a mean over any window costs two look-ups. With ``n`` values and
+    the window ``W = max(patience, n // 4)``, once ``n >= 3 W``, the means
+    ``C, A, B`` of ``f`` over the three consecutive windows of ``W`` values
+    that end with the latest one (``B`` the last) give::
+
+        stalled  <=>  C - A <= ftol * max(|C|, |A|)
+                 and  A - B <= ftol * max(|A|, |B|)
+                 and  mean(c over the last W) <= AGREEMENT
+
+    The window grows with the run: late in a long run a slow but steady
+    descent still shows, and noise in ``f`` shrinks like ``1 / sqrt(W)``.
+    Two stalled pairs in a row let an overshoot (the value rising for a
+    while, then falling further) fail one of them. Agreeing gradients mean
+    a consistent descent (a plateau near a saddle, a smooth approach), which
+    ``gtol`` judges, not the value.
+    """
+
+    def __init__(self, ftol, patience):
+        self.ftol = ftol
+        self.patience = patience
+        # array('d'): 8 bytes a value, and indexing gives Python floats,
+        # whose arithmetic costs a fraction of NumPy scalars'
+        self.sums = array("d", [0.0])         # sums[n] = f_0 + ... + f_{n-1}
+        self.agreement = array("d", [0.0])    # the same for c_k
+        self.total = 0.0
+        self.carry = 0.0
+        self.direction = None
+        self.length = 0.0
+
+    def add(self, f, pg, size):
+        """Record the next value and projected gradient ``pg``, whose max-norm
+        ``size`` is positive; return ``(stalled, W, decrease, agreement)``:
+        ``decrease`` the larger of the two relative decreases tested,
+        ``agreement`` the mean cosine over the last window."""
+        # Neumaier's compensated sum: every stored prefix sum is within one
+        # rounding of the exact one, so a window's mean is good to a few ulps
+        # of |f| however long the run (a plain running sum drifts by ~n ulps).
+        total = self.total + f
+        if abs(self.total) >= abs(f):
+            self.carry += (self.total - total) + f
+        else:
+            self.carry += (f - total) + self.total
+        self.total = total
+        self.sums.append(total + self.carry)
+        # scaled by max|pg| first, so that huge or tiny gradients neither
+        # overflow nor underflow the dot products (float64 even for float32)
+        direction = pg / np.float64(size)
+        length = math.sqrt(float(np.dot(direction, direction)))
+        cosine = 0.0 if self.direction is None else \
+            float(np.dot(direction, self.direction)) / (length * self.length)
+        self.direction, self.length = direction, length
+        self.agreement.append(self.agreement[-1] + cosine)
+        n = len(self.sums) - 1
+        window = max(self.patience, n // 4)
+        if n < 3 * window:
+            return False, window, math.nan, math.nan
+        s = self.sums
+        oldest, before, last = ((s[n - k * window] - s[n - (k + 1) * window]) / window
+                                for k in (2, 1, 0))
+        decrease = max(_relative_decrease(oldest, before), _relative_decrease(before, last))
+        agreement = (self.agreement[n] - self.agreement[n - window]) / window
+        return (decrease <= self.ftol and agreement <= AGREEMENT), window, decrease, agreement
+
+
+def _relative_decrease(earlier, later):
+    """``(earlier - later) / max(|earlier|, |later|)``; 0 when both are 0."""
+    scale = max(abs(earlier), abs(later))
+    return (earlier - later) / scale if scale else 0.0
 
 
 class OptimizeResult(dict):
@@ -47,8 +203,9 @@ def make_result(**fields):
 class Progress:
     """``disp``: a tqdm bar when tqdm is installed, else a line a second."""
 
-    def __init__(self, total, enabled):
+    def __init__(self, maxiter, enabled):
         self.enabled = enabled
+        total = None if maxiter == math.inf else math.ceil(maxiter)
         self.bar = None
         self.last = time.monotonic()
         if enabled:
