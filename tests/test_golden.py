@@ -139,3 +139,10 @@ def test_case_files_cover_what_they_claim():
         # AMSGrad's maximum holds NaNs where torch's NaN-propagating maximum put them.
         assert np.isnan(expected["max_exp_avg_sq"][ams]).any()
         assert str(expected["torch_version"]).startswith("2.13.0")
+
+
+def test_adamw_decay_factor_rounds_once_as_torch():
+    """torch 2.13 gives -5.551115123125783e-17 here: 1 - 0.1*10 in one FMA."""
+    param = np.ones(16)
+    numadam.AdamW([param], lr=0.1, weight_decay=10.0).step([np.zeros(16)])
+    assert param[0] == -5.551115123125783e-17
