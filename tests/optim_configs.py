@@ -68,7 +68,7 @@ def gradient(config_index, step, param_index, shape, dtype):
     n = int(np.prod(shape))
     seed = (config_index * 1000 + step) * 16 + param_index
     u = _uniform(2 * seed, n)
-    # Exponents -7..6: magnitudes from 2**-8 to 2**6.
+    # Scales 2**-7 to 2**6, about four decades, times a uniform in (-1, 1).
     exponent = np.floor(14.0 * _uniform(2 * seed + 1, n)).astype(np.int64) - 7
     return np.ldexp(2.0 * u - 1.0, exponent).reshape(shape).astype(dtype)
 
