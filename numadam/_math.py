@@ -7,7 +7,7 @@ on the CPU bit for bit (see ``DESIGN.md`` and ``tests/test_golden.py``):
 .. code-block:: text
 
     g     = grad * (-1 if maximize else 1)   # as torch: a NaN keeps its sign
-    p     = p * (1 - lr*wd)                  # AdamW, wd != 0
+    p     = p * fma(-lr, wd, 1)              # AdamW, wd != 0
     g     = fma(p, wd, g)                    # Adam (L2), wd != 0
     m     = fma(w, g - m, m)                 # lerp(m, g, w), w = 1 - beta1 < 0.5
     m     = fma(w - 1, g - m, g)             # lerp(m, g, w), w >= 0.5
@@ -84,7 +84,8 @@ def scalars_into(out, step, lr, beta1, beta2, eps, weight_decay):
 
     The bias corrections use float64 and libm's ``pow``, exactly as torch's
     fused kernel does (``1 - std::pow(beta1, step)``), and are rounded to the
-    parameter dtype only at the end.
+    parameter dtype only at the end. Each scalar is rounded as torch's compiled
+    kernel rounds it, fused multiply-adds included.
     """
     t = float(step)
     bias_correction1 = 1.0 - math.pow(beta1, t)
@@ -99,7 +100,11 @@ def scalars_into(out, step, lr, beta1, beta2, eps, weight_decay):
     out[W1M1] = out[W1] - 1.0
     out[C2] = 1.0 - beta2
     out[BETA2] = beta2
-    out[DECAY] = 1.0 - lr * weight_decay
+    # GCC contracts torch's host-side ``1 - lr * weight_decay`` into one FMA
+    # (its only product feeding an add or subtraction; the other scalars are
+    # sums, quotients, pow and sqrt): a separately rounded product differs in
+    # the last bit of float64 for some pairs, e.g. lr=0.1, weight_decay=10.
+    out[DECAY] = fma(-float(lr), float(weight_decay), 1.0)
     out[ONE] = 1.0
 
 

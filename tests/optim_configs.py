@@ -3,7 +3,9 @@
 Shared by ``tests/golden/make_golden.py`` (which runs them through torch) and
 the tests (which run them through numadam and the NumPy reference), so the
 two sides cannot drift apart. Gradients come from :func:`gradient`, a
-counter-based generator (splitmix64) whose stream no library upgrade changes.
+counter-based generator (splitmix64) whose stream no library upgrade changes;
+the golden files also carry every gradient torch saw, and the tests step with
+those (see ``helpers.step_grads``).
 """
 
 import numpy as np
@@ -56,12 +58,19 @@ def _uniform(seed, n):
 
 
 def gradient(config_index, step, param_index, shape, dtype):
-    """A fresh gradient: signed, with magnitudes spread over four decades."""
+    """A fresh gradient: signed, with magnitudes spread over four decades.
+
+    Only exact operations and correctly rounded conversions, so that every
+    NumPy version gives the same bits (``10.0 ** x`` does not: its last bit
+    differs between NumPy 1.24 and 2.x). The golden files carry the gradients
+    anyway; this keeps regenerating them reproducible.
+    """
     n = int(np.prod(shape))
     seed = (config_index * 1000 + step) * 16 + param_index
     u = _uniform(2 * seed, n)
-    scale = 10.0 ** (4.0 * _uniform(2 * seed + 1, n) - 2.0)
-    return ((2.0 * u - 1.0) * scale).reshape(shape).astype(dtype)
+    # Scales 2**-7 to 2**6, about four decades, times a uniform in (-1, 1).
+    exponent = np.floor(14.0 * _uniform(2 * seed + 1, n)).astype(np.int64) - 7
+    return np.ldexp(2.0 * u - 1.0, exponent).reshape(shape).astype(dtype)
 
 
 def initial_params(config_index, dtype):
