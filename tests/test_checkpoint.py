@@ -432,3 +432,87 @@ def test_a_temporary_removed_before_its_writer_locks_it_is_made_again(tmp_path, 
     assert len(raced[0]) == 1
     assert os.listdir(tmp_path) == ["c.npz"]
     assert numadam.load(tmp_path / "c.npz")["state"][0]["step"] == 3
+
+
+def test_saving_through_a_symbolic_link_replaces_the_file_it_leads_to(tmp_path):
+    """As ``open(path, "wb")`` (and ``np.savez``, ``torch.save``) would: the
+    link stays a link, and the file it names gets the new checkpoint."""
+    opt, _ = _trained()
+    (tmp_path / "runs").mkdir()
+    real = tmp_path / "runs" / "step3.npz"
+    numadam.save({"state": {}, "param_groups": opt.state_dict()["param_groups"]}, real)
+    os.chmod(real, 0o640)
+    link = tmp_path / "latest.npz"
+    os.symlink(os.path.join("runs", "step3.npz"), link)
+    opt.save(link)
+    assert os.path.islink(link) and os.readlink(link) == os.path.join("runs", "step3.npz")
+    assert numadam.load(real)["state"][0]["step"] == 3
+    assert stat.S_IMODE(os.stat(real).st_mode) == 0o640
+    assert sorted(os.listdir(tmp_path)) == ["latest.npz", "runs"]
+    assert os.listdir(tmp_path / "runs") == ["step3.npz"]
+
+
+def test_saving_through_a_dangling_link_creates_its_target(tmp_path):
+    opt, _ = _trained()
+    os.symlink("new.npz", tmp_path / "latest.npz")
+    opt.save(tmp_path / "latest.npz")
+    assert os.path.islink(tmp_path / "latest.npz")
+    assert numadam.load(tmp_path / "new.npz")["state"][0]["step"] == 3
+
+
+def test_saving_into_a_symlink_loop_names_it_and_writes_nothing(tmp_path):
+    opt, _ = _trained()
+    os.symlink(tmp_path / "a", tmp_path / "b")
+    os.symlink(tmp_path / "b", tmp_path / "a")
+    with pytest.raises(OSError) as info:
+        opt.save(tmp_path / "a")
+    assert info.value.errno == errno.ELOOP and info.value.filename == str(tmp_path / "a")
+    assert all(os.path.islink(tmp_path / n) for n in "ab")
+    assert sorted(os.listdir(tmp_path)) == ["a", "b"]
+
+
+@pytest.mark.parametrize("name", ["sub", "sub/", "new/"])
+def test_saving_to_a_directory_is_refused_before_writing(tmp_path, name):
+    """Not after writing the whole archive, and not with an error that names
+    the temporary (or a temporary in the parent directory, for ``dir/``)."""
+    opt, _ = _trained()
+    (tmp_path / "sub").mkdir()
+    target = os.path.join(str(tmp_path), name)       # pathlib would drop the "/"
+    before = sorted(os.listdir(tmp_path)), sorted(os.listdir(tmp_path.parent))
+    with pytest.raises(IsADirectoryError) as info:
+        opt.save(target)
+    assert info.value.filename == target and ".tmp" not in str(info.value)
+    assert (sorted(os.listdir(tmp_path)), sorted(os.listdir(tmp_path.parent))) == before
+    assert os.listdir(tmp_path / "sub") == []
+
+
+def test_a_failed_write_names_the_target_not_the_temporary(tmp_path, monkeypatch):
+    opt, _ = _trained()
+    target = tmp_path / "c.npz"
+
+    def full_disk(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full_disk)
+    with pytest.raises(OSError) as info:
+        opt.save(target)
+    assert info.value.errno == errno.ENOSPC and info.value.filename == str(target)
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_fifo_named_like_a_temporary_does_not_block_the_save(tmp_path):
+    """Opening a FIFO for reading waits for a writer: the cleaner must neither
+    wait nor remove anything that is not a regular file."""
+    import threading
+    from numadam import _checkpoint_file
+    opt, _ = _trained()
+    fifo = tmp_path / (_checkpoint_file._prefix("c.npz") + "0123abcd.tmp")
+    os.mkfifo(fifo)
+    saver = threading.Thread(target=opt.save, args=(tmp_path / "c.npz",), daemon=True)
+    saver.start()
+    saver.join(timeout=30)
+    if saver.is_alive():                  # unblock the cleaner's open before failing
+        os.close(os.open(fifo, os.O_WRONLY))
+        saver.join()
+    assert not saver.is_alive() and stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    assert numadam.load(tmp_path / "c.npz")["state"][0]["step"] == 3
