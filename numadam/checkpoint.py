@@ -4,7 +4,8 @@ A checkpoint is a ``.npz`` (zip) archive of stored (uncompressed) members.
 The member ``__numadam__`` holds a JSON header (format name, version,
 hyperparameters, step counts, the list of arrays); the state arrays are plain
 ``.npy`` members. The reader trusts nothing in the file: every member's size
-is checked against the file's, its ``.npy`` header must be exactly what
+is checked against the file's (and all of them together: members may not
+overlap), its ``.npy`` header must be exactly what
 :func:`numpy.lib.format.write_array` writes for a float array (parsed by a
 regular expression, never evaluated), the array it announces must fill the
 member to the byte, and the member's zip CRC is verified before the array is
@@ -253,6 +254,12 @@ def _read(file, path):
             raise _not_a_checkpoint(archive, path)
         if len(set(names)) != len(names):
             raise CheckpointError(f"{path} holds a member twice")
+        # Stored members that do not overlap fit in the file together. Nested
+        # ones (a member's data holding the next member) would each pass alone
+        # and make a load take many times the file's size in memory.
+        if sum(info.file_size for info in infos) > size:
+            raise CheckpointError(f"{path} has overlapping members (they hold more bytes "
+                                  "than the file)")
         by_name = {info.filename: info for info in infos}
         text = _member_array(archive, by_name[f"{_HEADER}.npy"], size, "U", path)
         if text.shape != ():
