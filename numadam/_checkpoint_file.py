@@ -117,8 +117,8 @@ def write_atomically(path, write):
     """Replace ``path`` by a file that ``write(binary_file)`` fills.
 
     A symbolic link is followed: the file it leads to is replaced and the link
-    kept. The new file gets the replaced file's mode if it exists, else the
-    umask's default. On any exception the temporary is removed and the file is
+    kept. A file that exists must be writable (``PermissionError`` otherwise,
+    as ``open`` gives); the new file gets its mode, else the umask's default. On any exception the temporary is removed and the file is
     untouched. Errors of the file system name ``path``, not the temporary.
     """
     target = _target(path)
@@ -128,6 +128,10 @@ def write_atomically(path, write):
         mode = stat.S_IMODE(os.stat(target).st_mode)
     except OSError:
         mode = None
+    # The rename needs only the directory's permission; open(path, "wb") would
+    # refuse a file its user may not write, and so does a save.
+    if mode is not None and not os.access(target, os.W_OK):
+        raise PermissionError(errno.EACCES, "the checkpoint file is write-protected", path)
     remove_stale(directory, prefix)
     try:
         fd, tmp = _create(directory, prefix, mode)

@@ -516,3 +516,36 @@ def test_a_fifo_named_like_a_temporary_does_not_block_the_save(tmp_path):
         saver.join()
     assert not saver.is_alive() and stat.S_ISFIFO(os.lstat(fifo).st_mode)
     assert numadam.load(tmp_path / "c.npz")["state"][0]["step"] == 3
+
+
+def test_a_write_protected_checkpoint_is_not_replaced(tmp_path):
+    """``open(path, "wb")`` (``np.savez``, ``torch.save``) refuses a file its
+    user may not write; the rename must not slip past that. As root,
+    permission bits do not apply: the save runs in a child that gives up root
+    after importing numadam."""
+    opt, _ = _trained()
+    directory = tempfile.mkdtemp()
+    try:
+        os.chmod(directory, 0o777)
+        path = os.path.join(directory, "c.npz")
+        numadam.save({"state": {}, "param_groups": opt.state_dict()["param_groups"]}, path)
+        os.chmod(path, 0o444)
+        script = textwrap.dedent(f"""
+            import os, numadam
+            sd = numadam.load({path!r})
+            if os.geteuid() == 0:
+                os.setgid(65534)
+                os.setuid(65534)
+            try:
+                numadam.save(sd, {path!r})
+            except Exception as error:
+                print(type(error).__name__, error.filename)
+        """)
+        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                             timeout=120)
+        mode, owner = stat.S_IMODE(os.stat(path).st_mode), os.stat(path).st_uid
+        names = os.listdir(directory)
+    finally:
+        shutil.rmtree(directory)
+    assert out.stdout == f"PermissionError {path}\n", (out.stdout, out.stderr[-2000:])
+    assert (mode, owner, names) == (0o444, os.geteuid(), ["c.npz"])
