@@ -87,9 +87,15 @@ def _state_array(value, where):
 def _header_and_arrays(state_dict):
     if not isinstance(state_dict, Mapping) or not {"state", "param_groups"} <= state_dict.keys():
         raise ValueError("save() takes a state dict (opt.state_dict())")
-    groups = [{key: _json_value(value, f"param_groups[{gi}][{key!r}]")
-               for key, value in group.items()}
-              for gi, group in enumerate(state_dict["param_groups"])]
+    groups = []
+    for gi, group in enumerate(state_dict["param_groups"]):
+        if not isinstance(group, Mapping):
+            raise TypeError(f"param_groups[{gi}] must be a dict, got {group!r}")
+        if not all(isinstance(key, str) for key in group):
+            raise TypeError(f"param_groups[{gi}] has keys {list(group)}; a checkpoint "
+                            "stores groups whose keys are strings")
+        groups.append({key: _json_value(value, f"param_groups[{gi}][{key!r}]")
+                       for key, value in group.items()})
     steps, members, arrays = {}, {}, {}
     for pid, entry in state_dict["state"].items():
         if isinstance(pid, (bool, np.bool_)) or not isinstance(pid, numbers.Integral):
@@ -129,14 +135,22 @@ def save(state_dict, path):
     Raises
     ------
     TypeError, ValueError
-        ``state_dict`` holds something a checkpoint cannot store; nothing is
-        written.
+        ``state_dict`` holds something a checkpoint cannot store, or that
+        :func:`load` would refuse (group parameter ids that are not integers
+        or do not cover the states once each); nothing is written.
     OSError
         The file cannot be written (naming ``path``); the previous checkpoint
         stays in place.
     """
     header, arrays = _header_and_arrays(state_dict)
-    members = {_HEADER: np.array(json.dumps(header)), **arrays}
+    text = json.dumps(header)
+    try:
+        # What load would refuse (parameter ids that are not integers, or do
+        # not cover the states once each) must not be written.
+        _checked_header(json.loads(text), "the state dict")
+    except CheckpointError as error:
+        raise ValueError(str(error)) from None
+    members = {_HEADER: np.array(text), **arrays}
     _checkpoint_file.write_atomically(os.fsdecode(os.fspath(path)),
                                       lambda f: np.savez(f, **members))
 

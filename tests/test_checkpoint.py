@@ -309,6 +309,17 @@ def test_big_endian_arrays_load_in_native_order(tmp_path):
     (lambda sd: sd.update(state={True: sd["state"][0]}), TypeError, "integers"),
     (lambda sd: sd["state"].update({"2": sd["state"][0]}), TypeError, "integers"),
     (lambda sd: sd["param_groups"][0].update(note=[[1, 2]]), TypeError, "note"),
+    # what load would refuse is never written: the header is checked as read
+    (lambda sd: sd["param_groups"][0].update(params=[0.0]), ValueError, "not integers"),
+    (lambda sd: sd["param_groups"][0].update(params=["0"]), ValueError, "not integers"),
+    (lambda sd: sd["param_groups"][0].update(params=[True]), ValueError, "not integers"),
+    (lambda sd: sd["param_groups"][0].pop("params"), ValueError, "not integers"),
+    (lambda sd: sd["param_groups"][1].update(params=[0]), ValueError, "once each"),
+    (lambda sd: sd["state"].update({5: sd["state"].pop(0)}), ValueError, "once each"),
+    (lambda sd: (sd["param_groups"][0].update(params=[2 ** 70]),
+                 sd["state"].update({2 ** 70: sd["state"].pop(0)})), ValueError, "integer"),
+    (lambda sd: sd["param_groups"].__setitem__(0, [0]), TypeError, "param_groups\\[0\\]"),
+    (lambda sd: sd["param_groups"][0].update({3: "x"}), TypeError, "strings"),
 ])
 def test_what_a_checkpoint_cannot_hold_fails_before_writing(tmp_path, edit, error, match):
     opt, _ = _trained()
