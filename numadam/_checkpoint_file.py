@@ -118,8 +118,9 @@ def write_atomically(path, write):
 
     A symbolic link is followed: the file it leads to is replaced and the link
     kept. A file that exists must be writable (``PermissionError`` otherwise,
-    as ``open`` gives); the new file gets its mode, else the umask's default. On any exception the temporary is removed and the file is
-    untouched. Errors of the file system name ``path``, not the temporary.
+    as ``open`` gives); the new file gets its mode, else the umask's default.
+    On any exception the temporary is removed and the file is untouched.
+    Errors of the file system name ``path``, not the temporary.
     """
     target = _target(path)
     directory, name = os.path.split(target)

@@ -12,10 +12,12 @@ member to the byte, and the member's zip CRC is verified before the array is
 returned. Every malformed file raises :class:`CheckpointError`.
 """
 
+import errno
 import json
 import numbers
 import os
 import re
+import stat
 import struct
 import zipfile
 from collections.abc import Mapping
@@ -320,15 +322,24 @@ def load(path):
     CheckpointError
         The file is truncated or corrupted (bad zip structure, size or CRC, a
         malformed header), is not a numadam checkpoint (a pickle, a torch
-        file: the message says how to convert one), or has another format
-        version.
+        file: the message says how to convert one), has another format
+        version, or is not a regular file (a FIFO or a device, which is
+        neither waited for nor read).
     """
     path = os.fspath(path)
     try:
-        file = open(path, "rb")
+        # O_NONBLOCK: opening a FIFO would wait for a writer
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
     except FileNotFoundError:
         raise FileNotFoundError(f"no checkpoint at {os.fsdecode(path)}") from None
-    with file:
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
+        raise CheckpointError(f"{os.fsdecode(path)} is not a regular file (a pipe or a "
+                              "device); a checkpoint is read from a file")
+    with open(fd, "rb") as file:
         try:
             return _read(file, os.fsdecode(path))
         except CheckpointError:

@@ -560,3 +560,27 @@ def test_a_write_protected_checkpoint_is_not_replaced(tmp_path):
         shutil.rmtree(directory)
     assert out.stdout == f"PermissionError {path}\n", (out.stdout, out.stderr[-2000:])
     assert (mode, owner, names) == (0o444, os.geteuid(), ["c.npz"])
+
+
+def test_loading_a_fifo_neither_waits_nor_reads_it(tmp_path):
+    """A FIFO (or a pipe such as a shell's ``<(...)``) is not a checkpoint:
+    opening one waits for a writer, and a zip archive needs to seek."""
+    import threading
+    fifo = tmp_path / "c.npz"
+    os.mkfifo(fifo)
+    outcome = []
+
+    def load():
+        try:
+            numadam.load(fifo)
+        except Exception as error:
+            outcome.append(error)
+
+    loader = threading.Thread(target=load, daemon=True)
+    loader.start()
+    loader.join(timeout=30)
+    if loader.is_alive():                 # unblock the open before failing
+        os.close(os.open(fifo, os.O_WRONLY))
+        loader.join()
+        pytest.fail("load waited for a writer")
+    assert isinstance(outcome[0], CheckpointError) and "not a regular file" in str(outcome[0])
