@@ -332,3 +332,44 @@ def test_overlapping_members_cannot_multiply_the_memory_a_load_takes(tmp_path):
     assert os.path.getsize(path) < 100_000             # announcing 2.6 MB
     with pytest.raises(CheckpointError, match="overlap"):
         numadam.load(path)
+
+
+_SHAPES = st.sampled_from([(), (1,), (3,), (2, 3), (0,), (4, 1, 2)])
+
+
+@settings(max_examples=30, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(groups=st.lists(st.tuples(
+    st.lists(st.tuples(_SHAPES, st.sampled_from([np.float32, np.float64])), min_size=1,
+             max_size=4),
+    st.booleans(), st.booleans(), st.sampled_from([0.0, 0.1])), min_size=1, max_size=3),
+       adamw=st.booleans(), steps=st.integers(0, 3), seed=st.integers(0, 2 ** 16))
+def test_any_optimizer_resumes_exactly_from_its_checkpoint(tmp_path, groups, adamw, steps,
+                                                            seed):
+    """Mixed dtypes and shapes (0-d, empty), AMSGrad, maximize, decay, and
+    parameters that some steps give no gradient (so some have no state)."""
+    rng = np.random.default_rng(seed)
+    specs = [spec for params, *_ in groups for spec in params]
+    start = [rng.standard_normal(shape).astype(dtype) for shape, dtype in specs]
+
+    def build(values):
+        params = [v.copy() for v in values]
+        it = iter(params)
+        cls = numadam.AdamW if adamw else numadam.Adam
+        opt = cls([{"params": [next(it) for _ in spec], "amsgrad": ams, "maximize": up,
+                    "weight_decay": wd} for spec, ams, up, wd in groups], lr=0.05)
+        return opt, params
+
+    grads = [[None if rng.random() < 0.3 else rng.standard_normal(shape).astype(dtype)
+              for shape, dtype in specs] for _ in range(steps + 2)]
+    opt, params = build(start)
+    for g in grads[:steps]:
+        opt.step(g)
+    opt.save(tmp_path / "c.npz")
+    resumed, copies = build([p.copy() for p in params])
+    resumed.load_state_dict(numadam.load(tmp_path / "c.npz"))
+    for g in grads[steps:]:
+        opt.step(g)
+        resumed.step(g)
+    for a, b in zip(params, copies):
+        assert a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
