@@ -58,7 +58,10 @@ def minimize(fun, x0, args=(), *, jac=None, method="adam", bounds=None, tol=None
         One pair per element of ``x0`` (in C order; ``None`` for no bound),
         or an object with ``lb`` and ``ub`` that broadcast to ``x0``. ``x0``
         is clipped into the box before ``fun`` first sees it, and so is every
-        iterate; ``gtol`` applies to the projected gradient (see Notes).
+        iterate; ``gtol`` applies to the projected gradient (see Notes). For
+        float32 ``x0`` each bound is rounded to float32 inwards, so that no
+        iterate leaves the box as given (``ValueError`` if a pair holds no
+        float32 number).
     tol : float, optional
         Sets both ``gtol`` and ``ftol`` (each only where ``options`` does not
         give it), as ``tol`` does for scipy's L-BFGS-B.

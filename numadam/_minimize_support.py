@@ -53,7 +53,22 @@ def make_box(bounds, x):
                          f"max {upper.flat[i]}")
     if np.all(np.isinf(lower)) and np.all(np.isinf(upper)):
         return None
-    return lower.astype(x.dtype), upper.astype(x.dtype)
+    low, high = _inwards(lower, x.dtype, np.inf), _inwards(upper, x.dtype, -np.inf)
+    empty = np.flatnonzero(low > high)
+    if empty.size:
+        i = int(empty[0])
+        raise ValueError(f"bounds of element {i}, [{lower.flat[i]}, {upper.flat[i]}], hold no "
+                         f"{x.dtype} number (x0 is {x.dtype})")
+    return low, high
+
+
+def _inwards(bound, dtype, direction):
+    """``bound`` in ``dtype``, rounded towards ``direction`` (into the box)
+    where rounding to nearest would move it out: float32(0.1) > 0.1."""
+    with np.errstate(over="ignore"):      # beyond float32's range: inf, then its max
+        rounded = bound.astype(dtype)
+    outside = rounded < bound if direction > 0 else rounded > bound
+    return np.where(outside, np.nextafter(rounded, dtype.type(direction)), rounded)
 
 
 def _real(name, value):

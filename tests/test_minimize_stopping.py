@@ -419,3 +419,25 @@ def test_the_progress_bar_counts_to_the_step_limit(monkeypatch, maxiter, total):
     numadam.minimize(rosenbrock, np.zeros(2), jac=True,
                      options=dict(maxiter=maxiter, disp=True, gtol=1e-2, lr=0.05))
     assert bars[0].total == total
+
+
+def test_float32_iterates_never_leave_the_box():
+    """float32(0.1) is 0.10000000149: rounding a bound to nearest can put the
+    clipped point outside the box ``fun`` was promised (a log barrier there
+    would give NaN). Bounds round inwards."""
+    seen = []
+
+    def fun(x):
+        seen.append(x.copy())
+        return float(np.sum((x - 1) ** 2)), 2 * (x - 1)
+
+    lower, upper = [-0.1, -0.3, 1e-40], [0.1, 0.7, 0.3]
+    res = numadam.minimize(fun, np.array([0.05, 2.0, -1.0], np.float32), jac=True,
+                           bounds=list(zip(lower, upper)), options=dict(lr=0.1, maxiter=30))
+    assert res.x.dtype == np.float32
+    for x in seen:
+        assert np.all(x.astype(np.float64) <= upper) and np.all(x.astype(np.float64) >= lower), x
+    assert res.x[0] == np.nextafter(np.float32(0.1), np.float32(0))
+    with pytest.raises(ValueError, match="hold no float32 number"):
+        numadam.minimize(fun, np.zeros(1, np.float32), jac=True, bounds=[(0.1, 0.1)])
+    assert numadam.minimize(fun, np.zeros(1), jac=True, bounds=[(0.1, 0.1)]).x[0] == 0.1
