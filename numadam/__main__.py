@@ -5,6 +5,7 @@
 ``python -m numadam compile``
     Compile every CPU kernel signature into Numba's on-disk cache now (for
     images and CI: the first step of later processes then skips compilation).
+    Exits with status 1, compiling nothing, where no cache can be written.
 """
 
 import argparse
@@ -21,6 +22,12 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.command == "bench":
         return _bench.main(args)
+    from ._jitcache import CACHE
+    if not CACHE:
+        print("python -m numadam compile: nothing was compiled: Numba finds no writable "
+              "cache directory, so compiled kernels cannot be kept; set NUMBA_CACHE_DIR to a "
+              "writable directory (and keep it set when numadam runs)", file=sys.stderr)
+        return 1
     from ._cpu import compile_kernels
     for name, seconds in compile_kernels():
         print(f"{name}: {seconds:.2f} s")

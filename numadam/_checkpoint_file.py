@@ -18,6 +18,7 @@ system refuses the lock, nothing is cleaned and nothing live is at risk.
 Without ``fcntl`` (Windows), leftovers are not cleaned.
 """
 
+import errno
 import hashlib
 import os
 import re
@@ -56,13 +57,17 @@ def remove_stale(directory, prefix):
     for name in names:
         full = os.path.join(directory, name)
         try:
-            fd = os.open(full, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+            # O_NONBLOCK: opening a FIFO for reading would wait for a writer
+            fd = os.open(full, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)
+                         | getattr(os, "O_NOFOLLOW", 0))
         except OSError:
             continue
         try:
-            # The lock must be ours, and the name must still be this inode
-            # (a finished writer renames its temporary away).
-            if _lock(fd, wait=False) and _names(full, fd):
+            # Only a regular file can be a temporary. The lock must be ours,
+            # and the name must still be this inode (a finished writer renames
+            # its temporary away).
+            if stat.S_ISREG(os.fstat(fd).st_mode) and _lock(fd, wait=False) \
+                    and _names(full, fd):
                 os.unlink(full)
         except OSError:
             pass
@@ -95,19 +100,39 @@ def _create(directory, prefix, mode):
         return fd, tmp
 
 
+def _target(path):
+    """The file that saving to ``path`` replaces: ``path`` itself, or the file
+    its symbolic links lead to (as ``open(path, "wb")`` writes there). Renaming
+    over the link would turn it into a plain file and leave its target stale."""
+    if path.endswith(tuple(filter(None, (os.sep, os.altsep)))) or os.path.isdir(path):
+        raise IsADirectoryError(errno.EISDIR, "a checkpoint is a file; this names a "
+                                              "directory", path)
+    target = os.path.realpath(path)
+    if os.path.islink(target):       # realpath leaves a loop of links unresolved
+        raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), path)
+    return target
+
+
 def write_atomically(path, write):
     """Replace ``path`` by a file that ``write(binary_file)`` fills.
 
-    The new file gets ``path``'s mode if it exists, else the umask's default.
-    On any exception the temporary is removed and ``path`` is untouched.
-    Errors about the directory name ``path``, not the temporary.
+    A symbolic link is followed: the file it leads to is replaced and the link
+    kept. A file that exists must be writable (``PermissionError`` otherwise,
+    as ``open`` gives); the new file gets its mode, else the umask's default.
+    On any exception the temporary is removed and the file is untouched.
+    Errors of the file system name ``path``, not the temporary.
     """
-    directory = os.path.dirname(os.path.abspath(path))
-    prefix = _prefix(os.path.basename(path))
+    target = _target(path)
+    directory, name = os.path.split(target)
+    prefix = _prefix(name)
     try:
-        mode = stat.S_IMODE(os.stat(path).st_mode)
+        mode = stat.S_IMODE(os.stat(target).st_mode)
     except OSError:
         mode = None
+    # The rename needs only the directory's permission; open(path, "wb") would
+    # refuse a file its user may not write, and so does a save.
+    if mode is not None and not os.access(target, os.W_OK):
+        raise PermissionError(errno.EACCES, "the checkpoint file is write-protected", path)
     remove_stale(directory, prefix)
     try:
         fd, tmp = _create(directory, prefix, mode)
@@ -126,14 +151,17 @@ def write_atomically(path, write):
         if fcntl is None:
             os.close(fd)                 # Windows renames only closed files
             fd = None
-        os.replace(tmp, path)
-    except BaseException:
+        os.replace(tmp, target)
+    except BaseException as error:
         if fd is not None:
             os.close(fd)
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if isinstance(error, OSError) and error.errno is not None:
+            raise OSError(error.errno, f"cannot write the checkpoint: {error.strerror}",
+                          path) from error
         raise
     if fd is not None:
         os.close(fd)                     # the lock is held until the rename is done

@@ -58,7 +58,10 @@ def minimize(fun, x0, args=(), *, jac=None, method="adam", bounds=None, tol=None
         One pair per element of ``x0`` (in C order; ``None`` for no bound),
         or an object with ``lb`` and ``ub`` that broadcast to ``x0``. ``x0``
         is clipped into the box before ``fun`` first sees it, and so is every
-        iterate; ``gtol`` applies to the projected gradient (see Notes).
+        iterate; ``gtol`` applies to the projected gradient (see Notes). For
+        float32 ``x0`` each bound is rounded to float32 inwards, so that no
+        iterate leaves the box as given (``ValueError`` if a pair holds no
+        float32 number).
     tol : float, optional
         Sets both ``gtol`` and ``ftol`` (each only where ``options`` does not
         give it), as ``tol`` does for scipy's L-BFGS-B.
@@ -109,25 +112,31 @@ def minimize(fun, x0, args=(), *, jac=None, method="adam", bounds=None, tol=None
       ``min(x_i - lower_i, g_i)``), so one at its bound with the gradient
       pointing outwards counts as zero;
     * ``status 0`` (success) when ``ftol`` is set and the value has stopped
-      decreasing while the gradient no longer points one way. With
-      ``f_0, ..., f_{n-1}`` the ``n`` values so far (``f_0`` at ``x0``), the
-      window ``W = max(patience, n // 4)`` and ``c_k`` the cosine between the
-      projected gradients of evaluations ``k`` and ``k - 1``: once
-      ``n >= 3 W``, the means ``C, A, B`` of ``f`` over the three consecutive
-      windows of ``W`` values ending with the latest (``B`` the last) satisfy
-      ``C - A <= ftol * max(|C|, |A|)`` and ``A - B <= ftol * max(|A|, |B|)``,
-      and the mean of ``c_k`` over the last window is at most 0.5.
-      The window grows with the run, so noise in ``f`` (minibatches) averages
-      out; two stalled pairs in a row, over windows of at least twice the
+      changing, beyond its noise, while the gradient no longer points one
+      way. With ``f_0, ..., f_{n-1}`` the ``n`` values so far (``f_0`` at
+      ``x0``), the window ``W = max(patience, n // 4)`` and ``c_k`` the
+      cosine between the projected gradients of evaluations ``k`` and
+      ``k - 1``: once ``n >= 3 W``, the means ``C, A, B`` of ``f`` over the
+      three consecutive windows of ``W`` values ending with the latest (``B``
+      the last) satisfy ``|C - A| + E <= ftol * max(|C|, |A|)`` and
+      ``|A - B| + E <= ftol * max(|A|, |B|)``, and the mean of ``c_k`` over
+      the last window is at most 0.5. ``E = 2 sigma sqrt(2 / W)`` is two
+      standard errors of the difference of two window means, ``sigma^2`` half
+      the mean squared difference of successive values over the three
+      windows. The window grows with the run, so noise in ``f``
+      (minibatches) averages out, and ``E`` keeps a descent hidden in noise
+      from passing for a stall: under noise of relative size ``s`` per
+      evaluation, ``ftol`` can pass once ``W`` is about ``8 (s / ftol)**2``.
+      Two stalled pairs in a row, over windows of at least twice the
       momentum's time constant, keep Adam's overshoots (the value rising for
       tens of steps, then falling further) from passing for a stall; and the
       cosine keeps a consistent descent, however slow (a plateau near a
       saddle, a smooth approach, where successive gradients agree), from
       passing for convergence: that is for ``gtol`` to judge. Under noise,
       or oscillating about a minimum, successive gradients disagree (mean
-      cosines of about 0 and -0.9 were measured). A value that fluctuates
-      without a trend passes once its windowed means stop decreasing, which
-      includes a step size too large to settle;
+      cosines of about 0 and -0.9 were measured). A value that keeps
+      bouncing (a step size too large to settle) passes only once its
+      fluctuation is within ``ftol``;
     * ``status 1`` when ``nit >= maxiter`` (scipy's "Maximum number of
       iterations has been exceeded."; ``success`` is False, as in scipy);
     * ``status 2`` when ``fun`` or ``jac`` raises an exception or returns
@@ -232,9 +241,10 @@ def _iterate(evaluate, x, optimizer, box, notify, progress, opts):
         if stalled:
             status, message = CONVERGED, (
                 f"Optimization terminated successfully: the mean value over three "
-                f"consecutive windows of {window} iterations fell by at most "
-                f"{decrease:.3g} (relative) from one window to the next, <= ftol = "
-                f"{ftol:g}, and successive gradients agreed by a mean cosine of "
+                f"consecutive windows of {window} iterations changed by at most "
+                f"{decrease:.3g} (relative, with two standard errors of its noise) from "
+                f"one window to the next, <= ftol = {ftol:g}, and successive gradients "
+                f"agreed by a mean cosine of "
                 f"{agreement:.2f} <= {AGREEMENT:g} over the last window.")
             break
         if nit >= maxiter:

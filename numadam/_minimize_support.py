@@ -9,7 +9,7 @@ from array import array
 
 import numpy as np
 
-__all__ = ["make_box", "projected_gradient", "ValueTrend", "AGREEMENT", "make_result",
+__all__ = ["make_box", "projected_gradient", "ValueTrend", "AGREEMENT", "NOISE_Z", "make_result",
            "Progress", "OptimizeResult"]
 
 # The ftol test passes only where successive gradients disagree: measured
@@ -17,6 +17,10 @@ __all__ = ["make_box", "projected_gradient", "ValueTrend", "AGREEMENT", "make_re
 # (3-component Gaussian mixtures, Rosenbrock), 0.0-0.05 under minibatch noise
 # at the optimum and -0.9 to -0.97 while oscillating about a minimum.
 AGREEMENT = 0.5
+# Standard errors of the noise that a change of window means must clear:
+# 2 is about 98% one-sided for Gaussian noise.
+NOISE_Z = 2.0
+_BLOCK = 128        # values per partial sum of ValueTrend's squared steps
 
 
 def make_box(bounds, x):
@@ -49,7 +53,22 @@ def make_box(bounds, x):
                          f"max {upper.flat[i]}")
     if np.all(np.isinf(lower)) and np.all(np.isinf(upper)):
         return None
-    return lower.astype(x.dtype), upper.astype(x.dtype)
+    low, high = _inwards(lower, x.dtype, np.inf), _inwards(upper, x.dtype, -np.inf)
+    empty = np.flatnonzero(low > high)
+    if empty.size:
+        i = int(empty[0])
+        raise ValueError(f"bounds of element {i}, [{lower.flat[i]}, {upper.flat[i]}], hold no "
+                         f"{x.dtype} number (x0 is {x.dtype})")
+    return low, high
+
+
+def _inwards(bound, dtype, direction):
+    """``bound`` in ``dtype``, rounded towards ``direction`` (into the box)
+    where rounding to nearest would move it out: float32(0.1) > 0.1."""
+    with np.errstate(over="ignore"):      # beyond float32's range: inf, then its max
+        rounded = bound.astype(dtype)
+    outside = rounded < bound if direction > 0 else rounded > bound
+    return np.where(outside, np.nextafter(rounded, dtype.type(direction)), rounded)
 
 
 def _real(name, value):
@@ -97,16 +116,26 @@ class ValueTrend:
     ``C, A, B`` of ``f`` over the three consecutive windows of ``W`` values
     that end with the latest one (``B`` the last) give::
 
-        stalled  <=>  C - A <= ftol * max(|C|, |A|)
-                 and  A - B <= ftol * max(|A|, |B|)
+        stalled  <=>  |C - A| + E <= ftol * max(|C|, |A|)
+                 and  |A - B| + E <= ftol * max(|A|, |B|)
                  and  mean(c over the last W) <= AGREEMENT
 
+    where ``E = NOISE_Z * sigma * sqrt(2 / W)`` bounds the noise of the
+    difference of two window means, with ``sigma^2 = mean((f_k - f_{k-1})^2)
+    / 2`` over the ``3 W`` values (von Neumann's estimate, which a slow trend
+    hardly inflates). ``E`` keeps a descent hidden in noise (one sample per
+    evaluation, far from the optimum) from passing after a few windows:
+    window means that do not fall measurably are no evidence that they
+    stopped falling. A deterministic run that settles has tiny successive
+    differences; one that keeps bouncing (a step size too large) does not
+    pass until its fluctuation is within ``ftol``.
+
     The window grows with the run: late in a long run a slow but steady
-    descent still shows, and noise in ``f`` shrinks like ``1 / sqrt(W)``.
-    Two stalled pairs in a row let an overshoot (the value rising for a
-    while, then falling further) fail one of them. Agreeing gradients mean
-    a consistent descent (a plateau near a saddle, a smooth approach), which
-    ``gtol`` judges, not the value.
+    descent still shows, and ``E`` shrinks like ``1 / sqrt(W)``. Two stalled
+    pairs in a row let an overshoot (the value rising for a while, then
+    falling further) fail one of them. Agreeing gradients mean a consistent
+    descent (a plateau near a saddle, a smooth approach), which ``gtol``
+    judges, not the value.
     """
 
     def __init__(self, ftol, patience):
@@ -115,6 +144,13 @@ class ValueTrend:
         # array('d'): 8 bytes a value, and indexing gives Python floats,
         # whose arithmetic costs a fraction of NumPy scalars'
         self.sums = array("d", [0.0])         # sums[n] = f_0 + ... + f_{n-1}
+        # jumps[k] = (f_k - f_{k-1})^2 (jumps[0] = 0) and its sums over blocks
+        # of _BLOCK: prefix sums would lose a late window's small jumps to the
+        # rounding of an early run's large ones.
+        self.jumps = array("d")
+        self.blocks = array("d")
+        self.block = 0.0
+        self.last = None
         self.agreement = array("d", [0.0])    # the same for c_k
         self.total = 0.0
         self.carry = 0.0
@@ -123,9 +159,10 @@ class ValueTrend:
 
     def add(self, f, pg, size):
         """Record the next value and projected gradient ``pg``, whose max-norm
-        ``size`` is positive; return ``(stalled, W, decrease, agreement)``:
-        ``decrease`` the larger of the two relative decreases tested,
-        ``agreement`` the mean cosine over the last window."""
+        ``size`` is positive; return ``(stalled, W, change, agreement)``:
+        ``change`` the larger of the two relative changes tested (with ``E``
+        once the cheaper tests pass), ``agreement`` the mean cosine over the
+        last window."""
         # Neumaier's compensated sum: every stored prefix sum is within one
         # rounding of the exact one, so a window's mean is good to a few ulps
         # of |f| however long the run (a plain running sum drifts by ~n ulps).
@@ -136,6 +173,13 @@ class ValueTrend:
             self.carry += (f - total) + self.total
         self.total = total
         self.sums.append(total + self.carry)
+        jump = 0.0 if self.last is None else (f - self.last) ** 2
+        self.last = f
+        self.jumps.append(jump)
+        self.block += jump
+        if len(self.jumps) % _BLOCK == 0:
+            self.blocks.append(self.block)
+            self.block = 0.0
         # scaled by max|pg| first, so that huge or tiny gradients neither
         # overflow nor underflow the dot products (float64 even for float32)
         direction = pg / np.float64(size)
@@ -151,15 +195,37 @@ class ValueTrend:
         s = self.sums
         oldest, before, last = ((s[n - k * window] - s[n - (k + 1) * window]) / window
                                 for k in (2, 1, 0))
-        decrease = max(_relative_decrease(oldest, before), _relative_decrease(before, last))
         agreement = (self.agreement[n] - self.agreement[n - window]) / window
-        return (decrease <= self.ftol and agreement <= AGREEMENT), window, decrease, agreement
+        change = max(_relative_change(oldest, before), _relative_change(before, last))
+        if change > self.ftol or agreement > AGREEMENT:    # cheap, and necessary
+            return False, window, change, agreement
+        # The window means are estimates: the changes must be small by
+        # NOISE_Z standard errors. The noise is measured by successive
+        # differences (von Neumann), which a slow trend hardly inflates:
+        # sigma^2 = mean((f_k - f_{k-1})^2) / 2 over the three windows, and
+        # the difference of two window means has variance 2 sigma^2 / W.
+        count = 3 * window - 1
+        error = NOISE_Z * math.sqrt(self._jump_sum(n - count, n) / (count * window))
+        change = max(_relative_change(oldest, before, error),
+                     _relative_change(before, last, error))
+        return change <= self.ftol, window, change, agreement
+
+    def _jump_sum(self, lo, hi):
+        """``jumps[lo] + ... + jumps[hi - 1]`` in O(_BLOCK + hi / _BLOCK). The
+        terms are never negative, so plain sums are good to a few ulps."""
+        first, last = -(-lo // _BLOCK), hi // _BLOCK
+        if first >= last:
+            return sum(self.jumps[lo:hi])
+        return (sum(self.jumps[lo:first * _BLOCK]) + sum(self.blocks[first:last])
+                + sum(self.jumps[last * _BLOCK:hi]))
 
 
-def _relative_decrease(earlier, later):
-    """``(earlier - later) / max(|earlier|, |later|)``; 0 when both are 0."""
+def _relative_change(earlier, later, error=0.0):
+    """``(|earlier - later| + error) / max(|earlier|, |later|)``; 0 when all are 0."""
     scale = max(abs(earlier), abs(later))
-    return (earlier - later) / scale if scale else 0.0
+    if not scale:
+        return math.inf if error else 0.0
+    return (abs(earlier - later) + error) / scale
 
 
 class OptimizeResult(dict):

@@ -4,17 +4,20 @@ A checkpoint is a ``.npz`` (zip) archive of stored (uncompressed) members.
 The member ``__numadam__`` holds a JSON header (format name, version,
 hyperparameters, step counts, the list of arrays); the state arrays are plain
 ``.npy`` members. The reader trusts nothing in the file: every member's size
-is checked against the file's, its ``.npy`` header must be exactly what
+is checked against the file's (and all of them together: members may not
+overlap), its ``.npy`` header must be exactly what
 :func:`numpy.lib.format.write_array` writes for a float array (parsed by a
 regular expression, never evaluated), the array it announces must fill the
 member to the byte, and the member's zip CRC is verified before the array is
 returned. Every malformed file raises :class:`CheckpointError`.
 """
 
+import errno
 import json
 import numbers
 import os
 import re
+import stat
 import struct
 import zipfile
 from collections.abc import Mapping
@@ -86,9 +89,15 @@ def _state_array(value, where):
 def _header_and_arrays(state_dict):
     if not isinstance(state_dict, Mapping) or not {"state", "param_groups"} <= state_dict.keys():
         raise ValueError("save() takes a state dict (opt.state_dict())")
-    groups = [{key: _json_value(value, f"param_groups[{gi}][{key!r}]")
-               for key, value in group.items()}
-              for gi, group in enumerate(state_dict["param_groups"])]
+    groups = []
+    for gi, group in enumerate(state_dict["param_groups"]):
+        if not isinstance(group, Mapping):
+            raise TypeError(f"param_groups[{gi}] must be a dict, got {group!r}")
+        if not all(isinstance(key, str) for key in group):
+            raise TypeError(f"param_groups[{gi}] has keys {list(group)}; a checkpoint "
+                            "stores groups whose keys are strings")
+        groups.append({key: _json_value(value, f"param_groups[{gi}][{key!r}]")
+                       for key, value in group.items()})
     steps, members, arrays = {}, {}, {}
     for pid, entry in state_dict["state"].items():
         if isinstance(pid, (bool, np.bool_)) or not isinstance(pid, numbers.Integral):
@@ -128,14 +137,22 @@ def save(state_dict, path):
     Raises
     ------
     TypeError, ValueError
-        ``state_dict`` holds something a checkpoint cannot store; nothing is
-        written.
+        ``state_dict`` holds something a checkpoint cannot store, or that
+        :func:`load` would refuse (group parameter ids that are not integers
+        or do not cover the states once each); nothing is written.
     OSError
         The file cannot be written (naming ``path``); the previous checkpoint
         stays in place.
     """
     header, arrays = _header_and_arrays(state_dict)
-    members = {_HEADER: np.array(json.dumps(header)), **arrays}
+    text = json.dumps(header)
+    try:
+        # What load would refuse (parameter ids that are not integers, or do
+        # not cover the states once each) must not be written.
+        _checked_header(json.loads(text), "the state dict")
+    except CheckpointError as error:
+        raise ValueError(str(error)) from None
+    members = {_HEADER: np.array(text), **arrays}
     _checkpoint_file.write_atomically(os.fsdecode(os.fspath(path)),
                                       lambda f: np.savez(f, **members))
 
@@ -253,6 +270,12 @@ def _read(file, path):
             raise _not_a_checkpoint(archive, path)
         if len(set(names)) != len(names):
             raise CheckpointError(f"{path} holds a member twice")
+        # Stored members that do not overlap fit in the file together. Nested
+        # ones (a member's data holding the next member) would each pass alone
+        # and make a load take many times the file's size in memory.
+        if sum(info.file_size for info in infos) > size:
+            raise CheckpointError(f"{path} has overlapping members (they hold more bytes "
+                                  "than the file)")
         by_name = {info.filename: info for info in infos}
         text = _member_array(archive, by_name[f"{_HEADER}.npy"], size, "U", path)
         if text.shape != ():
@@ -299,15 +322,24 @@ def load(path):
     CheckpointError
         The file is truncated or corrupted (bad zip structure, size or CRC, a
         malformed header), is not a numadam checkpoint (a pickle, a torch
-        file: the message says how to convert one), or has another format
-        version.
+        file: the message says how to convert one), has another format
+        version, or is not a regular file (a FIFO or a device, which is
+        neither waited for nor read).
     """
     path = os.fspath(path)
     try:
-        file = open(path, "rb")
+        # O_NONBLOCK: opening a FIFO would wait for a writer
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
     except FileNotFoundError:
         raise FileNotFoundError(f"no checkpoint at {os.fsdecode(path)}") from None
-    with file:
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
+        raise CheckpointError(f"{os.fsdecode(path)} is not a regular file (a pipe or a "
+                              "device); a checkpoint is read from a file")
+    with open(fd, "rb") as file:
         try:
             return _read(file, os.fsdecode(path))
         except CheckpointError:

@@ -309,6 +309,17 @@ def test_big_endian_arrays_load_in_native_order(tmp_path):
     (lambda sd: sd.update(state={True: sd["state"][0]}), TypeError, "integers"),
     (lambda sd: sd["state"].update({"2": sd["state"][0]}), TypeError, "integers"),
     (lambda sd: sd["param_groups"][0].update(note=[[1, 2]]), TypeError, "note"),
+    # what load would refuse is never written: the header is checked as read
+    (lambda sd: sd["param_groups"][0].update(params=[0.0]), ValueError, "not integers"),
+    (lambda sd: sd["param_groups"][0].update(params=["0"]), ValueError, "not integers"),
+    (lambda sd: sd["param_groups"][0].update(params=[True]), ValueError, "not integers"),
+    (lambda sd: sd["param_groups"][0].pop("params"), ValueError, "not integers"),
+    (lambda sd: sd["param_groups"][1].update(params=[0]), ValueError, "once each"),
+    (lambda sd: sd["state"].update({5: sd["state"].pop(0)}), ValueError, "once each"),
+    (lambda sd: (sd["param_groups"][0].update(params=[2 ** 70]),
+                 sd["state"].update({2 ** 70: sd["state"].pop(0)})), ValueError, "integer"),
+    (lambda sd: sd["param_groups"].__setitem__(0, [0]), TypeError, "param_groups\\[0\\]"),
+    (lambda sd: sd["param_groups"][0].update({3: "x"}), TypeError, "strings"),
 ])
 def test_what_a_checkpoint_cannot_hold_fails_before_writing(tmp_path, edit, error, match):
     opt, _ = _trained()
@@ -432,3 +443,144 @@ def test_a_temporary_removed_before_its_writer_locks_it_is_made_again(tmp_path, 
     assert len(raced[0]) == 1
     assert os.listdir(tmp_path) == ["c.npz"]
     assert numadam.load(tmp_path / "c.npz")["state"][0]["step"] == 3
+
+
+def test_saving_through_a_symbolic_link_replaces_the_file_it_leads_to(tmp_path):
+    """As ``open(path, "wb")`` (and ``np.savez``, ``torch.save``) would: the
+    link stays a link, and the file it names gets the new checkpoint."""
+    opt, _ = _trained()
+    (tmp_path / "runs").mkdir()
+    real = tmp_path / "runs" / "step3.npz"
+    numadam.save({"state": {}, "param_groups": opt.state_dict()["param_groups"]}, real)
+    os.chmod(real, 0o640)
+    link = tmp_path / "latest.npz"
+    os.symlink(os.path.join("runs", "step3.npz"), link)
+    opt.save(link)
+    assert os.path.islink(link) and os.readlink(link) == os.path.join("runs", "step3.npz")
+    assert numadam.load(real)["state"][0]["step"] == 3
+    assert stat.S_IMODE(os.stat(real).st_mode) == 0o640
+    assert sorted(os.listdir(tmp_path)) == ["latest.npz", "runs"]
+    assert os.listdir(tmp_path / "runs") == ["step3.npz"]
+
+
+def test_saving_through_a_dangling_link_creates_its_target(tmp_path):
+    opt, _ = _trained()
+    os.symlink("new.npz", tmp_path / "latest.npz")
+    opt.save(tmp_path / "latest.npz")
+    assert os.path.islink(tmp_path / "latest.npz")
+    assert numadam.load(tmp_path / "new.npz")["state"][0]["step"] == 3
+
+
+def test_saving_into_a_symlink_loop_names_it_and_writes_nothing(tmp_path):
+    opt, _ = _trained()
+    os.symlink(tmp_path / "a", tmp_path / "b")
+    os.symlink(tmp_path / "b", tmp_path / "a")
+    with pytest.raises(OSError) as info:
+        opt.save(tmp_path / "a")
+    assert info.value.errno == errno.ELOOP and info.value.filename == str(tmp_path / "a")
+    assert all(os.path.islink(tmp_path / n) for n in "ab")
+    assert sorted(os.listdir(tmp_path)) == ["a", "b"]
+
+
+@pytest.mark.parametrize("name", ["sub", "sub/", "new/"])
+def test_saving_to_a_directory_is_refused_before_writing(tmp_path, name):
+    """Not after writing the whole archive, and not with an error that names
+    the temporary (or a temporary in the parent directory, for ``dir/``)."""
+    opt, _ = _trained()
+    (tmp_path / "sub").mkdir()
+    target = os.path.join(str(tmp_path), name)       # pathlib would drop the "/"
+    before = sorted(os.listdir(tmp_path)), sorted(os.listdir(tmp_path.parent))
+    with pytest.raises(IsADirectoryError) as info:
+        opt.save(target)
+    assert info.value.filename == target and ".tmp" not in str(info.value)
+    assert (sorted(os.listdir(tmp_path)), sorted(os.listdir(tmp_path.parent))) == before
+    assert os.listdir(tmp_path / "sub") == []
+
+
+def test_a_failed_write_names_the_target_not_the_temporary(tmp_path, monkeypatch):
+    opt, _ = _trained()
+    target = tmp_path / "c.npz"
+
+    def full_disk(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full_disk)
+    with pytest.raises(OSError) as info:
+        opt.save(target)
+    assert info.value.errno == errno.ENOSPC and info.value.filename == str(target)
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_fifo_named_like_a_temporary_does_not_block_the_save(tmp_path):
+    """Opening a FIFO for reading waits for a writer: the cleaner must neither
+    wait nor remove anything that is not a regular file."""
+    import threading
+    from numadam import _checkpoint_file
+    opt, _ = _trained()
+    fifo = tmp_path / (_checkpoint_file._prefix("c.npz") + "0123abcd.tmp")
+    os.mkfifo(fifo)
+    saver = threading.Thread(target=opt.save, args=(tmp_path / "c.npz",), daemon=True)
+    saver.start()
+    saver.join(timeout=30)
+    if saver.is_alive():                  # unblock the cleaner's open before failing
+        os.close(os.open(fifo, os.O_WRONLY))
+        saver.join()
+    assert not saver.is_alive() and stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    assert numadam.load(tmp_path / "c.npz")["state"][0]["step"] == 3
+
+
+def test_a_write_protected_checkpoint_is_not_replaced(tmp_path):
+    """``open(path, "wb")`` (``np.savez``, ``torch.save``) refuses a file its
+    user may not write; the rename must not slip past that. As root,
+    permission bits do not apply: the save runs in a child that gives up root
+    after importing numadam."""
+    opt, _ = _trained()
+    directory = tempfile.mkdtemp()
+    try:
+        os.chmod(directory, 0o777)
+        path = os.path.join(directory, "c.npz")
+        numadam.save({"state": {}, "param_groups": opt.state_dict()["param_groups"]}, path)
+        os.chmod(path, 0o444)
+        script = textwrap.dedent(f"""
+            import os, numadam
+            sd = numadam.load({path!r})
+            if os.geteuid() == 0:
+                os.setgid(65534)
+                os.setuid(65534)
+            try:
+                numadam.save(sd, {path!r})
+            except Exception as error:
+                print(type(error).__name__, error.filename)
+        """)
+        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                             timeout=120)
+        mode, owner = stat.S_IMODE(os.stat(path).st_mode), os.stat(path).st_uid
+        names = os.listdir(directory)
+    finally:
+        shutil.rmtree(directory)
+    assert out.stdout == f"PermissionError {path}\n", (out.stdout, out.stderr[-2000:])
+    assert (mode, owner, names) == (0o444, os.geteuid(), ["c.npz"])
+
+
+def test_loading_a_fifo_neither_waits_nor_reads_it(tmp_path):
+    """A FIFO (or a pipe such as a shell's ``<(...)``) is not a checkpoint:
+    opening one waits for a writer, and a zip archive needs to seek."""
+    import threading
+    fifo = tmp_path / "c.npz"
+    os.mkfifo(fifo)
+    outcome = []
+
+    def load():
+        try:
+            numadam.load(fifo)
+        except Exception as error:
+            outcome.append(error)
+
+    loader = threading.Thread(target=load, daemon=True)
+    loader.start()
+    loader.join(timeout=30)
+    if loader.is_alive():                 # unblock the open before failing
+        os.close(os.open(fifo, os.O_WRONLY))
+        loader.join()
+        pytest.fail("load waited for a writer")
+    assert isinstance(outcome[0], CheckpointError) and "not a regular file" in str(outcome[0])

@@ -8,6 +8,7 @@ import io
 import json
 import os
 import struct
+import zlib
 import zipfile
 
 import numpy as np
@@ -275,3 +276,100 @@ def test_malformed_json_text(small, tmp_path, text):
     _rewrite_header(small[0], bad, lambda h: text)
     with pytest.raises(CheckpointError):
         numadam.load(bad)
+
+
+def _stored(name, data, offset=None):
+    """A zip local header for ``data`` stored under ``name`` or, given the
+    local header's ``offset``, its central directory entry."""
+    crc, n = zlib.crc32(data), name.encode()
+    if offset is None:
+        return struct.pack("<4s5H3I2H", b"PK\x03\x04", 20, 0, 0, 0, 0, crc, len(data),
+                           len(data), len(n), 0) + n
+    return struct.pack("<4s6H3I5H2I", b"PK\x01\x02", 20, 20, 0, 0, 0, 0, crc, len(data),
+                       len(data), len(n), 0, 0, 0, 0, 0, offset) + n
+
+
+def _npy_bytes(array):
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, array)
+    return buf.getvalue()
+
+
+def _nested_archive(depth, payload):
+    """A checkpoint whose members nest: each float64 member's data holds the
+    next member, local header and all (a "quoted overlap"). Every member is a
+    well-formed .npy with a correct CRC, yet together they announce about
+    ``depth`` times the file's size."""
+    names = [f"state.{i}.exp_avg.npy" for i in range(depth)]
+    contents, inner = [None] * depth, bytes(payload)
+    for i in reversed(range(depth)):
+        inner += bytes(-len(inner) % 8)
+        header = _npy_bytes(np.empty(len(inner) // 8))[:-len(inner) or None]
+        contents[i] = header + inner
+        inner = _stored(names[i], contents[i]) + contents[i]
+    text = _npy_bytes(np.array(json.dumps({
+        "format": "numadam-checkpoint", "version": 1,
+        "param_groups": [{"params": list(range(depth)), "lr": 0.001}],
+        "steps": {str(i): 1 for i in range(depth)},
+        "members": {str(i): ["exp_avg"] for i in range(depth)}})))
+    data = _stored("__numadam__.npy", text) + text + inner
+    entries = [("__numadam__.npy", text, 0)] + [
+        (name, content, data.index(_stored(name, content)))
+        for name, content in zip(names, contents)]
+    directory = b"".join(_stored(*entry) for entry in entries)
+    end = struct.pack("<4s4H2IH", b"PK\x05\x06", 0, 0, len(entries), len(entries),
+                      len(directory), len(data), 0)
+    return data + directory + end
+
+
+def test_overlapping_members_cannot_multiply_the_memory_a_load_takes(tmp_path):
+    """Bounded by the file's size: a 1 MB file of 400 nested members would
+    otherwise load as 400 MB of arrays (measured), and a 10 MB one as 40 GB."""
+    path = tmp_path / "nested.npz"
+    path.write_bytes(_nested_archive(1, 64))
+    assert numadam.load(path)["state"][0]["exp_avg"].shape == (8,)     # the builder works
+    path.write_bytes(_nested_archive(40, 1 << 16))
+    assert os.path.getsize(path) < 100_000             # announcing 2.6 MB
+    with pytest.raises(CheckpointError, match="overlap"):
+        numadam.load(path)
+
+
+_SHAPES = st.sampled_from([(), (1,), (3,), (2, 3), (0,), (4, 1, 2)])
+
+
+@settings(max_examples=30, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(groups=st.lists(st.tuples(
+    st.lists(st.tuples(_SHAPES, st.sampled_from([np.float32, np.float64])), min_size=1,
+             max_size=4),
+    st.booleans(), st.booleans(), st.sampled_from([0.0, 0.1])), min_size=1, max_size=3),
+       adamw=st.booleans(), steps=st.integers(0, 3), seed=st.integers(0, 2 ** 16))
+def test_any_optimizer_resumes_exactly_from_its_checkpoint(tmp_path, groups, adamw, steps,
+                                                            seed):
+    """Mixed dtypes and shapes (0-d, empty), AMSGrad, maximize, decay, and
+    parameters that some steps give no gradient (so some have no state)."""
+    rng = np.random.default_rng(seed)
+    specs = [spec for params, *_ in groups for spec in params]
+    start = [rng.standard_normal(shape).astype(dtype) for shape, dtype in specs]
+
+    def build(values):
+        params = [v.copy() for v in values]
+        it = iter(params)
+        cls = numadam.AdamW if adamw else numadam.Adam
+        opt = cls([{"params": [next(it) for _ in spec], "amsgrad": ams, "maximize": up,
+                    "weight_decay": wd} for spec, ams, up, wd in groups], lr=0.05)
+        return opt, params
+
+    grads = [[None if rng.random() < 0.3 else rng.standard_normal(shape).astype(dtype)
+              for shape, dtype in specs] for _ in range(steps + 2)]
+    opt, params = build(start)
+    for g in grads[:steps]:
+        opt.step(g)
+    opt.save(tmp_path / "c.npz")
+    resumed, copies = build([p.copy() for p in params])
+    resumed.load_state_dict(numadam.load(tmp_path / "c.npz"))
+    for g in grads[steps:]:
+        opt.step(g)
+        resumed.step(g)
+    for a, b in zip(params, copies):
+        assert a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()

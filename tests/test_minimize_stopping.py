@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import numadam
-from numadam._minimize_support import AGREEMENT, ValueTrend, projected_gradient
+from numadam._minimize_support import AGREEMENT, NOISE_Z, ValueTrend, projected_gradient
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -27,15 +27,19 @@ def rosenbrock(x):
     return value, grad
 
 
-@pytest.mark.parametrize("x0,tol", [
-    (np.tile([-1.2, 1.0], 25), 1e-6),
-    (np.tile([-1.2, 1.0], 25), 1e-10),
-    (-np.ones(50), 1e-6),           # the value climbs for ~25 steps before it falls further
+@pytest.mark.parametrize("x0,tol,status", [
+    (np.tile([-1.2, 1.0], 25), 1e-6, 0),
+    # At lr=0.1 the iterates never settle (after 20,000 steps f is about 0.09
+    # and max|g| about 6, measured): the value fluctuates by far more than
+    # 1e-10 of itself, so nothing certifies convergence; the best point seen
+    # is the minimum all the same.
+    (np.tile([-1.2, 1.0], 25), 1e-10, 1),
+    (-np.ones(50), 1e-6, 0),        # the value climbs for ~25 steps before it falls further
 ])
-def test_tol_on_50d_rosenbrock_stops_at_the_minimum(x0, tol):
+def test_tol_on_50d_rosenbrock_stops_at_the_minimum(x0, tol, status):
     res = numadam.minimize(rosenbrock, x0, jac=True, tol=tol,
                            options=dict(lr=0.1, maxiter=20_000))
-    assert res.success and res.status == 0, res.message
+    assert res.status == status, res.message
     assert res.fun < 1e-8
     np.testing.assert_allclose(res.x, np.ones(50), atol=1e-4)
 
@@ -98,7 +102,11 @@ def test_gaussian_mixture_reaches_lbfgsbs_optimum():
 
 def test_ftol_stops_a_noisy_minibatch_fit_near_the_optimum():
     """The noisy use: minibatch least squares never meets gtol; ftol ends the
-    run once the windowed means stop falling, near the full-data optimum."""
+    run once the windowed means stop changing by more than their noise, near
+    the full-data optimum. A minibatch value varies by about 18% of itself, so
+    the difference of two window means of W values by about 25% / sqrt(W):
+    ftol = 3e-2 can be certified with windows of about 300 values, 1e-3 only
+    with about 260,000."""
     rng = np.random.default_rng(1)
     a = rng.standard_normal((2000, 10))
     b = a @ rng.standard_normal(10) + 0.5 * rng.standard_normal(2000)
@@ -111,10 +119,36 @@ def test_ftol_stops_a_noisy_minibatch_fit_near_the_optimum():
         return r @ r / 64, a[rows].T @ r / 32
 
     res = numadam.minimize(minibatch, np.zeros(10), jac=True,
-                           options=dict(lr=0.01, ftol=1e-3, gtol=0.0, maxiter=20_000))
+                           options=dict(lr=0.01, ftol=3e-2, gtol=0.0, maxiter=20_000))
     assert res.success and "ftol" in res.message, res.message
     assert 200 < res.nit < 10_000
     assert np.linalg.norm(res.x - best) < 0.1 * np.linalg.norm(best)
+
+
+def test_noise_that_hides_the_descent_is_not_convergence():
+    """One sample per evaluation from far away: each value varies by more
+    than the descent of a whole window, so the window means neither fall
+    measurably nor agree in direction. That is no evidence of a stall, and
+    success must not be claimed far from the optimum (the value test alone
+    stopped these runs after 68 and 102 steps with 90% and 99% of the initial
+    excess left)."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((1000, 10))
+    b = a @ (3 * rng.standard_normal(10)) + 0.1 * rng.standard_normal(1000)
+
+    def one_sample(x):
+        i = rng.integers(0, 1000)
+        r = a[i] @ x - b[i]
+        return 0.5 * r * r, a[i] * r
+
+    def full(x):
+        r = a @ x - b
+        return 0.5 * (r @ r) / 1000
+
+    for lr in (1e-3, 1e-2):
+        res = numadam.minimize(one_sample, np.zeros(10), jac=True,
+                               options=dict(lr=lr, ftol=1e-3, gtol=0.0, maxiter=3000))
+        assert not res.success or full(res.x) < 0.01 * full(np.zeros(10)), (lr, res.message)
 
 
 def naive_stall(values, gradients, ftol, patience):
@@ -126,7 +160,10 @@ def naive_stall(values, gradients, ftol, patience):
     c, a, b = (np.mean(values[n - k * w:n - (k - 1) * w]) for k in (3, 2, 1))
     unit = gradients[n - w - 1:] / np.linalg.norm(gradients[n - w - 1:], axis=1)[:, None]
     cosines = np.sum(unit[1:] * unit[:-1], axis=1)
-    return bool(c - a <= ftol * max(abs(c), abs(a)) and a - b <= ftol * max(abs(a), abs(b))
+    sigma = np.sqrt(np.mean(np.diff(values[n - 3 * w:]) ** 2) / 2)
+    error = NOISE_Z * sigma * np.sqrt(2 / w)
+    return bool(abs(c - a) + error <= ftol * max(abs(c), abs(a))
+                and abs(a - b) + error <= ftol * max(abs(a), abs(b))
                 and np.mean(cosines) <= AGREEMENT)
 
 
@@ -382,3 +419,25 @@ def test_the_progress_bar_counts_to_the_step_limit(monkeypatch, maxiter, total):
     numadam.minimize(rosenbrock, np.zeros(2), jac=True,
                      options=dict(maxiter=maxiter, disp=True, gtol=1e-2, lr=0.05))
     assert bars[0].total == total
+
+
+def test_float32_iterates_never_leave_the_box():
+    """float32(0.1) is 0.10000000149: rounding a bound to nearest can put the
+    clipped point outside the box ``fun`` was promised (a log barrier there
+    would give NaN). Bounds round inwards."""
+    seen = []
+
+    def fun(x):
+        seen.append(x.copy())
+        return float(np.sum((x - 1) ** 2)), 2 * (x - 1)
+
+    lower, upper = [-0.1, -0.3, 1e-40], [0.1, 0.7, 0.3]
+    res = numadam.minimize(fun, np.array([0.05, 2.0, -1.0], np.float32), jac=True,
+                           bounds=list(zip(lower, upper)), options=dict(lr=0.1, maxiter=30))
+    assert res.x.dtype == np.float32
+    for x in seen:
+        assert np.all(x.astype(np.float64) <= upper) and np.all(x.astype(np.float64) >= lower), x
+    assert res.x[0] == np.nextafter(np.float32(0.1), np.float32(0))
+    with pytest.raises(ValueError, match="hold no float32 number"):
+        numadam.minimize(fun, np.zeros(1, np.float32), jac=True, bounds=[(0.1, 0.1)])
+    assert numadam.minimize(fun, np.zeros(1), jac=True, bounds=[(0.1, 0.1)]).x[0] == 0.1

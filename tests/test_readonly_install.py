@@ -126,3 +126,16 @@ def test_numba_cache_dir_is_honoured_in_a_read_only_install(read_only_install, t
                 NUMBA_CACHE_DIR=str(tmp_path / "cache"))
     assert done.returncode == 0, done.stderr[-3000:]
     assert "CACHE True" in done.stdout and done.stderr == "", done.stderr
+
+
+def test_compile_without_a_writable_cache_fails_and_says_why(read_only_install):
+    """``python -m numadam compile`` exists to fill the disk cache (image
+    builds, CI); where nothing can be cached it must not compile for nothing
+    and report success."""
+    site, home = read_only_install
+    done = _run(site, home, "import sys\nfrom numadam.__main__ import main\n"
+                            "sys.exit(main(['compile']))")
+    assert done.returncode == 1, (done.returncode, done.stdout, done.stderr[-3000:])
+    assert done.stdout == ""                          # no kernel was compiled
+    last = done.stderr.splitlines()[-1]
+    assert "nothing was compiled" in last and "NUMBA_CACHE_DIR" in last, done.stderr
