@@ -69,8 +69,9 @@ def adam_update(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, beta
     ------
     TypeError, ValueError
         From Python, before anything is touched: arrays that do not fit
-        ``param`` (shape, dtype, contiguity, read-only), a step below 1, or
-        an invalid hyperparameter. Inside ``@njit`` code, dtype, dimension and
+        ``param`` (shape, dtype, contiguity, read-only) or share memory
+        where they must not (see Notes), a step below 1, or an invalid
+        hyperparameter. Inside ``@njit`` code, dtype, dimension and
         layout mismatches fail at compile time (``TypingError``) and shape or
         value errors raise ``ValueError`` at run time, also before any write.
 
@@ -88,7 +89,11 @@ def adam_update(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, beta
         p     = p + (-(lr / (1 - beta1**t)) * m) / (sqrt(v) / sqrt(1 - beta2**t) + eps)
 
     The arrays are updated one element at a time in a single pass; ``param``
-    and ``grad`` may be the same array, the state arrays must be distinct.
+    and ``grad`` may be the same array. Any other sharing of memory (the
+    same array as ``exp_avg`` and ``exp_avg_sq``, a state array that is or
+    overlaps ``param`` or ``grad``, a ``grad`` that is a shifted view of
+    ``param``) is a ``ValueError``, from Python and inside ``@njit`` code,
+    before any write.
 
     Examples
     --------
@@ -185,6 +190,20 @@ def _update(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, beta1, b
                          "the shape of param")
     if step < 1:
         raise ValueError("adam_update: step must be >= 1 (the count after the increment)")
+    if (_overlap(exp_avg, exp_avg_sq)
+            or (amsgrad and (_overlap(max_exp_avg_sq, exp_avg)
+                             or _overlap(max_exp_avg_sq, exp_avg_sq)))):
+        raise ValueError("adam_update: exp_avg, exp_avg_sq and max_exp_avg_sq must not "
+                         "share memory")
+    if (_overlap(exp_avg, param) or _overlap(exp_avg, grad)
+            or _overlap(exp_avg_sq, param) or _overlap(exp_avg_sq, grad)
+            or (amsgrad and (_overlap(max_exp_avg_sq, param)
+                             or _overlap(max_exp_avg_sq, grad)))):
+        raise ValueError("adam_update: the state arrays must not share memory with "
+                         "param or grad")
+    if _overlap(param, grad) and not (param.ctypes.data == grad.ctypes.data
+                                      and param.nbytes == grad.nbytes):
+        raise ValueError("adam_update: grad overlaps param without being param itself")
     # float64 before any arithmetic: float32 scalars from njit callers would
     # otherwise round lr * weight_decay in float32 and break parity.
     lr = np.float64(lr)
@@ -203,6 +222,14 @@ def _update(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, beta1, b
     update_span(param.reshape(n), grad.reshape(n), exp_avg.reshape(n),
                  exp_avg_sq.reshape(n), max_exp_avg_sq.reshape(max_exp_avg_sq.size),
                  0, n, 0, scalars, amsgrad, maximize, decoupled)
+
+
+@njit(inline="always")
+def _overlap(a, b):
+    """Whether C-contiguous ``a`` and ``b`` share memory: their byte ranges meet."""
+    start_a, start_b = a.ctypes.data, b.ctypes.data
+    return (a.size > 0 and b.size > 0 and start_a < start_b + np.uintp(b.nbytes)
+            and start_b < start_a + np.uintp(a.nbytes))
 
 
 def _typing_errors(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, flags):
