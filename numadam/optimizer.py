@@ -1,12 +1,14 @@
 """``Adam`` and ``AdamW``: stateful, torch-like optimizers over NumPy arrays."""
 
+import copy
+import threading
 from collections.abc import Mapping
 
 import numpy as np
 
 from . import _state_dict, _validation
 from ._bucket import Bucket
-from ._cpu import address
+from ._cpu import LIVE, STEP, address
 from ._state_view import StateView
 from ._validation import HYPERPARAMETERS
 
@@ -45,6 +47,17 @@ class Adam:
         ``skipped_steps``); either way no parameter or state changes. The
         guard reads every gradient once more: about 4 extra bytes per float32
         element on top of the 28 an update moves.
+    foreach, fused : bool or None, default None
+        Accepted for torch compatibility and ignored: every step runs the one
+        fused kernel, whose bits are those of ``torch.optim.Adam(fused=True)``.
+        ``fused=True`` with ``foreach=True`` is a ``ValueError``, as in torch.
+    capturable, differentiable : bool, default False
+        Accepted for torch compatibility; ``True`` is a ``ValueError``:
+        numadam has no CUDA-graph capture of its step and no autograd.
+    decoupled_weight_decay : bool, default False
+        ``True`` decays the parameters as :class:`AdamW` does (torch's flag
+        of the same name). Not an argument of ``AdamW``, which always decays
+        this way.
 
     Notes
     -----
@@ -76,25 +89,42 @@ class Adam:
     _decoupled = False
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-                 amsgrad=False, *, maximize=False, check_finite=None):
+                 amsgrad=False, *, maximize=False, check_finite=None, foreach=None,
+                 fused=None, capturable=False, differentiable=False,
+                 decoupled_weight_decay=False):
+        self._init(params, lr, betas, eps, weight_decay, amsgrad, maximize, check_finite,
+                   (foreach, fused, capturable, differentiable),
+                   _validation.torch_flag("decoupled_weight_decay", decoupled_weight_decay))
+
+    def _init(self, params, lr, betas, eps, weight_decay, amsgrad, maximize, check_finite,
+              torch_flags, decoupled):
+        _validation.torch_only_flags(*torch_flags)
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                         amsgrad=amsgrad, maximize=maximize,
-                        decoupled_weight_decay=self._decoupled)
+                        decoupled_weight_decay=decoupled)
         _validation.hyperparameters(defaults)
         if check_finite not in _CHECK_FINITE:
             raise ValueError(
                 f"check_finite must be one of {_CHECK_FINITE}, got {check_finite!r}")
+        self._empty(defaults, check_finite, 0)
+        for group in _validation.param_groups(params):
+            self.add_param_group(group)
+
+    def _empty(self, defaults, check_finite, skipped_steps):
+        """The attributes of an optimizer without parameters."""
+        # Reentrant: a closure that step() calls may call zero_grad().
+        self._lock = threading.RLock()
         self.defaults = defaults
         self.check_finite = check_finite
-        self.skipped_steps = 0
+        self.skipped_steps = skipped_steps
         self.param_groups = []
         self._buckets = []          # every bucket of every group, in group order
         self._slots = []            # global parameter index -> (bucket, row)
         self._index_of = {}         # id(array) -> global parameter index
+        self._param_lists = []      # per group: the list its buckets were built from
         self._group_args = []       # per group: (raw hyperparameters, kernel args)
+        self._extents = []          # (memory, first byte, end byte, where) of every parameter
         self._grads = None
-        for group in _validation.param_groups(params):
-            self.add_param_group(group)
 
     # ------------------------------------------------------------ groups
     def add_param_group(self, param_group):
@@ -106,31 +136,54 @@ class Adam:
             ``param_group`` is not a dict with ``"params"``, or its params are
             an unordered set or not arrays.
         ValueError
-            A parameter is already optimised, or a hyperparameter is invalid.
+            A parameter is already optimised, shares memory with another
+            parameter, or a hyperparameter is invalid.
         """
-        if not isinstance(param_group, Mapping) or "params" not in param_group:
-            raise TypeError("a parameter group must be a dict with a 'params' entry, "
-                            f"got {param_group!r}")
-        gi = len(self.param_groups)
-        params = _validation.param_list(param_group["params"], f"param_groups[{gi}]['params']")
+        with self._lock:
+            if not isinstance(param_group, Mapping) or "params" not in param_group:
+                raise TypeError("a parameter group must be a dict with a 'params' entry, "
+                                f"got {param_group!r}")
+            gi = len(self.param_groups)
+            params = _validation.param_list(param_group["params"],
+                                            f"param_groups[{gi}]['params']")
+            infos, extents = self._check_params(params, gi)
+            group = {key: param_group.get(key, self.defaults[key]) for key in HYPERPARAMETERS}
+            group.update((k, v) for k, v in param_group.items() if k not in group)
+            group["params"] = params = _ParamList(params)
+            self._install_group(group, params, infos, extents,
+                                self._validate_group(group, gi))
+
+    def _check_params(self, params, gi):
+        """Check the arrays of new group ``gi``; return their device infos (None
+        for host arrays) and memory extents."""
         infos = None
         if any(_validation.is_device_array(p) for p in params):
             from ._cuda_adapters import group_infos   # loads numba.cuda on first use
             infos = group_infos(params, f"param_groups[{gi}]")
         seen = set()
+        extents = []
         for k, param in enumerate(params):
+            where = f"param_groups[{gi}]['params'][{k}]"
             if infos is None:
-                _validation.parameter(param, f"param_groups[{gi}]['params'][{k}]")
+                _validation.parameter(param, where)
+                extent = ("host", address(param), param.nbytes)
+            else:
+                info = infos[k]
+                extent = (("cuda", info.device), info.address, info.size * info.dtype.itemsize)
             if id(param) in self._index_of or id(param) in seen:
-                raise ValueError(
-                    f"param_groups[{gi}]['params'][{k}] appears in more than one "
-                    "place; each array can be optimised once")
+                raise ValueError(f"{where} appears in more than one place; each array "
+                                 "can be optimised once")
             seen.add(id(param))
-        group = {key: param_group.get(key, self.defaults[key]) for key in HYPERPARAMETERS}
-        group.update((k, v) for k, v in param_group.items() if k not in group)
-        group["params"] = params
-        args = self._validate_group(group, gi)
+            memory, start, nbytes = extent
+            extents.append((memory, start, start + nbytes, where))
+        _validation.no_overlap(self._extents, extents)
+        return infos, extents
 
+    def _install_group(self, group, params, infos, extents, validated):
+        """Add group ``group`` over the checked arrays ``params``
+        (``validated``: its ``_group_args`` entry): its buckets, slots and
+        owned gradient buffers."""
+        gi = len(self.param_groups)
         first = len(self._slots)
         buckets = []
         dtypes = [p.dtype for p in params] if infos is None else [i.dtype for i in infos]
@@ -148,7 +201,9 @@ class Adam:
                 slots[index - first] = (bucket, row)
 
         self.param_groups.append(group)
-        self._group_args.append(args)
+        self._param_lists.append(params)
+        self._group_args.append(validated)
+        self._extents.extend(extents)
         self._buckets.extend(buckets)
         self._slots.extend(slots)
         for k, param in enumerate(params):
@@ -167,11 +222,27 @@ class Adam:
         return _raw(group), args
 
     def _kernel_args(self):
-        """The validated kernel arguments of every group, re-validating edits."""
+        """The validated kernel arguments of every group, re-validating edits.
+
+        An entry that is not the very object last validated is validated
+        again: ``group["amsgrad"] = 0`` compares equal to ``False`` but is not
+        a bool. Identity costs no more than the equality test it replaces
+        (measured on the 10-element step; see the README).
+        """
         out = []
         for gi, group in enumerate(self.param_groups):
             cached = self._group_args[gi]
-            if _raw(group) != cached[0]:
+            raw = cached[0]
+            if (group["lr"] is not raw[0] or group["betas"] is not raw[1]
+                    or group["eps"] is not raw[2] or group["weight_decay"] is not raw[3]
+                    or group["amsgrad"] is not raw[4] or group["maximize"] is not raw[5]
+                    or group["decoupled_weight_decay"] is not raw[6]
+                    or group["params"] is not raw[7]):
+                if group["params"] is not self._param_lists[gi]:
+                    raise ValueError(
+                        f"param_groups[{gi}]['params'] was replaced; the optimizer "
+                        "keeps the arrays it was given. Add arrays with "
+                        "add_param_group, or build a new optimizer")
                 cached = self._validate_group(group, gi)
                 for bucket in self._buckets:
                     if bucket.group_index == gi:
@@ -191,8 +262,11 @@ class Adam:
         no per-step validation or address lookup.
         """
         if self._grads is None:
-            self._grads = _zeros_like(self._slots)
-            self._point_buckets_at_owned_grads(self._buckets)
+            with self._lock:
+                if self._grads is None:
+                    grads = _zeros_like(self._slots)
+                    self._grads = grads
+                    self._point_buckets_at_owned_grads(self._buckets)
         return self._grads
 
     def _point_buckets_at_owned_grads(self, buckets):
@@ -202,11 +276,24 @@ class Adam:
                 [address_of(self._grads[i]) for i in bucket.indices], np.int64)
             bucket.uses_owned_grads = False
 
-    def zero_grad(self):
-        """Fill the owned gradient buffers (``opt.grads``) with zeros."""
-        if self._grads is not None:
-            for bucket in self._buckets:    # every owned buffer is a view of its bucket's
-                bucket.zero_owned_grads()
+    def zero_grad(self, set_to_none=True):
+        """Fill the owned gradient buffers (``opt.grads``) with zeros.
+
+        Parameters
+        ----------
+        set_to_none : bool, default True
+            Accepted for torch compatibility; the buffers are zero-filled
+            either way. torch drops ``.grad`` so that a parameter nobody
+            writes a gradient for is skipped; the owned buffers belong to the
+            optimizer and ``step()`` reads all of them, so they stay arrays
+            (a zero gradient still moves a parameter through its momentum).
+            To skip a parameter for one step, pass ``step(grads)`` with
+            ``None`` in its place.
+        """
+        with self._lock:
+            if self._grads is not None:
+                for bucket in self._buckets:    # every owned buffer is a view of its bucket's
+                    bucket.zero_owned_grads()
 
     def _gradient_addresses(self, grads):
         """Validate user gradients; return per-bucket address lists (0: no grad)."""
@@ -251,11 +338,12 @@ class Adam:
 
         Parameters
         ----------
-        grads : sequence of (numpy.ndarray or None), optional
+        grads : sequence of (numpy.ndarray or None), or callable, optional
             One gradient per parameter in group order, same shape and dtype,
             C-contiguous. ``None`` for a parameter leaves it and its state
             untouched this step (as a missing ``.grad`` in torch). Without
-            ``grads`` the owned buffers ``opt.grads`` are used.
+            ``grads`` the owned buffers ``opt.grads`` are used. A callable is
+            the closure (torch's ``step(closure)``).
         closure : callable, optional
             Called first, with no arguments; it recomputes the loss (and
             fills ``opt.grads`` or the arrays in ``grads``). Its result is
@@ -265,10 +353,27 @@ class Adam:
         ------
         TypeError, ValueError
             Before any array is touched, for gradients that do not fit their
-            parameters or invalid hyperparameters in ``param_groups``.
+            parameters, invalid hyperparameters in ``param_groups``, or a
+            ``param_groups[i]["params"]`` that was replaced.
         FloatingPointError
             With ``check_finite="raise"``, if a gradient holds NaN or Inf.
+
+        Notes
+        -----
+        Steps, ``zero_grad``, ``state_dict``, ``load_state_dict``, ``save``
+        and ``add_param_group`` of one optimizer hold its lock, so threads
+        sharing an optimizer take turns (the closure runs inside the step).
         """
+        if (grads is not None and type(grads) is not list and type(grads) is not tuple
+                and callable(grads)):
+            if closure is not None:
+                raise TypeError("step() got a closure twice: as its first argument "
+                                "and as closure=")
+            grads, closure = None, grads
+        with self._lock:
+            return self._step(grads, closure)
+
+    def _step(self, grads, closure):
         loss = closure() if closure is not None else None
         if grads is None:
             if self._grads is None:
@@ -350,8 +455,10 @@ class Adam:
 
         ``{"state": {index: {"step": int, "exp_avg": array, ...}},
         "param_groups": [{hyperparameters..., "params": [indices]}]}``.
+        Taken under the optimizer's lock: never torn by a step in another thread.
         """
-        return _state_dict.export(self)
+        with self._lock:
+            return _state_dict.export(self)
 
     def load_state_dict(self, state_dict):
         """Load a state dict from ``state_dict()`` or from torch (as NumPy).
@@ -360,12 +467,79 @@ class Adam:
         groups, parameter counts, shapes or dtypes do not fit raises
         ``ValueError`` and leaves the optimizer as it was.
         """
-        _state_dict.load(self, state_dict)
+        with self._lock:
+            _state_dict.load(self, state_dict)
 
     def save(self, path):
         """Write a checkpoint file atomically (see :func:`numadam.save`)."""
         from .checkpoint import save
         save(self.state_dict(), path)
+
+    # ------------------------------------------------------- copy, pickle
+    def __getstate__(self):
+        """Values only: the arrays, step counts and settings, never an address.
+
+        The buckets' address tables are rebuilt from the arrays on load, so a
+        copy or an unpickled optimizer writes only into its own arrays.
+        """
+        with self._lock:
+            for bucket in self._buckets:
+                if bucket.on_device:
+                    raise TypeError(
+                        f"{type(self).__name__} over device arrays cannot be copied or "
+                        "pickled; save its state_dict() (or a checkpoint) and load it "
+                        "into an optimizer over the arrays you want")
+            return {
+                "defaults": self.defaults,
+                "check_finite": self.check_finite,
+                "skipped_steps": self.skipped_steps,
+                "param_groups": self.param_groups,
+                "param_lists": self._param_lists,
+                "buckets": [(bucket.state, bucket.table[:, STEP].copy(),
+                             bucket.table[:, LIVE].copy(), bucket.grad_buffer)
+                            for bucket in self._buckets],
+                "owned_grads": self._grads is not None,
+            }
+
+    def __setstate__(self, state):
+        self._empty(state["defaults"], state["check_finite"], state["skipped_steps"])
+        for gi, (group, params) in enumerate(zip(state["param_groups"], state["param_lists"])):
+            infos, extents = self._check_params(params, gi)
+            # Validated again at the first step (the group may hold an edit
+            # that step() will refuse, as the original would).
+            self._install_group(group, params, infos, extents, (_STALE, None))
+        saved = state["buckets"]
+        if len(saved) != len(self._buckets):
+            raise ValueError("the pickled optimizer's buckets do not match its parameters")
+        for bucket, (values, steps, live, grad_buffer) in zip(self._buckets, saved):
+            if values is not None and (values.dtype != bucket.dtype
+                                       or values.shape[1:] != (bucket.total,)):
+                raise ValueError("the pickled optimizer's state does not match its parameters")
+            bucket.state = values
+            bucket.table[:, STEP] = steps
+            bucket.table[:, LIVE] = live
+            bucket.grad_buffer = grad_buffer
+        if state["owned_grads"]:
+            self._grads = _zeros_like(self._slots)   # views of the restored buffers
+            self._point_buckets_at_owned_grads(self._buckets)
+
+    def __deepcopy__(self, memo):
+        """An independent optimizer over deep copies of the parameters and
+        state (the copies already in ``memo``, when parameters and optimizer
+        are copied together). Taken under the lock: a step in another thread
+        cannot tear it."""
+        new = type(self).__new__(type(self))
+        memo[id(self)] = new
+        with self._lock:
+            state = copy.deepcopy(self.__getstate__(), memo)
+        new.__setstate__(state)
+        return new
+
+    def __copy__(self):
+        raise TypeError(
+            "a shallow copy of an optimizer would share its state arrays with the "
+            "original; use copy.deepcopy(opt) (parameters and state copied) or build "
+            "a new optimizer over the same arrays and load_state_dict(opt.state_dict())")
 
     def load(self, path):
         """Load a checkpoint file into this optimizer (see :func:`numadam.load`)."""
@@ -393,9 +567,10 @@ class AdamW(Adam):
     _decoupled = True
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
-                 amsgrad=False, *, maximize=False, check_finite=None):
-        super().__init__(params, lr, betas, eps, weight_decay, amsgrad,
-                         maximize=maximize, check_finite=check_finite)
+                 amsgrad=False, *, maximize=False, check_finite=None, foreach=None,
+                 fused=None, capturable=False, differentiable=False):
+        self._init(params, lr, betas, eps, weight_decay, amsgrad, maximize, check_finite,
+                   (foreach, fused, capturable, differentiable), True)
 
 
 def _zeros_like(slots):
@@ -404,6 +579,31 @@ def _zeros_like(slots):
 
 
 def _raw(group):
-    # Spelled out: a generator here would cost a microsecond every step.
+    """The objects ``_kernel_args`` compares by identity, in its order."""
     return (group["lr"], group["betas"], group["eps"], group["weight_decay"],
-            group["amsgrad"], group["maximize"], group["decoupled_weight_decay"])
+            group["amsgrad"], group["maximize"], group["decoupled_weight_decay"],
+            group["params"])
+
+
+# Matches no group: a group installed with it is validated at the next step.
+_STALE = (object(),) * 8
+
+
+class _ParamList(list):
+    """``param_groups[i]["params"]``: a list that refuses changes.
+
+    The buckets are built from these arrays at construction; a changed list
+    would be silently ignored, so changing it raises instead (replacing the
+    whole list is refused at the next step).
+    """
+
+    def _refuse(self, *args, **kwargs):
+        raise TypeError("param_groups[i]['params'] cannot be changed: the optimizer "
+                        "keeps the arrays it was given. Add arrays with "
+                        "add_param_group, or build a new optimizer")
+
+    __setitem__ = __delitem__ = __iadd__ = __imul__ = _refuse
+    append = extend = insert = pop = remove = clear = sort = reverse = _refuse
+
+    def __reduce__(self):
+        return _ParamList, (list(self),)
