@@ -238,11 +238,7 @@ class Adam:
                     or group["amsgrad"] is not raw[4] or group["maximize"] is not raw[5]
                     or group["decoupled_weight_decay"] is not raw[6]
                     or group["params"] is not raw[7]):
-                if group["params"] is not self._param_lists[gi]:
-                    raise ValueError(
-                        f"param_groups[{gi}]['params'] was replaced; the optimizer "
-                        "keeps the arrays it was given. Add arrays with "
-                        "add_param_group, or build a new optimizer")
+                self._check_params_kept(group, gi)
                 cached = self._validate_group(group, gi)
                 for bucket in self._buckets:
                     if bucket.group_index == gi:
@@ -250,6 +246,20 @@ class Adam:
                 self._group_args[gi] = cached
             out.append(cached[1])
         return out
+
+    def _check_params_kept(self, group, gi):
+        """Refuse a replaced ``group["params"]``, unless it lists the very same
+        arrays in the same order (then the group gets its own list back)."""
+        params, kept = group["params"], self._param_lists[gi]
+        if params is kept:
+            return
+        if (not isinstance(params, (list, tuple)) or len(params) != len(kept)
+                or any(a is not b for a, b in zip(params, kept))):
+            raise ValueError(
+                f"param_groups[{gi}]['params'] was replaced by other arrays; the "
+                "optimizer keeps the arrays it was given. Add arrays with "
+                "add_param_group, or build a new optimizer")
+        group["params"] = kept
 
     # ---------------------------------------------------------- gradients
     @property
@@ -458,6 +468,8 @@ class Adam:
         Taken under the optimizer's lock: never torn by a step in another thread.
         """
         with self._lock:
+            for gi, group in enumerate(self.param_groups):
+                self._check_params_kept(group, gi)
             return _state_dict.export(self)
 
     def load_state_dict(self, state_dict):
@@ -468,6 +480,8 @@ class Adam:
         ``ValueError`` and leaves the optimizer as it was.
         """
         with self._lock:
+            for gi, group in enumerate(self.param_groups):
+                self._check_params_kept(group, gi)
             _state_dict.load(self, state_dict)
 
     def save(self, path):
