@@ -273,9 +273,8 @@ class Adam:
         """
         if self._grads is None:
             with self._lock:
-                if self._grads is None:
-                    grads = _zeros_like(self._slots)
-                    self._grads = grads
+                if self._grads is None:     # another thread may have made them
+                    self._grads = _zeros_like(self._slots)
                     self._point_buckets_at_owned_grads(self._buckets)
         return self._grads
 
