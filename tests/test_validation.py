@@ -2,6 +2,8 @@
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import numadam
 
@@ -288,3 +290,22 @@ def test_disjoint_views_and_empty_views_are_accepted():
     opt = numadam.Adam([buf[:4], buf[4:].reshape(2, 4), buf[:0], buf[3:3]], lr=0.1)
     opt.step([np.ones(4), np.ones((2, 4)), np.ones(0), np.ones(0)])
     np.testing.assert_allclose(buf, 0.9)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 23), st.integers(0, 8), st.booleans()),
+                min_size=1, max_size=5))
+def test_overlap_is_refused_exactly_when_np_shares_memory_says_so(views):
+    # Views of two buffers (so that equal offsets in different buffers never clash),
+    # grouped one per group or all in one: refused iff some pair shares memory.
+    buffers = [np.zeros(32), np.zeros(32)]
+    params = [buffers[other][start:start + length] for start, length, other in views]
+    overlapping = any(np.shares_memory(a, b) for i, a in enumerate(params)
+                      for b in params[i + 1:])
+    for groups in ([params], [[p] for p in params]):
+        try:
+            numadam.Adam([{"params": g} for g in groups])
+        except ValueError as error:
+            assert overlapping and "shares memory" in str(error)
+        else:
+            assert not overlapping
