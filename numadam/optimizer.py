@@ -389,44 +389,43 @@ class Adam:
                 raise TypeError("step() got a closure twice: as its first argument "
                                 "and as closure=")
             grads, closure = None, grads
+        # The body is inlined rather than a call under the lock: 400 of the
+        # 28,000 instructions of a 10-element step (callgrind).
         self._acquire()
         try:
-            return self._step(grads, closure)
+            loss = closure() if closure is not None else None
+            if grads is None:
+                if self._grads is None:
+                    raise RuntimeError(
+                        "step() got no gradients: pass step(grads) or write them into "
+                        "the buffers of opt.grads")
+                per_bucket = [None] * len(self._buckets)
+            else:
+                per_bucket = self._gradient_addresses(grads)
+            args = self._kernel_args()
+            buckets = self._buckets
+            for bucket in buckets:
+                if bucket.on_device:
+                    continue
+                for param in bucket.params:
+                    if not param.flags.writeable:
+                        raise ValueError(
+                            f"parameter {self._index_of[id(param)]} has become read-only; "
+                            "parameters are updated in place")
+
+            for bucket, addresses in zip(buckets, per_bucket):
+                bucket.use_gradients(addresses)
+            if self.check_finite is not None and not self._gradients_finite():
+                return loss
+            for bucket in buckets:
+                if bucket.state is None or bucket.unready:
+                    self._make_ready(buckets, args)
+                    break
+            for bucket in buckets:
+                bucket.step(args[bucket.group_index])
+            return loss
         finally:
             self._release()
-
-    def _step(self, grads, closure):
-        loss = closure() if closure is not None else None
-        if grads is None:
-            if self._grads is None:
-                raise RuntimeError(
-                    "step() got no gradients: pass step(grads) or write them into "
-                    "the buffers of opt.grads")
-            per_bucket = [None] * len(self._buckets)
-        else:
-            per_bucket = self._gradient_addresses(grads)
-        args = self._kernel_args()
-        buckets = self._buckets
-        for bucket in buckets:
-            if bucket.on_device:
-                continue
-            for param in bucket.params:
-                if not param.flags.writeable:
-                    raise ValueError(
-                        f"parameter {self._index_of[id(param)]} has become read-only; "
-                        "parameters are updated in place")
-
-        for bucket, addresses in zip(buckets, per_bucket):
-            bucket.use_gradients(addresses)
-        if self.check_finite is not None and not self._gradients_finite():
-            return loss
-        for bucket in buckets:
-            if bucket.state is None or bucket.unready:
-                self._make_ready(buckets, args)
-                break
-        for bucket in buckets:
-            bucket.step(args[bucket.group_index])
-        return loss
 
     @staticmethod
     def _make_ready(buckets, args):
