@@ -190,19 +190,19 @@ def _update(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, beta1, b
                          "the shape of param")
     if step < 1:
         raise ValueError("adam_update: step must be >= 1 (the count after the increment)")
-    if (_overlap(exp_avg, exp_avg_sq)
-            or (amsgrad and (_overlap(max_exp_avg_sq, exp_avg)
-                             or _overlap(max_exp_avg_sq, exp_avg_sq)))):
+    p0, p1 = _span(param)
+    g0, g1 = _span(grad)
+    m0, m1 = _span(exp_avg)
+    v0, v1 = _span(exp_avg_sq)
+    w0, w1 = _span(max_exp_avg_sq) if amsgrad else (np.uintp(0), np.uintp(0))
+    if m0 < v1 and v0 < m1 or w0 < m1 and m0 < w1 or w0 < v1 and v0 < w1:
         raise ValueError("adam_update: exp_avg, exp_avg_sq and max_exp_avg_sq must not "
                          "share memory")
-    if (_overlap(exp_avg, param) or _overlap(exp_avg, grad)
-            or _overlap(exp_avg_sq, param) or _overlap(exp_avg_sq, grad)
-            or (amsgrad and (_overlap(max_exp_avg_sq, param)
-                             or _overlap(max_exp_avg_sq, grad)))):
+    if (m0 < p1 and p0 < m1 or m0 < g1 and g0 < m1 or v0 < p1 and p0 < v1
+            or v0 < g1 and g0 < v1 or w0 < p1 and p0 < w1 or w0 < g1 and g0 < w1):
         raise ValueError("adam_update: the state arrays must not share memory with "
                          "param or grad")
-    if _overlap(param, grad) and not (param.ctypes.data == grad.ctypes.data
-                                      and param.nbytes == grad.nbytes):
+    if p0 < g1 and g0 < p1 and not (p0 == g0 and p1 == g1):
         raise ValueError("adam_update: grad overlaps param without being param itself")
     # float64 before any arithmetic: float32 scalars from njit callers would
     # otherwise round lr * weight_decay in float32 and break parity.
@@ -225,11 +225,14 @@ def _update(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, beta1, b
 
 
 @njit(inline="always")
-def _overlap(a, b):
-    """Whether C-contiguous ``a`` and ``b`` share memory: their byte ranges meet."""
-    start_a, start_b = a.ctypes.data, b.ctypes.data
-    return (a.size > 0 and b.size > 0 and start_a < start_b + np.uintp(b.nbytes)
-            and start_b < start_a + np.uintp(a.nbytes))
+def _span(a):
+    """The byte range ``[start, end)`` of C-contiguous ``a``; ``(0, 0)`` when
+    empty, which meets no other range. Two arrays share memory exactly when
+    their ranges meet."""
+    if a.size == 0:
+        return np.uintp(0), np.uintp(0)
+    start = a.ctypes.data
+    return start, start + np.uintp(a.nbytes)
 
 
 def _typing_errors(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, flags):
