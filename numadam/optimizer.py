@@ -75,6 +75,13 @@ class Adam:
     The exact grouping and the fused multiply-adds are those of torch's fused
     CPU kernel; see ``numadam/_math.py``.
 
+    ``copy.deepcopy(opt)`` is an independent optimizer over copies of the
+    parameters and state; a pickle carries values (parameters, state, step
+    counts, owned gradients) and continues bit for bit in any process.
+    ``step``, ``zero_grad``, ``state_dict``, ``load_state_dict``, ``save``
+    and ``add_param_group`` hold the optimizer's (reentrant) lock, so threads
+    sharing one optimizer take turns.
+
     Examples
     --------
     >>> import numpy as np, numadam
