@@ -6,9 +6,11 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from . import _state_dict, _validation
+from . import _copying, _state_dict, _validation
 from ._bucket import Bucket
-from ._cpu import LIVE, STEP, address
+from ._cpu import address
+from ._groups import STALE, ParamList, same_as_validated
+from ._groups import raw as raw_entries
 from ._state_view import StateView
 from ._validation import HYPERPARAMETERS
 
@@ -159,7 +161,7 @@ class Adam:
             infos, extents = self._check_params(params, gi)
             group = {key: param_group.get(key, self.defaults[key]) for key in HYPERPARAMETERS}
             group.update((k, v) for k, v in param_group.items() if k not in group)
-            group["params"] = params = _ParamList(params)
+            group["params"] = params = ParamList(params)
             self._install_group(group, params, infos, extents,
                                 self._validate_group(group, gi))
 
@@ -229,7 +231,7 @@ class Adam:
         except ValueError as error:
             raise ValueError(f"param_groups[{gi}]: {error}") from None
         group["betas"] = args[1:3]    # a tuple: in-place edits cannot bypass the check
-        return _raw(group), args
+        return raw_entries(group), args
 
     def _kernel_args(self):
         """The validated kernel arguments of every group, re-validating edits.
@@ -249,8 +251,8 @@ class Adam:
                     or group["amsgrad"] is not raw[4] or group["maximize"] is not raw[5]
                     or group["decoupled_weight_decay"] is not raw[6]
                     or group["params"] is not raw[7]):
-                if _same_as_validated(group, raw):
-                    cached = (_raw(group), cached[1])
+                if same_as_validated(group, raw):
+                    cached = (raw_entries(group), cached[1])
                 else:
                     self._check_params_kept(group, gi)
                     cached = self._validate_group(group, gi)
@@ -507,53 +509,27 @@ class Adam:
         from .checkpoint import save
         save(self.state_dict(), path)
 
+    def load(self, path):
+        """Load a checkpoint file into this optimizer (see :func:`numadam.load`)."""
+        from .checkpoint import load
+        self.load_state_dict(load(path))
+
+    def __repr__(self):
+        lines = [f"{type(self).__name__} ("]
+        for gi, group in enumerate(self.param_groups):
+            lines.append(f"Parameter Group {gi}")
+            lines.extend(f"    {key}: {group[key]}" for key in HYPERPARAMETERS)
+            lines.append(f"    params: {len(group['params'])} arrays")
+        lines.append(")")
+        return "\n".join(lines)
+
     # ------------------------------------------------------- copy, pickle
     def __getstate__(self):
-        """Values only: the arrays, step counts and settings, never an address.
-
-        The buckets' address tables are rebuilt from the arrays on load, so a
-        copy or an unpickled optimizer writes only into its own arrays.
-        """
-        with self._lock:
-            for bucket in self._buckets:
-                if bucket.on_device:
-                    raise TypeError(
-                        f"{type(self).__name__} over device arrays cannot be copied or "
-                        "pickled; save its state_dict() (or a checkpoint) and load it "
-                        "into an optimizer over the arrays you want")
-            return {
-                "defaults": self.defaults,
-                "check_finite": self.check_finite,
-                "skipped_steps": self.skipped_steps,
-                "param_groups": self.param_groups,
-                "param_lists": self._param_lists,
-                "buckets": [(bucket.state, bucket.table[:, STEP].copy(),
-                             bucket.table[:, LIVE].copy(), bucket.grad_buffer)
-                            for bucket in self._buckets],
-                "owned_grads": self._grads is not None,
-            }
+        """Values only (see :mod:`numadam._copying`); never an address."""
+        return _copying.values(self)
 
     def __setstate__(self, state):
-        self._empty(state["defaults"], state["check_finite"], state["skipped_steps"])
-        for gi, (group, params) in enumerate(zip(state["param_groups"], state["param_lists"])):
-            infos, extents = self._check_params(params, gi)
-            # Validated again at the first step (the group may hold an edit
-            # that step() will refuse, as the original would).
-            self._install_group(group, params, infos, extents, (_STALE, None))
-        saved = state["buckets"]
-        if len(saved) != len(self._buckets):
-            raise ValueError("the pickled optimizer's buckets do not match its parameters")
-        for bucket, (values, steps, live, grad_buffer) in zip(self._buckets, saved):
-            if values is not None and (values.dtype != bucket.dtype
-                                       or values.shape[1:] != (bucket.total,)):
-                raise ValueError("the pickled optimizer's state does not match its parameters")
-            bucket.state = values
-            bucket.table[:, STEP] = steps
-            bucket.table[:, LIVE] = live
-            bucket.grad_buffer = grad_buffer
-        if state["owned_grads"]:
-            self._grads = _zeros_like(self._slots)   # views of the restored buffers
-            self._point_buckets_at_owned_grads(self._buckets)
+        _copying.restore(self, state)
 
     def __deepcopy__(self, memo):
         """An independent optimizer over deep copies of the parameters and
@@ -572,20 +548,6 @@ class Adam:
             "a shallow copy of an optimizer would share its state arrays with the "
             "original; use copy.deepcopy(opt) (parameters and state copied) or build "
             "a new optimizer over the same arrays and load_state_dict(opt.state_dict())")
-
-    def load(self, path):
-        """Load a checkpoint file into this optimizer (see :func:`numadam.load`)."""
-        from .checkpoint import load
-        self.load_state_dict(load(path))
-
-    def __repr__(self):
-        lines = [f"{type(self).__name__} ("]
-        for gi, group in enumerate(self.param_groups):
-            lines.append(f"Parameter Group {gi}")
-            lines.extend(f"    {key}: {group[key]}" for key in HYPERPARAMETERS)
-            lines.append(f"    params: {len(group['params'])} arrays")
-        lines.append(")")
-        return "\n".join(lines)
 
 
 class AdamW(Adam):
@@ -608,47 +570,3 @@ class AdamW(Adam):
 def _zeros_like(slots):
     """Zero gradient buffers for the parameters of ``slots``, on their device."""
     return tuple(bucket.zeros_like(row) for bucket, row in slots)
-
-
-def _raw(group):
-    """The objects ``_kernel_args`` compares by identity, in its order."""
-    return (group["lr"], group["betas"], group["eps"], group["weight_decay"],
-            group["amsgrad"], group["maximize"], group["decoupled_weight_decay"],
-            group["params"])
-
-
-def _same_as_validated(group, raw):
-    """Whether ``group``'s entries equal the validated ``raw`` in value and type
-    (``betas`` and ``params`` must be the very objects)."""
-    now = _raw(group)
-    if now[1] is not raw[1] or now[7] is not raw[7]:
-        return False
-    for k in (0, 2, 3, 4, 5, 6):
-        value, old = now[k], raw[k]
-        if value is not old and (type(value) is not type(old) or not value == old):
-            return False
-    return True
-
-
-# Matches no group: a group installed with it is validated at the next step.
-_STALE = (object(),) * 8
-
-
-class _ParamList(list):
-    """``param_groups[i]["params"]``: a list that refuses changes.
-
-    The buckets are built from these arrays at construction; a changed list
-    would be silently ignored, so changing it raises instead (replacing the
-    whole list is refused at the next step).
-    """
-
-    def _refuse(self, *args, **kwargs):
-        raise TypeError("param_groups[i]['params'] cannot be changed: the optimizer "
-                        "keeps the arrays it was given. Add arrays with "
-                        "add_param_group, or build a new optimizer")
-
-    __setitem__ = __delitem__ = __iadd__ = __imul__ = _refuse
-    append = extend = insert = pop = remove = clear = sort = reverse = _refuse
-
-    def __reduce__(self):
-        return _ParamList, (list(self),)
