@@ -2,6 +2,8 @@
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from numba import njit
 from numba.core.errors import TypingError
 
@@ -275,3 +277,23 @@ def test_vmax_may_alias_anything_without_amsgrad_and_views_of_one_buffer_are_fin
     adam_update(y, h, m, v, y[:0], 1, 0.1, 0.9, 0.999, 1e-8, 0.0, False, False, False)
     assert_bits_equal(x, y, "param")
     assert_bits_equal(state[0], m, "exp_avg")
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.integers(0, 12), min_size=5, max_size=5), st.booleans())
+def test_sharing_is_refused_exactly_when_np_shares_memory_says_so(starts, amsgrad):
+    # Five windows of one buffer: param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq.
+    buf = np.zeros(20)
+    arrays = [buf[s:s + 4] for s in starts]
+    used = range(5) if amsgrad else range(4)    # max_exp_avg_sq is ignored without AMSGrad
+    bad = any(np.shares_memory(arrays[i], arrays[j])    # a state array and anything else
+              for j in used if j >= 2 for i in used if i < j)
+    bad |= np.shares_memory(arrays[0], arrays[1]) and starts[0] != starts[1]
+    before = buf.copy()
+    try:
+        adam_update(*arrays, 1, 0.1, 0.9, 0.999, 1e-8, 0.0, amsgrad, False, False)
+    except ValueError as error:
+        assert bad and ("share" in str(error) or "overlaps param" in str(error))
+        assert_bits_equal(buf, before, "the buffer")
+    else:
+        assert not bad
