@@ -5,6 +5,8 @@ threads between almost any two bytecodes: without the optimizer's lock, these
 tests fail on every run (steps interleave inside one another, snapshots tear).
 """
 
+import copy
+import pickle
 import sys
 import threading
 import time
@@ -95,7 +97,12 @@ def test_one_optimizer_stepped_from_several_threads_equals_the_same_steps_in_tur
     _assert_same(opt, params, replay, replay_params)
 
 
-def test_state_dict_taken_while_another_thread_steps_is_never_torn():
+@pytest.mark.parametrize("take", [
+    lambda opt: opt.state_dict()["state"],
+    lambda opt: copy.deepcopy(opt).state_dict()["state"],
+    lambda opt: pickle.loads(pickle.dumps(copy.deepcopy(opt))).state_dict()["state"],
+], ids=["state_dict", "deepcopy", "pickle-of-deepcopy"])
+def test_snapshots_taken_while_another_thread_steps_are_never_torn(take):
     # Many small parameters: a state dict takes long enough for steps to land inside.
     many = [np.linspace(-1, 1, 5 + k % 3) for k in range(60)]
     params = [p.copy() for p in many]
@@ -117,7 +124,7 @@ def test_state_dict_taken_while_another_thread_steps_is_never_torn():
     def reader():
         both.wait()
         while not done.is_set():
-            snapshot = opt.state_dict()["state"]
+            snapshot = take(opt)
             if snapshot:
                 snapshots.append(snapshot)
 
