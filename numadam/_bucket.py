@@ -43,6 +43,11 @@ class BucketBase:
         self.owned_grad_addresses = None
         self.uses_owned_grads = False
 
+    def __reduce_ex__(self, protocol):
+        # The table holds addresses: a copy would write into the original's arrays.
+        raise TypeError(f"{type(self).__name__} holds memory addresses and cannot be "
+                        "copied or pickled; copy or pickle the optimizer instead")
+
     def rows_for(self, amsgrad):
         return 3 if amsgrad else 2
 

@@ -42,6 +42,11 @@ class StateView(Mapping):
     def __len__(self):
         return sum(1 for _ in self)
 
+    def __reduce__(self):
+        # A copy or pickle is a snapshot: plain dicts holding copies.
+        slots = self._opt._slots
+        return dict, ({i: slots[i][0].param_state(slots[i][1]) for i in self},)
+
 
 class ParamState(MutableMapping):
     """One parameter's state: ``step`` reads and writes the step counter."""
@@ -79,6 +84,10 @@ class ParamState(MutableMapping):
 
     def __len__(self):
         return len(self._keys())
+
+    def __reduce__(self):
+        # A copy or pickle is a snapshot: a plain dict holding copies.
+        return dict, (self._bucket.param_state(self._row),)
 
     def __repr__(self):
         return repr(dict(self))

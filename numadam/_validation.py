@@ -51,6 +51,57 @@ def hyperparameters(group):
             _flag("decoupled_weight_decay", group["decoupled_weight_decay"]))
 
 
+def torch_flag(name, value):
+    """A boolean constructor flag of torch's, as a bool, or a ValueError."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def torch_only_flags(foreach, fused, capturable, differentiable):
+    """Check torch's implementation flags, which change nothing here.
+
+    ``foreach`` and ``fused`` pick an implementation in torch; numadam has one
+    (the fused kernel's bits), so any value but the pair torch refuses is
+    accepted. ``capturable`` and ``differentiable`` promise what numadam cannot
+    do (CUDA-graph capture, autograd through the step): ``True`` is refused
+    rather than silently ignored.
+    """
+    for name, value in (("foreach", foreach), ("fused", fused)):
+        if value is not None:
+            torch_flag(name, value)
+    if foreach and fused:
+        raise ValueError("fused=True and foreach=True cannot be used together (as in torch)")
+    if torch_flag("capturable", capturable):
+        raise ValueError("capturable=True is not supported: numadam's step is not captured "
+                         "into CUDA graphs (its step counts are Python ints); leave it False")
+    if torch_flag("differentiable", differentiable):
+        raise ValueError("differentiable=True is not supported: numadam has no autograd "
+                         "to differentiate through the step; leave it False")
+
+
+def no_overlap(extents, new):
+    """Raise ValueError if any of ``new`` shares memory with another extent.
+
+    An extent is ``(memory, first byte, end byte, where)``. Parameters are
+    C-contiguous, so each covers every byte of its range and two share memory
+    exactly when their ranges intersect (what ``np.shares_memory`` would find,
+    in O(n log n) instead of pairwise). Empty arrays share nothing.
+    """
+    spans = sorted((e for e in (*extents, *new) if e[2] > e[1]),
+                   key=lambda e: (repr(e[0]), e[1]))
+    widest = None
+    for span in spans:
+        if widest is not None and widest[0] == span[0] and span[1] < widest[2]:
+            first, second = (widest, span) if widest in new else (span, widest)
+            raise ValueError(
+                f"{first[3]} shares memory with {second[3]} (overlapping views of one "
+                "array); each element can be optimised once, so pass non-overlapping "
+                "arrays")
+        if widest is None or widest[0] != span[0] or span[2] > widest[2]:
+            widest = span
+
+
 def describe(array):
     """A short description of what the user passed, for error messages."""
     if isinstance(array, np.ndarray):

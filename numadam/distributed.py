@@ -395,6 +395,14 @@ class ShardedAdam:
         """Load a checkpoint (collective): ``root`` reads it, every rank gets its shard."""
         _distributed_state.load(self, path, root)
 
+    def __reduce_ex__(self, protocol):
+        # Covers copy.copy, copy.deepcopy and pickle: a copy would share the
+        # communicator and the shards' buffers, and ranks copy independently.
+        raise TypeError(
+            f"{type(self).__name__} holds an MPI communicator and buffer addresses and "
+            "cannot be copied or pickled; save(path) on every rank and load it into a "
+            "new optimizer")
+
     def __repr__(self):
         return (f"{type(self).__name__}(rank {self.rank} of {self.size}, "
                 f"reduction={self.reduction!r}, shards={self.shard_ranges})\n"

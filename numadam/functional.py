@@ -70,8 +70,9 @@ def adam_update(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, beta
     ------
     TypeError, ValueError
         From Python, before anything is touched: arrays that do not fit
-        ``param`` (shape, dtype, contiguity, read-only), a step below 1, or
-        an invalid hyperparameter. Inside ``@njit`` code, dtype, dimension and
+        ``param`` (shape, dtype, contiguity, read-only) or share memory
+        where they must not (see Notes), a step below 1, or an invalid
+        hyperparameter. Inside ``@njit`` code, dtype, dimension and
         layout mismatches fail at compile time (``TypingError``) and shape or
         value errors raise ``ValueError`` at run time, also before any write.
 
@@ -89,7 +90,11 @@ def adam_update(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, beta
         p     = p + (-(lr / (1 - beta1**t)) * m) / (sqrt(v) / sqrt(1 - beta2**t) + eps)
 
     The arrays are updated one element at a time in a single pass; ``param``
-    and ``grad`` may be the same array, the state arrays must be distinct.
+    and ``grad`` may be the same array. Any other sharing of memory (the
+    same array as ``exp_avg`` and ``exp_avg_sq``, a state array that is or
+    overlaps ``param`` or ``grad``, a ``grad`` that is a shifted view of
+    ``param``) is a ``ValueError``, from Python and inside ``@njit`` code,
+    before any write.
 
     Examples
     --------
@@ -186,6 +191,20 @@ def _update(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, beta1, b
                          "the shape of param")
     if step < 1:
         raise ValueError("adam_update: step must be >= 1 (the count after the increment)")
+    p0, p1 = _span(param)
+    g0, g1 = _span(grad)
+    m0, m1 = _span(exp_avg)
+    v0, v1 = _span(exp_avg_sq)
+    w0, w1 = _span(max_exp_avg_sq) if amsgrad else (np.uintp(0), np.uintp(0))
+    if m0 < v1 and v0 < m1 or w0 < m1 and m0 < w1 or w0 < v1 and v0 < w1:
+        raise ValueError("adam_update: exp_avg, exp_avg_sq and max_exp_avg_sq must not "
+                         "share memory")
+    if (m0 < p1 and p0 < m1 or m0 < g1 and g0 < m1 or v0 < p1 and p0 < v1
+            or v0 < g1 and g0 < v1 or w0 < p1 and p0 < w1 or w0 < g1 and g0 < w1):
+        raise ValueError("adam_update: the state arrays must not share memory with "
+                         "param or grad")
+    if p0 < g1 and g0 < p1 and not (p0 == g0 and p1 == g1):
+        raise ValueError("adam_update: grad overlaps param without being param itself")
     # float64 before any arithmetic: float32 scalars from njit callers would
     # otherwise round lr * weight_decay in float32 and break parity.
     lr = np.float64(lr)
@@ -204,6 +223,17 @@ def _update(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, beta1, b
     update_span(param.reshape(n), grad.reshape(n), exp_avg.reshape(n),
                  exp_avg_sq.reshape(n), max_exp_avg_sq.reshape(max_exp_avg_sq.size),
                  0, n, 0, scalars, amsgrad, maximize, decoupled)
+
+
+@njit(inline="always")
+def _span(a):
+    """The byte range ``[start, end)`` of C-contiguous ``a``; ``(0, 0)`` when
+    empty, which meets no other range. Two arrays share memory exactly when
+    their ranges meet."""
+    if a.size == 0:
+        return np.uintp(0), np.uintp(0)
+    start = a.ctypes.data
+    return start, start + np.uintp(a.nbytes)
 
 
 def _typing_errors(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, flags):

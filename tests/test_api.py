@@ -156,3 +156,111 @@ def test_import_numadam_loads_no_gpu_or_mpi_stack():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.strip()
     assert out == "[]"
+
+
+def test_a_callable_first_argument_is_the_closure():
+    x = np.array([3.0])
+    opt = numadam.Adam([x], lr=0.1)
+    opt.grads
+
+    def closure():
+        opt.grads[0][...] = 2 * x
+        return 9.0
+
+    assert opt.step(closure) == 9.0             # torch's step(closure)
+    assert opt.state[x]["step"] == 1 and x[0] < 3.0
+    with pytest.raises(TypeError, match="closure twice"):
+        opt.step(closure, closure=closure)
+    assert opt.state[x]["step"] == 1
+
+
+def test_zero_grad_set_to_none_zero_fills_the_owned_buffers():
+    x = np.zeros(3)
+    opt = numadam.Adam([x], lr=0.1)
+    opt.grads[0][...] = 1.0
+    buffer = opt.grads[0]
+    for set_to_none in (True, False):
+        opt.zero_grad(set_to_none=set_to_none)
+        assert opt.grads[0] is buffer and not buffer.any()
+        buffer[...] = 1.0
+    opt.zero_grad(True)
+    opt.step()                                  # still reads the (zero) buffers
+    assert opt.state[x]["step"] == 1 and not x.any()
+
+
+@pytest.mark.parametrize("flags", [dict(foreach=True), dict(foreach=False), dict(fused=True),
+                                   dict(fused=False), dict(foreach=None, fused=None),
+                                   dict(capturable=False, differentiable=False),
+                                   dict(fused=True, foreach=False)])
+@pytest.mark.parametrize("cls", ["Adam", "AdamW"])
+def test_torchs_implementation_flags_are_accepted_and_change_nothing(cls, flags):
+    x, y = np.linspace(-1, 1, 5), np.linspace(-1, 1, 5)
+    plain = getattr(numadam, cls)([x], lr=0.1, weight_decay=0.1)
+    flagged = getattr(numadam, cls)([y], lr=0.1, weight_decay=0.1, **flags)
+    for t in range(3):
+        g = np.full(5, 0.5 - t)
+        plain.step([g])
+        flagged.step([g])
+    assert np.array_equal(x, y)
+    assert plain.state_dict()["param_groups"] == flagged.state_dict()["param_groups"]
+
+
+@pytest.mark.parametrize("flags,words", [
+    (dict(fused=True, foreach=True), "cannot be used together"),
+    (dict(capturable=True), "capturable=True is not supported"),
+    (dict(differentiable=True), "differentiable=True is not supported"),
+    (dict(foreach="yes"), "foreach must be True or False"),
+    (dict(decoupled_weight_decay=1), "decoupled_weight_decay must be True or False"),
+])
+def test_torch_flags_that_cannot_be_honoured_are_refused(flags, words):
+    with pytest.raises(ValueError, match=words):
+        numadam.Adam([np.zeros(2)], **flags)
+
+
+def test_adam_with_decoupled_weight_decay_is_adamw():
+    x, y = np.linspace(-1, 1, 6), np.linspace(-1, 1, 6)
+    adam = numadam.Adam([x], lr=0.1, weight_decay=0.3, decoupled_weight_decay=True)
+    adamw = numadam.AdamW([y], lr=0.1, weight_decay=0.3)
+    for t in range(4):
+        g = np.full(6, 0.25 * t - 0.5)
+        adam.step([g])
+        adamw.step([g])
+    assert np.array_equal(x, y)
+    assert adam.param_groups[0]["decoupled_weight_decay"] is True
+    assert numadam.Adam([np.zeros(1)]).param_groups[0]["decoupled_weight_decay"] is False
+    with pytest.raises(TypeError):              # as torch's AdamW: not an argument
+        numadam.AdamW([np.zeros(1)], decoupled_weight_decay=False)
+
+
+def test_group_params_cannot_be_changed_in_place():
+    x, y = np.zeros(2), np.zeros(2)
+    opt = numadam.Adam([x], lr=0.1)
+    params = opt.param_groups[0]["params"]
+    for change in (lambda: params.append(y), lambda: params.extend([y]),
+                   lambda: params.insert(0, y), lambda: params.__setitem__(0, y),
+                   lambda: params.pop(), lambda: params.remove(x), params.clear,
+                   lambda: params.__delitem__(0), lambda: params.__iadd__([y])):
+        with pytest.raises(TypeError, match="cannot be changed"):
+            change()
+    assert list(params) == [x] and isinstance(params, list)
+    opt.step([np.ones(2)])
+    assert opt.state[x]["step"] == 1
+
+
+def test_a_replaced_group_params_list_is_refused_before_anything_changes():
+    x, y = np.zeros(2), np.zeros(2)
+    opt = numadam.Adam([x], lr=0.1)
+    opt.step([np.ones(2)])
+    before = x.copy()
+    kept = opt.param_groups[0]["params"]
+    for other in ([y], [x, y], [], (y,), x):
+        opt.param_groups[0]["params"] = other
+        with pytest.raises(ValueError,
+                           match=r"param_groups\[0\]\['params'\] was replaced by other"):
+            opt.step([np.ones(2)])
+        with pytest.raises(ValueError, match="was replaced by other"):
+            opt.state_dict()
+        assert np.array_equal(x, before) and not y.any() and opt.state[x]["step"] == 1
+    opt.param_groups[0]["params"] = [x]         # the same arrays: the group's list is back
+    opt.step([np.ones(2)])
+    assert opt.param_groups[0]["params"] is kept and opt.state[x]["step"] == 2

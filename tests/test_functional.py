@@ -2,6 +2,8 @@
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from numba import njit
 from numba.core.errors import TypingError
 
@@ -203,3 +205,95 @@ def test_read_only_param_is_rejected_even_as_its_own_gradient():
     x.flags.writeable = False
     with pytest.raises(ValueError, match="param is read-only"):
         adam_update(**args_for(x, grad=x))
+
+
+@njit
+def _call_hyper(param, grad, m, v, vmax, lr, beta1, beta2, eps, wd, amsgrad):
+    adam_update(param, grad, m, v, vmax, 1, lr, beta1, beta2, eps, wd, amsgrad, False, False)
+
+
+@pytest.mark.parametrize("bad", [dict(beta1=1.0), dict(beta2=1.0), dict(beta1=-0.1),
+                                 dict(beta2=np.nan), dict(lr=np.inf), dict(eps=-1e-8),
+                                 dict(wd=np.nan)])
+def test_inside_njit_each_hyperparameter_is_checked_before_any_write(bad):
+    # From Python these values never reach the compiled check (the Python
+    # validation refuses them first), so only an njit caller can see it.
+    x, g = np.ones(4), np.full(4, 0.5)
+    m, v, vmax = fresh_state(x, True)
+    hyper = dict(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, wd=0.0) | bad
+    with pytest.raises(ValueError, match="need finite lr"):
+        _call_hyper(x, g, m, v, vmax, amsgrad=True, **hyper)
+    assert_bits_equal(x, np.ones(4), "param")
+    assert not m.any() and not v.any() and not vmax.any()
+
+
+def _aliasing_cases():
+    """(name, arrays (param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq), amsgrad, words)."""
+    x, g = np.ones(6), np.full(6, 0.5)
+    m, v, w = np.zeros(6), np.zeros(6), np.zeros(6)
+    buf = np.zeros(12)
+    state_state = "exp_avg, exp_avg_sq and max_exp_avg_sq must not share memory"
+    state_param = "state arrays must not share memory with param or grad"
+    return [
+        ("exp_avg is exp_avg_sq", (x, g, m, m, w), False, state_state),
+        ("overlapping moments", (x, g, buf[:6], buf[3:9], w), False, state_state),
+        ("vmax is exp_avg", (x, g, m, v, m), True, state_state),
+        ("vmax is exp_avg_sq", (x, g, m, v, v), True, state_state),
+        ("exp_avg is param", (x, g, x, v, w), False, state_param),
+        ("exp_avg_sq is grad", (x, g, m, g, w), False, state_param),
+        ("vmax is param", (x, g, m, v, x), True, state_param),
+        ("vmax is grad", (x, g, m, v, g), True, state_param),
+        ("grad is a shifted view of param", (buf[:6], buf[1:7], m, v, w), False,
+         "grad overlaps param"),
+    ]
+
+
+@pytest.mark.parametrize("case", _aliasing_cases(), ids=lambda c: c[0])
+@pytest.mark.parametrize("caller", ["python", "njit"])
+def test_aliased_arrays_are_refused_before_any_write(case, caller):
+    _, arrays, amsgrad, words = case
+    before = [a.copy() for a in arrays]
+    call = adam_update if caller == "python" else _call_all
+    with pytest.raises(ValueError, match=words):
+        call(*arrays, 3, 0.1, 0.9, 0.999, 1e-8, 0.0, amsgrad, False, False)
+    for a, b in zip(arrays, before):
+        assert_bits_equal(a, b, "an array")
+
+
+@njit
+def _call_all(param, grad, m, v, vmax, step, lr, beta1, beta2, eps, wd, amsgrad, maximize,
+              decoupled):
+    adam_update(param, grad, m, v, vmax, step, lr, beta1, beta2, eps, wd, amsgrad, maximize,
+                decoupled)
+
+
+def test_vmax_may_alias_anything_without_amsgrad_and_views_of_one_buffer_are_fine():
+    x, g = np.ones(6), np.full(6, 0.5)
+    state = np.zeros((2, 6))                        # both moments in one buffer, apart
+    adam_update(x, g, state[0], state[1], x, 1, 0.1, 0.9, 0.999, 1e-8, 0.0, False, False,
+                False)
+    y, h = np.ones(6), np.full(6, 0.5)
+    m, v = np.zeros(6), np.zeros(6)
+    adam_update(y, h, m, v, y[:0], 1, 0.1, 0.9, 0.999, 1e-8, 0.0, False, False, False)
+    assert_bits_equal(x, y, "param")
+    assert_bits_equal(state[0], m, "exp_avg")
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.integers(0, 12), min_size=5, max_size=5), st.booleans())
+def test_sharing_is_refused_exactly_when_np_shares_memory_says_so(starts, amsgrad):
+    # Five windows of one buffer: param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq.
+    buf = np.zeros(20)
+    arrays = [buf[s:s + 4] for s in starts]
+    used = range(5) if amsgrad else range(4)    # max_exp_avg_sq is ignored without AMSGrad
+    bad = any(np.shares_memory(arrays[i], arrays[j])    # a state array and anything else
+              for j in used if j >= 2 for i in used if i < j)
+    bad |= np.shares_memory(arrays[0], arrays[1]) and starts[0] != starts[1]
+    before = buf.copy()
+    try:
+        adam_update(*arrays, 1, 0.1, 0.9, 0.999, 1e-8, 0.0, amsgrad, False, False)
+    except ValueError as error:
+        assert bad and ("share" in str(error) or "overlaps param" in str(error))
+        assert_bits_equal(buf, before, "the buffer")
+    else:
+        assert not bad

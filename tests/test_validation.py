@@ -2,6 +2,8 @@
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import numadam
 
@@ -234,3 +236,76 @@ def test_step_without_gradients():
     opt = numadam.Adam([np.zeros(3)])
     with pytest.raises(RuntimeError, match="no gradients"):
         opt.step()
+
+
+@pytest.mark.parametrize("key,value,words", [
+    ("amsgrad", 0, "amsgrad must be True or False"),
+    ("maximize", 0, "maximize must be True or False"),
+    ("decoupled_weight_decay", 0, "decoupled_weight_decay must be True or False"),
+    ("weight_decay", False, "weight_decay must be a real number"),
+    ("eps", np.False_, "eps must be a real number"),
+])
+def test_edits_equal_to_the_old_value_but_of_another_type_are_validated(key, value, words):
+    # 0 == False and False == 0.0: comparing values alone lets these through,
+    # and the checkpoint they end up in is then refused by load.
+    params, grads = _problem()
+    opt = numadam.Adam(params, eps=0.0)
+    opt.step(grads)
+    snapshot = _snapshot(opt, params)
+    old = opt.param_groups[0][key]
+    assert value == old
+    opt.param_groups[0][key] = value
+    with pytest.raises(ValueError, match=words):
+        opt.step(grads)
+    opt.param_groups[0][key] = old
+    _assert_unchanged(opt, params, snapshot)
+
+
+@pytest.mark.parametrize("make", [
+    lambda x: [x, x[:4]],                       # a view inside another parameter
+    lambda x: [x[2:], x[:3]],                   # two views sharing one element
+    lambda x: [x[:3].reshape(3, 1), x],
+    lambda x: [{"params": [x[:5]]}, {"params": [x[4:]]}],     # across groups
+], ids=["view-inside", "views-sharing-one", "reshaped", "across-groups"])
+def test_overlapping_parameters_are_refused(make):
+    x = np.arange(8.0)
+    with pytest.raises(ValueError, match="shares memory with"):
+        numadam.Adam(make(x))
+    np.testing.assert_array_equal(x, np.arange(8.0))
+
+
+def test_overlap_through_add_param_group_changes_nothing():
+    buf = np.zeros(10, np.float32)
+    opt = numadam.Adam([buf[:6]], lr=0.1)
+    with pytest.raises(ValueError, match=r"param_groups\[1\]\['params'\]\[1\] shares memory"):
+        opt.add_param_group({"params": [np.zeros(3), buf[5:]]})
+    assert len(opt.param_groups) == 1 and len(opt._slots) == 1
+    opt.add_param_group({"params": [buf[6:]]})   # adjacent, not overlapping
+    opt.step([np.ones(6, np.float32), np.ones(4, np.float32)])
+    np.testing.assert_allclose(buf, -0.1, rtol=1e-6)
+
+
+def test_disjoint_views_and_empty_views_are_accepted():
+    buf = np.ones(12)
+    opt = numadam.Adam([buf[:4], buf[4:].reshape(2, 4), buf[:0], buf[3:3]], lr=0.1)
+    opt.step([np.ones(4), np.ones((2, 4)), np.ones(0), np.ones(0)])
+    np.testing.assert_allclose(buf, 0.9)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 23), st.integers(0, 8), st.booleans()),
+                min_size=1, max_size=5))
+def test_overlap_is_refused_exactly_when_np_shares_memory_says_so(views):
+    # Views of two buffers (so that equal offsets in different buffers never clash),
+    # grouped one per group or all in one: refused iff some pair shares memory.
+    buffers = [np.zeros(32), np.zeros(32)]
+    params = [buffers[other][start:start + length] for start, length, other in views]
+    overlapping = any(np.shares_memory(a, b) for i, a in enumerate(params)
+                      for b in params[i + 1:])
+    for groups in ([params], [[p] for p in params]):
+        try:
+            numadam.Adam([{"params": g} for g in groups])
+        except ValueError as error:
+            assert overlapping and "shares memory" in str(error)
+        else:
+            assert not overlapping

@@ -1,0 +1,57 @@
+"""Copies and pickles of an optimizer: values only, never an address.
+
+The buckets' address tables are rebuilt from the arrays on load, so a deep
+copy or an unpickled optimizer writes only into its own arrays.
+"""
+
+from ._cpu import LIVE, STEP
+from ._groups import STALE
+
+__all__ = ["values", "restore"]
+
+
+def values(opt):
+    """What a copy or pickle of ``opt`` carries: arrays, step counts, settings."""
+    with opt._lock:
+        for bucket in opt._buckets:
+            if bucket.on_device:
+                raise TypeError(
+                    f"{type(opt).__name__} over device arrays cannot be copied or "
+                    "pickled; save its state_dict() (or a checkpoint) and load it "
+                    "into an optimizer over the arrays you want")
+        return {
+            "defaults": opt.defaults,
+            "check_finite": opt.check_finite,
+            "skipped_steps": opt.skipped_steps,
+            "param_groups": opt.param_groups,
+            "param_lists": opt._param_lists,
+            "buckets": [(bucket.state, bucket.table[:, STEP].copy(),
+                         bucket.table[:, LIVE].copy(), bucket.grad_buffer)
+                        for bucket in opt._buckets],
+            "owned_grads": opt._grads is not None,
+        }
+
+
+def restore(opt, state):
+    """Make the empty ``opt`` (from ``__new__``) the optimizer ``state`` describes."""
+    opt._empty(state["defaults"], state["check_finite"], state["skipped_steps"])
+    for gi, (group, params) in enumerate(zip(state["param_groups"], state["param_lists"])):
+        infos, extents = opt._check_params(params, gi)
+        # Validated again at the first step (the group may hold an edit
+        # that step() will refuse, as the original would).
+        opt._install_group(group, params, infos, extents, (STALE, None))
+    saved = state["buckets"]
+    if len(saved) != len(opt._buckets):
+        raise ValueError("the pickled optimizer's buckets do not match its parameters")
+    for bucket, (rows, steps, live, grad_buffer) in zip(opt._buckets, saved):
+        if rows is not None and (rows.dtype != bucket.dtype
+                                 or rows.shape[1:] != (bucket.total,)):
+            raise ValueError("the pickled optimizer's state does not match its parameters")
+        bucket.state = rows
+        bucket.table[:, STEP] = steps
+        bucket.table[:, LIVE] = live
+        bucket.grad_buffer = grad_buffer
+    if state["owned_grads"]:
+        # Views of the restored buffers.
+        opt._grads = tuple(bucket.zeros_like(row) for bucket, row in opt._slots)
+        opt._point_buckets_at_owned_grads(opt._buckets)
