@@ -47,11 +47,23 @@ def restore(opt, state):
         if rows is not None and (rows.dtype != bucket.dtype
                                  or rows.shape[1:] != (bucket.total,)):
             raise ValueError("the pickled optimizer's state does not match its parameters")
-        bucket.state = rows
+        bucket.state = _own(rows)
         bucket.table[:, STEP] = steps
         bucket.table[:, LIVE] = live
-        bucket.grad_buffer = grad_buffer
+        bucket.grad_buffer = _own(grad_buffer)
     if state["owned_grads"]:
         # Views of the restored buffers.
         opt._grads = tuple(bucket.zeros_like(row) for bucket, row in opt._slots)
         opt._point_buckets_at_owned_grads(opt._buckets)
+
+
+def _own(array):
+    """``array`` if it owns its writeable memory, else a copy.
+
+    An array unpickled from protocol 5's out-of-band buffers lives in the
+    caller's buffer: read-only bytes (the kernels cannot write them), or,
+    within one process, the original optimizer's own state.
+    """
+    if array is None or (array.flags.owndata and array.flags.writeable):
+        return array
+    return array.copy()

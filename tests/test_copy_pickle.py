@@ -232,3 +232,31 @@ def test_device_optimizers_refuse_copies_under_the_simulator():
     result = subprocess.run([sys.executable, "-c", _DEVICE_CHILD], env=env,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0 and "refused" in result.stdout, result.stderr[-3000:]
+
+
+def test_out_of_band_pickle_buffers_never_become_the_optimizers_state():
+    # Protocol 5 hands the arrays' memory to the caller. Buffers received as
+    # bytes are read-only, and buffers of this process are the original's
+    # memory: either way the unpickled optimizer takes its own copy of its
+    # state and gradient buffers (the parameters stay what the caller gave).
+    x = np.arange(5.0)
+    opt = numadam.Adam([x], lr=0.1, amsgrad=True)
+    opt.step([np.ones(5)])
+    opt.grads[0][...] = 2.0
+    buffers = []
+    data = pickle.dumps(opt, protocol=5, buffer_callback=buffers.append)
+    received = [bytes(b) for b in buffers]
+    received[0] = bytearray(received[0])                # the parameter: writeable
+    kept = [bytes(b) for b in received[1:]]
+    twin = pickle.loads(data, buffers=received)
+    twin.step()
+    twin.zero_grad()
+    assert [bytes(b) for b in received[1:]] == kept      # immutable bytes unchanged
+    shared = pickle.loads(data, buffers=buffers)         # the original's memory
+    snapshot = _snapshot(opt)
+    for name in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
+        assert not np.shares_memory(shared.state[0][name], opt.state[0][name])
+    assert not np.shares_memory(shared.grads[0], opt.grads[0])
+    shared.zero_grad()
+    assert opt.grads[0].all()
+    _assert_unchanged(opt, snapshot, "the original")
