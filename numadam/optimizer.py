@@ -126,6 +126,7 @@ class Adam:
         # much (2,000 against 1,000 instructions on CPython 3.11, callgrind).
         self._lock = threading.RLock()
         self._acquire, self._release = self._lock.acquire, self._lock.release
+        self._in_closure = False    # step() refuses to run inside its own closure
         self.defaults = defaults
         self.check_finite = check_finite
         self.skipped_steps = skipped_steps
@@ -385,12 +386,17 @@ class Adam:
             ``param_groups[i]["params"]`` that was replaced.
         FloatingPointError
             With ``check_finite="raise"``, if a gradient holds NaN or Inf.
+        RuntimeError
+            Without gradients (neither ``grads`` nor ``opt.grads``), or when
+            called from inside the closure of a ``step`` of this optimizer.
 
         Notes
         -----
         Steps, ``zero_grad``, ``state_dict``, ``load_state_dict``, ``save``
         and ``add_param_group`` of one optimizer hold its lock, so threads
         sharing an optimizer take turns (the closure runs inside the step).
+        The closure may call ``zero_grad`` and the other methods, but not
+        ``step`` (``RuntimeError``): that would step twice.
         """
         if (grads is not None and type(grads) is not list and type(grads) is not tuple
                 and callable(grads)):
@@ -402,7 +408,17 @@ class Adam:
         # 28,000 instructions of a 10-element step (callgrind).
         self._acquire()
         try:
-            loss = closure() if closure is not None else None
+            if self._in_closure:
+                raise RuntimeError(
+                    "step() was called from inside its own closure; the closure only "
+                    "computes the loss and gradients of the step that called it")
+            loss = None
+            if closure is not None:
+                self._in_closure = True
+                try:
+                    loss = closure()
+                finally:
+                    self._in_closure = False
             if grads is None:
                 if self._grads is None:
                     raise RuntimeError(

@@ -178,3 +178,35 @@ def test_two_optimizers_in_two_threads_stay_independent():
         alone_params = _params()
         alone = fit(alone_params, 0.25 * (k + 1))
         _assert_same(opts[k], threaded[k], alone, alone_params)
+
+
+def test_a_closure_that_steps_its_own_optimizer_is_refused():
+    # The closure computes the loss of the step about to be taken; stepping
+    # from inside it would step twice (or recurse until RecursionError).
+    x = np.array([3.0])
+    opt = numadam.Adam([x], lr=0.1)
+
+    def closure():
+        opt.step([2 * x])
+        return 1.0
+
+    with pytest.raises(RuntimeError, match="inside its own closure"):
+        opt.step([2 * x], closure=closure)
+    assert x[0] == 3.0 and 0 not in opt.state
+    assert opt.step([2 * x], closure=lambda: 2.0) == 2.0      # still usable
+    assert opt.state[x]["step"] == 1
+
+
+@pytest.mark.parametrize("error", [KeyError, KeyboardInterrupt])
+def test_a_closure_that_raises_releases_the_lock(error):
+    x = np.array([3.0])
+    opt = numadam.Adam([x], lr=0.1)
+
+    def closure():
+        raise error("from the closure")
+
+    with pytest.raises(error):
+        opt.step([2 * x], closure=closure)
+    assert x[0] == 3.0
+    _run_threads(lambda _: opt.step([2 * x]), count=1)     # another thread gets the lock
+    assert opt.state[x]["step"] == 1
