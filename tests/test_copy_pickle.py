@@ -260,3 +260,19 @@ def test_out_of_band_pickle_buffers_never_become_the_optimizers_state():
     shared.zero_grad()
     assert opt.grads[0].all()
     _assert_unchanged(opt, snapshot, "the original")
+
+
+def test_views_are_copied_as_numpy_copies_them_and_the_readme_recipe_relinks_them():
+    theta = np.linspace(-1, 1, 10)
+    opt = numadam.Adam([theta[:4], theta[4:]], lr=0.1)
+    grads = [np.ones(4), np.ones(6)]
+    opt.step(grads)
+    theta2, opt2 = copy.deepcopy((theta, opt))
+    before = theta2.copy()
+    opt2.step(grads)
+    assert_bits_equal(theta2, before, "the copied vector")       # as documented
+    relinked = numadam.Adam([theta2[:4], theta2[4:]], lr=0.1)
+    relinked.load_state_dict(opt.state_dict())
+    relinked.step(grads)
+    opt.step(grads)
+    assert_bits_equal(theta2, theta, "the relinked copy")
