@@ -398,20 +398,14 @@ class Adam:
         The closure may call ``zero_grad`` and the other methods, but not
         ``step`` (``RuntimeError``): that would step twice.
         """
-        if (grads is not None and type(grads) is not list and type(grads) is not tuple
-                and callable(grads)):
-            if closure is not None:
-                raise TypeError("step() got a closure twice: as its first argument "
-                                "and as closure=")
-            grads, closure = None, grads
+        if grads is not None and type(grads) is not list and type(grads) is not tuple:
+            grads, closure = positional_closure(grads, closure)
         # The body is inlined rather than a call under the lock: 400 of the
         # 28,000 instructions of a 10-element step (callgrind).
         self._acquire()
         try:
             if self._in_closure:
-                raise RuntimeError(
-                    "step() was called from inside its own closure; the closure only "
-                    "computes the loss and gradients of the step that called it")
+                raise RuntimeError(STEP_IN_CLOSURE)
             loss = None
             if closure is not None:
                 self._in_closure = True
@@ -581,6 +575,21 @@ class AdamW(Adam):
                  fused=None, capturable=False, differentiable=False):
         self._init(params, lr, betas, eps, weight_decay, amsgrad, maximize, check_finite,
                    (foreach, fused, capturable, differentiable), True)
+
+
+STEP_IN_CLOSURE = ("step() was called from inside its own closure; the closure only "
+                   "computes the loss and gradients of the step that called it")
+
+
+def positional_closure(grads, closure):
+    """``(grads, closure)`` of a ``step(grads, closure=closure)`` call:
+    a callable first argument is the closure, as in torch's
+    ``step(closure=None)``."""
+    if not callable(grads):
+        return grads, closure
+    if closure is not None:
+        raise TypeError("step() got a closure twice: as its first argument and as closure=")
+    return None, grads
 
 
 def _zeros_like(slots):
