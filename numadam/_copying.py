@@ -1,7 +1,8 @@
 """Copies and pickles of an optimizer: values only, never an address.
 
 The buckets' address tables are rebuilt from the arrays on load, so a deep
-copy or an unpickled optimizer writes only into its own arrays.
+copy or an unpickled optimizer writes only into its own arrays. Attributes a
+subclass adds travel as they are.
 """
 
 from ._cpu import LIVE, STEP
@@ -29,7 +30,17 @@ def values(opt):
                          bucket.table[:, LIVE].copy(), bucket.grad_buffer)
                         for bucket in opt._buckets],
             "owned_grads": opt._grads is not None,
+            "attributes": _own_attributes(opt),
         }
+
+
+def _own_attributes(opt):
+    """The attributes a subclass (or a user) added to ``opt``: every entry of
+    its ``__dict__`` that ``_empty`` does not make."""
+    blank = type(opt).__new__(type(opt))
+    blank._empty(opt.defaults, None, 0)
+    internal = vars(blank)
+    return {name: value for name, value in vars(opt).items() if name not in internal}
 
 
 def restore(opt, state):
@@ -55,6 +66,7 @@ def restore(opt, state):
         # Views of the restored buffers.
         opt._grads = tuple(bucket.zeros_like(row) for bucket, row in opt._slots)
         opt._point_buckets_at_owned_grads(opt._buckets)
+    vars(opt).update(state["attributes"])
 
 
 def _own(array):

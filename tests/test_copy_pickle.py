@@ -276,3 +276,29 @@ def test_views_are_copied_as_numpy_copies_them_and_the_readme_recipe_relinks_the
     relinked.step(grads)
     opt.step(grads)
     assert_bits_equal(theta2, theta, "the relinked copy")
+
+
+class _Logged(numadam.AdamW):
+    """A subclass with attributes of its own, as users write them."""
+
+    def __init__(self, params, **kwargs):
+        super().__init__(params, **kwargs)
+        self.losses = []
+
+    def step(self, grads=None, **kwargs):
+        self.losses.append(len(self.losses))
+        return super().step(grads, **kwargs)
+
+
+@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
+def test_a_subclass_keeps_its_own_attributes(how):
+    x = np.ones(3)
+    opt = _Logged([x], lr=0.1)
+    opt.step([np.ones(3)])
+    twin = copy.deepcopy(opt) if how == "deepcopy" else pickle.loads(pickle.dumps(opt))
+    assert type(twin) is _Logged and twin.losses == [0]
+    assert twin.losses is not opt.losses
+    twin.step([np.ones(3)])
+    opt.step([np.ones(3)])
+    assert twin.losses == opt.losses == [0, 1]
+    _assert_same(opt, twin, "after a step")
