@@ -302,3 +302,18 @@ def test_a_subclass_keeps_its_own_attributes(how):
     opt.step([np.ones(3)])
     assert twin.losses == opt.losses == [0, 1]
     _assert_same(opt, twin, "after a step")
+
+
+@pytest.mark.parametrize("protocol", range(pickle.HIGHEST_PROTOCOL + 1))
+def test_every_pickle_protocol_round_trips_exactly(protocol):
+    params = [np.linspace(-1, 1, 5), np.array(0.5, np.float32), np.zeros(0)]
+    opt = numadam.Adam(params, lr=0.1, amsgrad=True)
+    opt.grads[0][...] = 1.0
+    opt.step()
+    params2, twin = pickle.loads(pickle.dumps((params, opt), protocol=protocol))
+    assert _params(twin)[0] is params2[0]
+    assert_bits_equal(twin.grads[0], opt.grads[0], "owned gradient")
+    for o in (opt, twin):
+        o.grads[1][...] = -2.0
+        o.step()
+    _assert_same(opt, twin, f"protocol {protocol}")
