@@ -136,6 +136,7 @@ class Adam:
         self._index_of = {}         # id(array) -> global parameter index
         self._param_lists = []      # per group: the list its buckets were built from
         self._group_args = []       # per group: (raw hyperparameters, kernel args)
+        self._last_group = -1       # index of the last group
         self._extents = []          # (memory, first byte, end byte, where) of every parameter
         self._grads = None
 
@@ -153,6 +154,7 @@ class Adam:
             parameter, or a hyperparameter is invalid.
         """
         with self._lock:
+            self._check_groups()
             if not isinstance(param_group, Mapping) or "params" not in param_group:
                 raise TypeError("a parameter group must be a dict with a 'params' entry, "
                                 f"got {param_group!r}")
@@ -214,6 +216,7 @@ class Adam:
                 slots[index - first] = (bucket, row)
 
         self.param_groups.append(group)
+        self._last_group = gi
         self._param_lists.append(params)
         self._group_args.append(validated)
         self._extents.extend(extents)
@@ -244,25 +247,50 @@ class Adam:
         equal to ``False`` but is not a bool.
         """
         out = []
-        for gi, group in enumerate(self.param_groups):
-            cached = self._group_args[gi]
-            raw = cached[0]
-            if (group["lr"] is not raw[0] or group["betas"] is not raw[1]
-                    or group["eps"] is not raw[2] or group["weight_decay"] is not raw[3]
-                    or group["amsgrad"] is not raw[4] or group["maximize"] is not raw[5]
-                    or group["decoupled_weight_decay"] is not raw[6]
-                    or group["params"] is not raw[7]):
-                if same_as_validated(group, raw):
-                    cached = (raw_entries(group), cached[1])
-                else:
-                    self._check_params_kept(group, gi)
-                    cached = self._validate_group(group, gi)
-                    for bucket in self._buckets:
-                        if bucket.group_index == gi:
-                            bucket.check_amsgrad(cached[1][5], f"param_groups[{gi}]")
-                self._group_args[gi] = cached
-            out.append(cached[1])
+        gi = -1
+        try:
+            for gi, group in enumerate(self.param_groups):
+                cached = self._group_args[gi]
+                raw = cached[0]
+                if (group["lr"] is not raw[0] or group["betas"] is not raw[1]
+                        or group["eps"] is not raw[2] or group["weight_decay"] is not raw[3]
+                        or group["amsgrad"] is not raw[4] or group["maximize"] is not raw[5]
+                        or group["decoupled_weight_decay"] is not raw[6]
+                        or group["params"] is not raw[7]):
+                    if same_as_validated(group, raw):
+                        cached = (raw_entries(group), cached[1])
+                    else:
+                        self._check_params_kept(group, gi)
+                        cached = self._validate_group(group, gi)
+                        for bucket in self._buckets:
+                            if bucket.group_index == gi:
+                                bucket.check_amsgrad(cached[1][5], f"param_groups[{gi}]")
+                    self._group_args[gi] = cached
+                out.append(cached[1])
+        except (KeyError, IndexError):  # a deleted entry, an added group
+            self._check_groups()
+            raise
+        if gi != self._last_group:      # a removed group; cheaper than two len()
+            self._check_groups()
         return out
+
+    def _check_groups(self):
+        """Refuse ``param_groups`` that gained or lost groups, or entries,
+        behind the optimizer's back, and replaced ``params`` lists."""
+        groups = self.param_groups
+        if len(groups) != len(self._param_lists):
+            raise ValueError(
+                f"opt.param_groups has {len(groups)} groups but the optimizer was "
+                f"given {len(self._param_lists)}: groups cannot be added or removed by "
+                "editing the list; add them with add_param_group, or build a new "
+                "optimizer")
+        for gi, group in enumerate(groups):
+            for key in HYPERPARAMETERS + ("params",):
+                if key not in group:
+                    raise ValueError(
+                        f"param_groups[{gi}] has no {key!r} entry; every group keeps "
+                        "its hyperparameters (edit them, do not delete them)")
+            self._check_params_kept(group, gi)
 
     def _check_params_kept(self, group, gi):
         """Refuse a replaced ``group["params"]``, unless it lists the very same
@@ -498,8 +526,7 @@ class Adam:
         Taken under the optimizer's lock: never torn by a step in another thread.
         """
         with self._lock:
-            for gi, group in enumerate(self.param_groups):
-                self._check_params_kept(group, gi)
+            self._check_groups()
             return _state_dict.export(self)
 
     def load_state_dict(self, state_dict):
@@ -510,8 +537,7 @@ class Adam:
         ``ValueError`` and leaves the optimizer as it was.
         """
         with self._lock:
-            for gi, group in enumerate(self.param_groups):
-                self._check_params_kept(group, gi)
+            self._check_groups()
             _state_dict.load(self, state_dict)
 
     def save(self, path):
