@@ -304,3 +304,16 @@ def test_a_deleted_hyperparameter_is_a_clear_error_before_anything_changes(key):
     opt.param_groups[0][key] = value
     opt.step([np.ones(2)])
     assert opt.state[x]["step"] == 2
+
+
+def test_a_state_dict_holding_arrays_for_ids_says_what_ids_are():
+    # opt.param_groups holds the arrays; a state dict holds their integer ids.
+    x = np.ones(3)
+    opt = numadam.Adam([x], lr=0.1)
+    opt.step([np.ones(3)])
+    before = opt.state_dict()
+    bad = {"state": before["state"], "param_groups": opt.param_groups}
+    with pytest.raises(ValueError, match=r"param_groups\[0\]\['params'\] of the state dict "
+                                         "must hold parameter ids.*ndarray"):
+        opt.load_state_dict(bad)
+    assert opt.param_groups[0]["lr"] == 0.1 and opt.state[x]["step"] == 1
