@@ -1,7 +1,8 @@
 """Copies and pickles of an optimizer: values only, never an address.
 
 The buckets' address tables are rebuilt from the arrays on load, so a deep
-copy or an unpickled optimizer writes only into its own arrays.
+copy or an unpickled optimizer writes only into its own arrays. Attributes a
+subclass adds travel as they are.
 """
 
 from ._cpu import LIVE, STEP
@@ -29,7 +30,17 @@ def values(opt):
                          bucket.table[:, LIVE].copy(), bucket.grad_buffer)
                         for bucket in opt._buckets],
             "owned_grads": opt._grads is not None,
+            "attributes": _own_attributes(opt),
         }
+
+
+def _own_attributes(opt):
+    """The attributes a subclass (or a user) added to ``opt``: every entry of
+    its ``__dict__`` that ``_empty`` does not make."""
+    blank = type(opt).__new__(type(opt))
+    blank._empty(opt.defaults, None, 0)
+    internal = vars(blank)
+    return {name: value for name, value in vars(opt).items() if name not in internal}
 
 
 def restore(opt, state):
@@ -47,11 +58,24 @@ def restore(opt, state):
         if rows is not None and (rows.dtype != bucket.dtype
                                  or rows.shape[1:] != (bucket.total,)):
             raise ValueError("the pickled optimizer's state does not match its parameters")
-        bucket.state = rows
+        bucket.state = _own(rows)
         bucket.table[:, STEP] = steps
         bucket.table[:, LIVE] = live
-        bucket.grad_buffer = grad_buffer
+        bucket.grad_buffer = _own(grad_buffer)
     if state["owned_grads"]:
         # Views of the restored buffers.
         opt._grads = tuple(bucket.zeros_like(row) for bucket, row in opt._slots)
         opt._point_buckets_at_owned_grads(opt._buckets)
+    vars(opt).update(state["attributes"])
+
+
+def _own(array):
+    """``array`` if it owns its writeable memory, else a copy.
+
+    An array unpickled from protocol 5's out-of-band buffers lives in the
+    caller's buffer: read-only bytes (the kernels cannot write them), or,
+    within one process, the original optimizer's own state.
+    """
+    if array is None or (array.flags.owndata and array.flags.writeable):
+        return array
+    return array.copy()

@@ -1,7 +1,7 @@
 """State dicts in torch's layout: export, and validated all-or-nothing import."""
 
 import numbers
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 
 import numpy as np
 
@@ -110,6 +110,10 @@ def _parse(opt, state_dict):
             raise ValueError(f"param_groups[{gi}] of the state dict has {len(saved_ids)} "
                              f"parameters, the optimizer's {len(group['params'])}")
         for k, saved_id in enumerate(saved_ids):
+            if not isinstance(saved_id, Hashable):
+                raise ValueError(
+                    f"param_groups[{gi}]['params'] of the state dict must hold parameter "
+                    f"ids (as state_dict() writes them), got {type(saved_id).__name__}")
             if saved_id in index_of_id:
                 raise ValueError(f"parameter id {saved_id!r} appears twice in the state dict")
             index_of_id[saved_id] = first + k

@@ -28,6 +28,7 @@ numadam`` does not.
 import hashlib
 import math
 import numbers
+import threading
 
 import numpy as np
 from mpi4py import MPI
@@ -37,7 +38,7 @@ from ._distributed_agree import agree, describe, raise_agreed
 from ._distributed_kernels import NBINS, NONFINITE, bins_to_sum, square_bins
 from ._distributed_layout import bytes_per_step, first_difference, layout_signature
 from ._distributed_shard import Shard
-from .optimizer import Adam, AdamW
+from .optimizer import STEP_IN_CLOSURE, Adam, AdamW, positional_closure
 
 __all__ = ["ShardedAdam", "ShardedAdamW", "REDUCTIONS", "CLIP_EPS"]
 
@@ -54,6 +55,9 @@ class ShardedAdam:
     params, lr, betas, eps, weight_decay, amsgrad, maximize, check_finite
         As for :class:`numadam.Adam`; every rank must pass parameters of the
         same shapes, dtypes and groups, and the same hyperparameters.
+    foreach, fused, capturable, differentiable, decoupled_weight_decay
+        torch's flags, as for :class:`numadam.Adam` (``ShardedAdamW`` takes
+        all but ``decoupled_weight_decay``).
     max_grad_norm : float, optional
         Clip the averaged gradient ``g`` (all parameters together) to this
         Euclidean norm before the update; see Notes.
@@ -66,6 +70,9 @@ class ShardedAdam:
     comm : mpi4py.MPI.Intracomm, default MPI.COMM_WORLD
         Every rank of ``comm`` must call the constructor, ``step``,
         ``state_dict``, ``load_state_dict``, ``save`` and ``load`` together.
+        Those calls, and ``zero_grad``, hold the optimizer's (reentrant)
+        lock: threads of one rank sharing the optimizer take turns, so their
+        collectives never interleave on ``comm``.
 
     Notes
     -----
@@ -103,7 +110,18 @@ class ShardedAdam:
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
                  amsgrad=False, *, maximize=False, check_finite=None, max_grad_norm=None,
-                 reduction="ordered", comm=None):
+                 reduction="ordered", comm=None, foreach=None, fused=None, capturable=False,
+                 differentiable=False, decoupled_weight_decay=False):
+        self._init(params, lr, betas, eps, weight_decay, amsgrad, maximize, check_finite,
+                   max_grad_norm, reduction, comm,
+                   dict(foreach=foreach, fused=fused, capturable=capturable,
+                        differentiable=differentiable,
+                        decoupled_weight_decay=decoupled_weight_decay))
+
+    def _init(self, params, lr, betas, eps, weight_decay, amsgrad, maximize, check_finite,
+              max_grad_norm, reduction, comm, torch_flags):
+        """The constructor; ``torch_flags`` go to the inner ``Adam``/``AdamW``,
+        which checks them (an error is agreed like any other)."""
         comm = MPI.COMM_WORLD if comm is None else comm
         if not isinstance(comm, MPI.Intracomm):
             raise TypeError(f"comm must be an mpi4py intracommunicator, got {comm!r}")
@@ -116,7 +134,7 @@ class ShardedAdam:
             max_grad_norm = _max_grad_norm(max_grad_norm)
             cls = AdamW if self._decoupled else Adam
             inner = cls(params, lr, betas, eps, weight_decay, amsgrad, maximize=maximize,
-                        check_finite=check_finite)
+                        check_finite=check_finite, **torch_flags)
             signature = layout_signature(inner, (("check_finite", check_finite),
                                                  ("max_grad_norm", max_grad_norm),
                                                  ("reduction", reduction)))
@@ -142,6 +160,8 @@ class ShardedAdam:
         self._where = {int(i): (shard, k) for shard in self._shards
                        for k, i in enumerate(shard.indices)}
         self._grads = None
+        self._lock = threading.RLock()
+        self._in_closure = False
 
     # ----------------------------------------------------------- properties
     @property
@@ -160,19 +180,25 @@ class ShardedAdam:
         Views into one flat buffer per bucket, which a step sends as it is:
         ``step()`` without arguments copies nothing.
         """
-        if self._grads is None:
-            views = [None] * self._nparams
-            for shard in self._shards:
-                for i, view in zip(shard.indices, shard.owned_views()):
-                    views[i] = view
-            self._grads = tuple(views)
+        with self._lock:
+            if self._grads is None:
+                views = [None] * self._nparams
+                for shard in self._shards:
+                    for i, view in zip(shard.indices, shard.owned_views()):
+                        views[i] = view
+                self._grads = tuple(views)
         return self._grads
 
-    def zero_grad(self):
-        """Fill the owned gradient buffers with zeros (local; no communication)."""
-        if self._grads is not None:
-            for g in self._grads:
-                g.fill(0)
+    def zero_grad(self, set_to_none=True):
+        """Fill the owned gradient buffers with zeros (local; no communication).
+
+        ``set_to_none`` is accepted for torch compatibility; the buffers are
+        zero-filled either way, as in :meth:`numadam.Adam.zero_grad`.
+        """
+        with self._lock:
+            if self._grads is not None:
+                for g in self._grads:
+                    g.fill(0)
 
     @property
     def shard_ranges(self):
@@ -209,6 +235,7 @@ class ShardedAdam:
         ``grads`` are this rank's gradients (as for ``Adam.step``); ``None``
         for a parameter must be ``None`` on every rank (the parameter and its
         state are left as they are). Without ``grads``, ``opt.grads`` is used.
+        A callable ``grads`` is the closure (torch's ``step(closure)``).
 
         Raises
         ------
@@ -219,10 +246,23 @@ class ShardedAdam:
             On every rank, with ``check_finite="raise"``, when the averaged
             gradient holds NaN or Inf; nothing is updated on any rank.
         """
+        with self._lock:
+            if self._in_closure:
+                # Raised on this rank only: the step whose closure this is
+                # agrees on the closure's error with the other ranks.
+                raise RuntimeError(STEP_IN_CLOSURE)
+            return self._step(grads, closure)
+
+    def _step(self, grads, closure):
         loss = error = plan = None
         try:
+            grads, closure = positional_closure(grads, closure)
             if closure is not None:
-                loss = closure()
+                self._in_closure = True
+                try:
+                    loss = closure()
+                finally:
+                    self._in_closure = False
             plan = self._local_plan(grads)
         except Exception as exc:  # shared with every rank below, then raised
             error = exc
@@ -367,7 +407,8 @@ class ShardedAdam:
         ``ShardedAdam`` on any number of ranks, and ``numadam.save``) on rank
         ``root``, ``None`` elsewhere; ``root=None`` returns it on every rank.
         """
-        return _distributed_state.gather(self, root)
+        with self._lock:
+            return _distributed_state.gather(self, root)
 
     def load_state_dict(self, state_dict, root=0):
         """Load a state dict (collective); only rank ``root``'s argument is read.
@@ -376,7 +417,8 @@ class ShardedAdam:
         an invalid one raises the same ``ValueError`` on every rank and
         changes nothing anywhere. Other ranks may pass ``None``.
         """
-        _distributed_state.scatter(self, lambda: state_dict, root)
+        with self._lock:
+            _distributed_state.scatter(self, lambda: state_dict, root)
 
     def save(self, path, root=0):
         """Write a checkpoint that is complete or absent (collective).
@@ -389,11 +431,13 @@ class ShardedAdam:
         checkpoint: ``numadam.Adam`` and ``ShardedAdam`` on any number of
         ranks load it.
         """
-        _distributed_state.save(self, path, root)
+        with self._lock:
+            _distributed_state.save(self, path, root)
 
     def load(self, path, root=0):
         """Load a checkpoint (collective): ``root`` reads it, every rank gets its shard."""
-        _distributed_state.load(self, path, root)
+        with self._lock:
+            _distributed_state.load(self, path, root)
 
     def __reduce_ex__(self, protocol):
         # Covers copy.copy, copy.deepcopy and pickle: a copy would share the
@@ -417,10 +461,12 @@ class ShardedAdamW(ShardedAdam):
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
                  amsgrad=False, *, maximize=False, check_finite=None, max_grad_norm=None,
-                 reduction="ordered", comm=None):
-        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, maximize=maximize,
-                         check_finite=check_finite, max_grad_norm=max_grad_norm,
-                         reduction=reduction, comm=comm)
+                 reduction="ordered", comm=None, foreach=None, fused=None, capturable=False,
+                 differentiable=False):
+        self._init(params, lr, betas, eps, weight_decay, amsgrad, maximize, check_finite,
+                   max_grad_norm, reduction, comm,
+                   dict(foreach=foreach, fused=fused, capturable=capturable,
+                        differentiable=differentiable))
 
 
 def _max_grad_norm(value):

@@ -169,6 +169,11 @@ def _check_arrays(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, amsgrad):
         if name == "max_exp_avg_sq" and not amsgrad and isinstance(array, np.ndarray) \
                 and array.size == 0 and array.dtype == param.dtype:
             continue
+        if isinstance(array, np.ndarray) and not array.flags.c_contiguous:
+            raise ValueError(
+                f"{name} is not C-contiguous (strides {array.strides}); the state is "
+                "updated in place, so pass a contiguous array (np.ascontiguousarray "
+                "makes a copy you then keep using)")
         error = _validation.gradient_error(array, param, name)
         if array is None:
             error = TypeError(f"{name} must be a NumPy array, got None")

@@ -126,6 +126,7 @@ class Adam:
         # much (2,000 against 1,000 instructions on CPython 3.11, callgrind).
         self._lock = threading.RLock()
         self._acquire, self._release = self._lock.acquire, self._lock.release
+        self._in_closure = False    # step() refuses to run inside its own closure
         self.defaults = defaults
         self.check_finite = check_finite
         self.skipped_steps = skipped_steps
@@ -135,6 +136,7 @@ class Adam:
         self._index_of = {}         # id(array) -> global parameter index
         self._param_lists = []      # per group: the list its buckets were built from
         self._group_args = []       # per group: (raw hyperparameters, kernel args)
+        self._last_group = -1       # index of the last group
         self._extents = []          # (memory, first byte, end byte, where) of every parameter
         self._grads = None
 
@@ -152,6 +154,7 @@ class Adam:
             parameter, or a hyperparameter is invalid.
         """
         with self._lock:
+            self._check_groups()
             if not isinstance(param_group, Mapping) or "params" not in param_group:
                 raise TypeError("a parameter group must be a dict with a 'params' entry, "
                                 f"got {param_group!r}")
@@ -213,6 +216,7 @@ class Adam:
                 slots[index - first] = (bucket, row)
 
         self.param_groups.append(group)
+        self._last_group = gi
         self._param_lists.append(params)
         self._group_args.append(validated)
         self._extents.extend(extents)
@@ -243,25 +247,50 @@ class Adam:
         equal to ``False`` but is not a bool.
         """
         out = []
-        for gi, group in enumerate(self.param_groups):
-            cached = self._group_args[gi]
-            raw = cached[0]
-            if (group["lr"] is not raw[0] or group["betas"] is not raw[1]
-                    or group["eps"] is not raw[2] or group["weight_decay"] is not raw[3]
-                    or group["amsgrad"] is not raw[4] or group["maximize"] is not raw[5]
-                    or group["decoupled_weight_decay"] is not raw[6]
-                    or group["params"] is not raw[7]):
-                if same_as_validated(group, raw):
-                    cached = (raw_entries(group), cached[1])
-                else:
-                    self._check_params_kept(group, gi)
-                    cached = self._validate_group(group, gi)
-                    for bucket in self._buckets:
-                        if bucket.group_index == gi:
-                            bucket.check_amsgrad(cached[1][5], f"param_groups[{gi}]")
-                self._group_args[gi] = cached
-            out.append(cached[1])
+        gi = -1
+        try:
+            for gi, group in enumerate(self.param_groups):
+                cached = self._group_args[gi]
+                raw = cached[0]
+                if (group["lr"] is not raw[0] or group["betas"] is not raw[1]
+                        or group["eps"] is not raw[2] or group["weight_decay"] is not raw[3]
+                        or group["amsgrad"] is not raw[4] or group["maximize"] is not raw[5]
+                        or group["decoupled_weight_decay"] is not raw[6]
+                        or group["params"] is not raw[7]):
+                    if same_as_validated(group, raw):
+                        cached = (raw_entries(group), cached[1])
+                    else:
+                        self._check_params_kept(group, gi)
+                        cached = self._validate_group(group, gi)
+                        for bucket in self._buckets:
+                            if bucket.group_index == gi:
+                                bucket.check_amsgrad(cached[1][5], f"param_groups[{gi}]")
+                    self._group_args[gi] = cached
+                out.append(cached[1])
+        except (KeyError, IndexError):  # a deleted entry, an added group
+            self._check_groups()
+            raise
+        if gi != self._last_group:      # a removed group; cheaper than two len()
+            self._check_groups()
         return out
+
+    def _check_groups(self):
+        """Refuse ``param_groups`` that gained or lost groups, or entries,
+        behind the optimizer's back, and replaced ``params`` lists."""
+        groups = self.param_groups
+        if len(groups) != len(self._param_lists):
+            raise ValueError(
+                f"opt.param_groups has {len(groups)} groups but the optimizer was "
+                f"given {len(self._param_lists)}: groups cannot be added or removed by "
+                "editing the list; add them with add_param_group, or build a new "
+                "optimizer")
+        for gi, group in enumerate(groups):
+            for key in HYPERPARAMETERS + ("params",):
+                if key not in group:
+                    raise ValueError(
+                        f"param_groups[{gi}] has no {key!r} entry; every group keeps "
+                        "its hyperparameters (edit them, do not delete them)")
+            self._check_params_kept(group, gi)
 
     def _check_params_kept(self, group, gi):
         """Refuse a replaced ``group["params"]``, unless it lists the very same
@@ -385,24 +414,33 @@ class Adam:
             ``param_groups[i]["params"]`` that was replaced.
         FloatingPointError
             With ``check_finite="raise"``, if a gradient holds NaN or Inf.
+        RuntimeError
+            Without gradients (neither ``grads`` nor ``opt.grads``), or when
+            called from inside the closure of a ``step`` of this optimizer.
 
         Notes
         -----
         Steps, ``zero_grad``, ``state_dict``, ``load_state_dict``, ``save``
         and ``add_param_group`` of one optimizer hold its lock, so threads
         sharing an optimizer take turns (the closure runs inside the step).
+        The closure may call ``zero_grad`` and the other methods, but not
+        ``step`` (``RuntimeError``): that would step twice.
         """
-        if (grads is not None and type(grads) is not list and type(grads) is not tuple
-                and callable(grads)):
-            if closure is not None:
-                raise TypeError("step() got a closure twice: as its first argument "
-                                "and as closure=")
-            grads, closure = None, grads
+        if grads is not None and type(grads) is not list and type(grads) is not tuple:
+            grads, closure = positional_closure(grads, closure)
         # The body is inlined rather than a call under the lock: 400 of the
         # 28,000 instructions of a 10-element step (callgrind).
         self._acquire()
         try:
-            loss = closure() if closure is not None else None
+            if self._in_closure:
+                raise RuntimeError(STEP_IN_CLOSURE)
+            loss = None
+            if closure is not None:
+                self._in_closure = True
+                try:
+                    loss = closure()
+                finally:
+                    self._in_closure = False
             if grads is None:
                 if self._grads is None:
                     raise RuntimeError(
@@ -488,8 +526,7 @@ class Adam:
         Taken under the optimizer's lock: never torn by a step in another thread.
         """
         with self._lock:
-            for gi, group in enumerate(self.param_groups):
-                self._check_params_kept(group, gi)
+            self._check_groups()
             return _state_dict.export(self)
 
     def load_state_dict(self, state_dict):
@@ -500,8 +537,7 @@ class Adam:
         ``ValueError`` and leaves the optimizer as it was.
         """
         with self._lock:
-            for gi, group in enumerate(self.param_groups):
-                self._check_params_kept(group, gi)
+            self._check_groups()
             _state_dict.load(self, state_dict)
 
     def save(self, path):
@@ -565,6 +601,21 @@ class AdamW(Adam):
                  fused=None, capturable=False, differentiable=False):
         self._init(params, lr, betas, eps, weight_decay, amsgrad, maximize, check_finite,
                    (foreach, fused, capturable, differentiable), True)
+
+
+STEP_IN_CLOSURE = ("step() was called from inside its own closure; the closure only "
+                   "computes the loss and gradients of the step that called it")
+
+
+def positional_closure(grads, closure):
+    """``(grads, closure)`` of a ``step(grads, closure=closure)`` call:
+    a callable first argument is the closure, as in torch's
+    ``step(closure=None)``."""
+    if not callable(grads):
+        return grads, closure
+    if closure is not None:
+        raise TypeError("step() got a closure twice: as its first argument and as closure=")
+    return None, grads
 
 
 def _zeros_like(slots):

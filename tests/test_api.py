@@ -264,3 +264,56 @@ def test_a_replaced_group_params_list_is_refused_before_anything_changes():
     opt.param_groups[0]["params"] = [x]         # the same arrays: the group's list is back
     opt.step([np.ones(2)])
     assert opt.param_groups[0]["params"] is kept and opt.state[x]["step"] == 2
+
+
+def test_groups_added_or_removed_behind_the_optimizers_back_are_refused():
+    x, y = np.zeros(2), np.zeros(3)
+    opt = numadam.Adam([x], lr=0.1)
+    opt.step([np.ones(2)])
+    groups = opt.param_groups
+    extra = dict(groups[0], params=[y])
+    for change, undo in ((lambda: groups.append(extra), groups.pop),
+                         (groups.pop, lambda: groups.append(kept)),
+                         (lambda: setattr(opt, "param_groups", []),
+                          lambda: setattr(opt, "param_groups", groups))):
+        kept = groups[0]
+        change()
+        for call in (lambda: opt.step([np.ones(2)]), opt.state_dict,
+                     lambda: opt.load_state_dict(sd),
+                     lambda: opt.add_param_group({"params": [np.zeros(1)]})):
+            sd = {"state": {}, "param_groups": opt.param_groups}
+            with pytest.raises(ValueError, match="add_param_group"):
+                call()
+        undo()
+        assert opt.state[x]["step"] == 1 and not y.any()
+    opt.step([np.ones(2)])
+    assert opt.state[x]["step"] == 2
+
+
+@pytest.mark.parametrize("key", ["lr", "betas", "amsgrad", "decoupled_weight_decay"])
+def test_a_deleted_hyperparameter_is_a_clear_error_before_anything_changes(key):
+    x = np.zeros(2)
+    opt = numadam.Adam([x], lr=0.1)
+    opt.step([np.ones(2)])
+    before = x.copy()
+    value = opt.param_groups[0].pop(key)
+    for call in (lambda: opt.step([np.ones(2)]), opt.state_dict):
+        with pytest.raises(ValueError, match=rf"param_groups\[0\] has no '{key}'"):
+            call()
+    assert opt.state[x]["step"] == 1 and np.array_equal(x, before)
+    opt.param_groups[0][key] = value
+    opt.step([np.ones(2)])
+    assert opt.state[x]["step"] == 2
+
+
+def test_a_state_dict_holding_arrays_for_ids_says_what_ids_are():
+    # opt.param_groups holds the arrays; a state dict holds their integer ids.
+    x = np.ones(3)
+    opt = numadam.Adam([x], lr=0.1)
+    opt.step([np.ones(3)])
+    before = opt.state_dict()
+    bad = {"state": before["state"], "param_groups": opt.param_groups}
+    with pytest.raises(ValueError, match=r"param_groups\[0\]\['params'\] of the state dict "
+                                         "must hold parameter ids.*ndarray"):
+        opt.load_state_dict(bad)
+    assert opt.param_groups[0]["lr"] == 0.1 and opt.state[x]["step"] == 1

@@ -232,3 +232,88 @@ def test_device_optimizers_refuse_copies_under_the_simulator():
     result = subprocess.run([sys.executable, "-c", _DEVICE_CHILD], env=env,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0 and "refused" in result.stdout, result.stderr[-3000:]
+
+
+def test_out_of_band_pickle_buffers_never_become_the_optimizers_state():
+    # Protocol 5 hands the arrays' memory to the caller. Buffers received as
+    # bytes are read-only, and buffers of this process are the original's
+    # memory: either way the unpickled optimizer takes its own copy of its
+    # state and gradient buffers (the parameters stay what the caller gave).
+    x = np.arange(5.0)
+    opt = numadam.Adam([x], lr=0.1, amsgrad=True)
+    opt.step([np.ones(5)])
+    opt.grads[0][...] = 2.0
+    buffers = []
+    data = pickle.dumps(opt, protocol=5, buffer_callback=buffers.append)
+    received = [bytes(b) for b in buffers]
+    received[0] = bytearray(received[0])                # the parameter: writeable
+    kept = [bytes(b) for b in received[1:]]
+    twin = pickle.loads(data, buffers=received)
+    twin.step()
+    twin.zero_grad()
+    assert [bytes(b) for b in received[1:]] == kept      # immutable bytes unchanged
+    shared = pickle.loads(data, buffers=buffers)         # the original's memory
+    snapshot = _snapshot(opt)
+    for name in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
+        assert not np.shares_memory(shared.state[0][name], opt.state[0][name])
+    assert not np.shares_memory(shared.grads[0], opt.grads[0])
+    shared.zero_grad()
+    assert opt.grads[0].all()
+    _assert_unchanged(opt, snapshot, "the original")
+
+
+def test_views_are_copied_as_numpy_copies_them_and_the_readme_recipe_relinks_them():
+    theta = np.linspace(-1, 1, 10)
+    opt = numadam.Adam([theta[:4], theta[4:]], lr=0.1)
+    grads = [np.ones(4), np.ones(6)]
+    opt.step(grads)
+    theta2, opt2 = copy.deepcopy((theta, opt))
+    before = theta2.copy()
+    opt2.step(grads)
+    assert_bits_equal(theta2, before, "the copied vector")       # as documented
+    relinked = numadam.Adam([theta2[:4], theta2[4:]], lr=0.1)
+    relinked.load_state_dict(opt.state_dict())
+    relinked.step(grads)
+    opt.step(grads)
+    assert_bits_equal(theta2, theta, "the relinked copy")
+
+
+class _Logged(numadam.AdamW):
+    """A subclass with attributes of its own, as users write them."""
+
+    def __init__(self, params, **kwargs):
+        super().__init__(params, **kwargs)
+        self.losses = []
+
+    def step(self, grads=None, **kwargs):
+        self.losses.append(len(self.losses))
+        return super().step(grads, **kwargs)
+
+
+@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
+def test_a_subclass_keeps_its_own_attributes(how):
+    x = np.ones(3)
+    opt = _Logged([x], lr=0.1)
+    opt.step([np.ones(3)])
+    twin = copy.deepcopy(opt) if how == "deepcopy" else pickle.loads(pickle.dumps(opt))
+    assert type(twin) is _Logged and twin.losses == [0]
+    assert twin.losses is not opt.losses
+    twin.step([np.ones(3)])
+    opt.step([np.ones(3)])
+    assert twin.losses == opt.losses == [0, 1]
+    _assert_same(opt, twin, "after a step")
+
+
+@pytest.mark.parametrize("protocol", range(pickle.HIGHEST_PROTOCOL + 1))
+def test_every_pickle_protocol_round_trips_exactly(protocol):
+    params = [np.linspace(-1, 1, 5), np.array(0.5, np.float32), np.zeros(0)]
+    opt = numadam.Adam(params, lr=0.1, amsgrad=True)
+    opt.grads[0][...] = 1.0
+    opt.step()
+    params2, twin = pickle.loads(pickle.dumps((params, opt), protocol=protocol))
+    assert _params(twin)[0] is params2[0]
+    assert_bits_equal(twin.grads[0], opt.grads[0], "owned gradient")
+    for o in (opt, twin):
+        o.grads[1][...] = -2.0
+        o.step()
+    _assert_same(opt, twin, f"protocol {protocol}")

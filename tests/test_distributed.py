@@ -322,7 +322,7 @@ def _checks(nranks, *names):
 def test_mpi_checks_pass_under_mpiexec(nranks):
     done = _run_mpi(_checks(nranks), timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
-    assert f"ALL CHECKS PASSED (11 checks on {nranks} ranks)" in done.stdout, done.stdout
+    assert f"ALL CHECKS PASSED (13 checks on {nranks} ranks)" in done.stdout, done.stdout
 
 
 def test_ranks_passing_different_roots_get_an_error_not_a_deadlock():

@@ -178,3 +178,63 @@ def test_two_optimizers_in_two_threads_stay_independent():
         alone_params = _params()
         alone = fit(alone_params, 0.25 * (k + 1))
         _assert_same(opts[k], threaded[k], alone, alone_params)
+
+
+def test_a_closure_that_steps_its_own_optimizer_is_refused():
+    # The closure computes the loss of the step about to be taken; stepping
+    # from inside it would step twice (or recurse until RecursionError).
+    x = np.array([3.0])
+    opt = numadam.Adam([x], lr=0.1)
+
+    def closure():
+        opt.step([2 * x])
+        return 1.0
+
+    with pytest.raises(RuntimeError, match="inside its own closure"):
+        opt.step([2 * x], closure=closure)
+    assert x[0] == 3.0 and 0 not in opt.state
+    assert opt.step([2 * x], closure=lambda: 2.0) == 2.0      # still usable
+    assert opt.state[x]["step"] == 1
+
+
+@pytest.mark.parametrize("error", [KeyError, KeyboardInterrupt])
+def test_a_closure_that_raises_releases_the_lock(error):
+    x = np.array([3.0])
+    opt = numadam.Adam([x], lr=0.1)
+
+    def closure():
+        raise error("from the closure")
+
+    with pytest.raises(error):
+        opt.step([2 * x], closure=closure)
+    assert x[0] == 3.0
+    _run_threads(lambda _: opt.step([2 * x]), count=1)     # another thread gets the lock
+    assert opt.state[x]["step"] == 1
+
+
+def test_fits_with_a_blas_gradient_in_two_threads_equal_the_same_fits_alone():
+    # The gradient's matrix products run in NumPy's BLAS threads while the
+    # other thread's optimizer steps.
+    n = 200
+    rng = np.random.default_rng(1)
+    a, b = rng.standard_normal((n, n)) / n, rng.standard_normal(n)
+
+    def fit(x):
+        opt = numadam.Adam([x], lr=1e-2)
+        g = opt.grads[0]
+
+        def closure():
+            r = a @ (x * x) - b
+            g[...] = 2 * x * (a.T @ r)
+            return float(r @ r)
+
+        for _ in range(STEPS):
+            opt.step(closure)
+
+    threaded = [np.linspace(0.5, 1.5, n) for _ in range(2)]
+    _run_threads(lambda k: fit(threaded[k]), count=2)
+    alone = np.linspace(0.5, 1.5, n)
+    fit(alone)
+    for x in threaded:
+        assert_bits_equal(x, alone, "a threaded fit")
+    assert not np.array_equal(alone, np.linspace(0.5, 1.5, n))

@@ -233,6 +233,88 @@ def owned_gradient_buffers_and_closure():
     assert_same(params, ref_params, "owned")
 
 
+@check
+def torch_habits_as_in_adam():
+    """torch's flags, step(closure) positionally, zero_grad(set_to_none=...),
+    and a closure that steps its own optimizer refused on every rank."""
+    def arrays():
+        return [np.linspace(-1, 1, 7), np.ones((2, 3))]
+
+    params, ref_params = arrays(), arrays()
+    opt = ShardedAdam(params, lr=0.05, weight_decay=0.5, foreach=True, fused=None,
+                      capturable=False, differentiable=False, decoupled_weight_decay=True)
+    ref = numadam.AdamW(ref_params, lr=0.05, weight_decay=0.5)
+    per_rank = [[(q + 1) * np.cos(p) for p in arrays()] for q in range(P)]
+    for step in range(4):
+        def closure():
+            opt.zero_grad(set_to_none=True)
+            assert not any(g.any() for g in opt.grads)
+            for buffer, g in zip(opt.grads, per_rank[RANK]):
+                buffer[...] = g
+            return float(step)
+
+        assert opt.step(closure) == float(step)
+        ref.step(mean_in_rank_order(per_rank, P))
+    assert_same(params, ref_params, "decoupled_weight_decay=True")
+    opt.zero_grad(set_to_none=False)
+    assert not any(g.any() for g in opt.grads)
+    ShardedAdamW([np.ones(3)], fused=True, foreach=False)
+    expect_everywhere(ValueError, lambda: ShardedAdamW([np.ones(3)], capturable=True),
+                      "capturable=True is not supported", "raised on every rank]")
+    expect_everywhere(TypeError, lambda: ShardedAdamW([np.ones(3)],
+                                                      decoupled_weight_decay=True),
+                      "decoupled_weight_decay")
+
+    before = snapshot(opt, params)
+
+    def nested():
+        opt.step()
+        return 0.0
+
+    expect_everywhere(RuntimeError, lambda: opt.step(nested), "inside its own closure",
+                      "raised on every rank]")
+    expect_everywhere(TypeError, lambda: opt.step(nested, closure=nested), "closure twice")
+    assert_unchanged(opt, params, before, "after the refused steps")
+
+
+@check
+def threads_of_one_rank_take_turns():
+    """Two threads of every rank step one optimizer: without the lock their
+    collectives interleave on one communicator (wrong sums, or a hang)."""
+    import threading
+
+    def arrays():
+        return [np.linspace(-1, 1, 1000), np.ones(501, np.float32)]
+
+    params, ref_params = arrays(), arrays()
+    opt = ShardedAdam(params, lr=0.01)
+    ref = numadam.Adam(ref_params, lr=0.01)
+    per_rank = [[(q + 1) * np.sin(p) for p in arrays()] for q in range(P)]
+    errors = []
+
+    def work():
+        try:
+            for _ in range(10):
+                opt.step(per_rank[RANK])
+        except BaseException as error:          # noqa: BLE001 - reported below
+            errors.append(error)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=work) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert not errors, errors
+    for _ in range(20):
+        ref.step(mean_in_rank_order(per_rank, P))
+    assert_same(params, ref_params, "two threads")
+
+
 # ------------------------------------------------------------ checkpoints
 def sub_communicator(size):
     """The first ``size`` ranks (None on the others)."""
