@@ -7,11 +7,11 @@ The bucket owns the state of its parameters in one array ``state`` of shape
 (``opt.state[p]["exp_avg"]``) is a view into ``state``.
 """
 
-import numba
 import numpy as np
 
 from . import _cpu
 from ._config import config
+from ._pool import run_tasks, task_bounds
 from ._cpu import LIVE, NCOLS, OFFSET, PTR_G, PTR_P, SIZE, STEP
 
 STATE_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
@@ -127,8 +127,19 @@ class Bucket(BucketBase):
 
     def first_nonfinite(self):
         """Row of the first parameter whose gradient is not all finite, or -1."""
-        return _cpu.first_nonfinite(self.table, self.like, config.min_task,
-                                    numba.get_num_threads())
+        table, like = self.table, self.like
+        n = table.shape[0]
+        total = int(table[n - 1, OFFSET] + table[n - 1, SIZE]) if n else 0
+        ntasks, chunk = task_bounds(total) if total >= config.serial_below else (1, total)
+        first = [n] * ntasks
+
+        def task(index):
+            lo = min(index * chunk, total)
+            first[index] = _cpu.nonfinite_task(table, like, lo, min(lo + chunk, total))
+
+        run_tasks(task, ntasks)
+        worst = min(first)
+        return -1 if worst == n else worst
 
     # ------------------------------------------------------------------ step
     def ready(self):
@@ -138,6 +149,14 @@ class Bucket(BucketBase):
         """Run one update of the whole bucket with validated ``args``."""
         if self.total < config.serial_below:
             _cpu.step_serial(self.table, self.state, *args)
-        else:
-            _cpu.step_parallel(self.table, self.state, *args, config.min_task,
-                               numba.get_num_threads())
+            return
+        ntasks, chunk = task_bounds(self.total)
+        table, state, total = self.table, self.state, self.total
+        scal = _cpu.prepare_step(table, state, *args[:5])
+        flags = args[5:]
+
+        def task(index):
+            lo = min(index * chunk, total)
+            _cpu.step_task(table, state, scal, lo, min(lo + chunk, total), *flags)
+
+        run_tasks(task, ntasks)

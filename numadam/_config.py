@@ -1,6 +1,7 @@
 """Run-time knobs, read at every call (never baked into compiled code)."""
 
 from dataclasses import dataclass
+from typing import Optional
 
 __all__ = ["config"]
 
@@ -17,11 +18,16 @@ class Config:
         costs about 2 us, more than it saves on a small problem.
     min_task : int
         The fewest elements a parallel task gets; a bucket is cut into at most
-        one task per Numba thread.
+        one task per thread.
+    threads : int or None
+        The most threads one step uses (the caller and numadam's own worker
+        threads, see README "How fast"); ``None``: ``numba.get_num_threads()``,
+        so ``NUMBA_NUM_THREADS`` and ``numba.set_num_threads`` apply.
     """
 
-    serial_below: int = 1 << 15
+    serial_below: int = 1 << 17
     min_task: int = 1 << 14
+    threads: Optional[int] = None
 
 
 config = Config()
