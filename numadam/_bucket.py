@@ -11,8 +11,8 @@ import numpy as np
 
 from . import _cpu
 from ._config import config
-from ._pool import run_tasks, task_bounds
 from ._cpu import LIVE, NCOLS, OFFSET, PTR_G, PTR_P, SIZE, STEP
+from ._pool import run_tasks, task_bounds
 
 STATE_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
 
@@ -130,7 +130,10 @@ class Bucket(BucketBase):
         table, like = self.table, self.like
         n = table.shape[0]
         total = int(table[n - 1, OFFSET] + table[n - 1, SIZE]) if n else 0
-        ntasks, chunk = task_bounds(total) if total >= config.serial_below else (1, total)
+        if total < config.serial_below:
+            worst = _cpu.nonfinite_task(table, like, 0, total)
+            return -1 if worst == n else worst
+        ntasks, chunk = task_bounds(total)
         first = [n] * ntasks
 
         def task(index):
