@@ -44,9 +44,10 @@ SWEEP = ("numadam", "stream 4r/3w kernel", "NumPy naive", "NumPy in-place",
 TINY = ("numadam", "numadam step() owned grads", "torch fused", "optax adam jit",
         "bare njit call (no-op)")
 # The fit scenario: whole iterations of a loop whose gradient runs on NumPy's
-# threaded BLAS, and the gradient and numadam's step timed alone, so that the
-# table shows what numadam adds to a user's loop beyond its own step.
-FIT = ("numadam loop", "NumPy Adam loop", "gradient only", "numadam")
+# threaded BLAS, and the gradient and each update timed alone, so that the
+# table shows what numadam adds to a user's loop beyond its own step (and,
+# as a control, what the same loop adds to a NumPy Adam's step).
+FIT = ("numadam loop", "NumPy Adam loop", "gradient only", "numadam", "NumPy Adam step")
 SECTIONS = ("sweep", "big", "tiny", "mixed", "fit")
 # A contender at more than this multiple of the streaming kernel's speed (or
 # an in-process kernel past it) means a sample of the baseline was hit by
@@ -246,7 +247,8 @@ def run(args, out=sys.stdout, err=sys.stderr):
 def _fit_summary(rows):
     """Add to each fit scenario's "numadam loop" row what the targets compare:
     the loop against the NumPy Adam loop, and against the gradient plus
-    numadam's step, each timed alone (``vs_parts``: 1.0 is no interference)."""
+    numadam's step, each timed alone (``vs_parts``: 1.0 is no interference);
+    and the NumPy Adam loop's own ``vs_parts``, the control."""
     by_size = {}
     for r in rows:
         if r["section"] == "fit" and r["seconds"]:
@@ -258,6 +260,10 @@ def _fit_summary(rows):
             loop["vs_numpy_loop"] = loop["seconds"] / numpy_loop["seconds"]
         if loop and gradient and step:
             loop["vs_parts"] = loop["seconds"] / (gradient["seconds"] + step["seconds"])
+        numpy_step = named.get("NumPy Adam step")
+        if numpy_loop and gradient and numpy_step:
+            numpy_loop["vs_parts"] = numpy_loop["seconds"] / (gradient["seconds"] +
+                                                              numpy_step["seconds"])
 
 
 def warnings_for(rows):
@@ -410,11 +416,15 @@ def main(args):
         if "vs_flat_numadam" in r:
             print(f"mixed: {r['contender']} over {r['arrays']} arrays takes "
                   f"{r['vs_flat_numadam']:.2f}x numadam's time on one flat array")
-        if "vs_parts" in r:
+        if "vs_parts" in r and r["contender"] == "numadam loop":
+            control = next((c["vs_parts"] for c in rows if c["section"] == "fit"
+                            and c["elements"] == r["elements"] and "vs_parts" in c
+                            and c["contender"] == "NumPy Adam loop"), None)
             print(f"fit {r['elements']:.0e}: the numadam loop takes "
                   f"{_fmt(r.get('vs_numpy_loop'), '.2f')}x the NumPy Adam loop's time and "
                   f"{r['vs_parts']:.2f}x the gradient's plus numadam's step's, each timed "
-                  "alone (1.00: numadam adds its step and nothing more)")
+                  "alone (1.00: numadam adds its step and nothing more; the NumPy Adam "
+                  f"loop: {_fmt(control, '.2f')}x its parts)")
     warnings = warnings_for(rows)
     for line in warnings:
         print(line)

@@ -21,7 +21,7 @@ import numadam
 
 __all__ = ["Contender", "Unavailable", "make_arrays", "stream_traffic", "CONTENDERS",
            "numadam_step", "numadam_owned", "numadam_flat", "stream", "noop_call",
-           "fit_gradient", "fit_numadam", "fit_numpy", "fit_gradient_only"]
+           "fit_gradient", "fit_numadam", "fit_numpy", "fit_gradient_only", "fit_numpy_step"]
 
 LR, BETA1, BETA2, EPS = 1e-3, 0.9, 0.999, 1e-8
 
@@ -282,12 +282,15 @@ def fit_gradient(x, g):
     return gradient
 
 
-def _fit(sizes, dtype, amsgrad, optimizer):
+def _fit(sizes, dtype, amsgrad, optimizer, step_only=False):
     x = make_arrays([sum(sizes)], dtype, 1)[0]
     g = np.zeros_like(x)
     gradient = fit_gradient(x, g)
     if optimizer == "none":
         return gradient
+    if step_only:
+        gradient()
+        return _numpy_adam([x], [g], amsgrad)
     if optimizer == "numadam":
         opt = numadam.Adam([x], lr=LR, betas=(BETA1, BETA2), eps=EPS, amsgrad=amsgrad)
         update = functools.partial(opt.step, [g])
@@ -303,6 +306,8 @@ def _fit(sizes, dtype, amsgrad, optimizer):
 fit_numadam = Contender("numadam loop", functools.partial(_fit, optimizer="numadam"), 5)
 fit_numpy = Contender("NumPy Adam loop", functools.partial(_fit, optimizer="numpy"), 7)
 fit_gradient_only = Contender("gradient only", functools.partial(_fit, optimizer="none"), 3)
+fit_numpy_step = Contender("NumPy Adam step", functools.partial(_fit, optimizer="numpy",
+                                                                step_only=True), 7)
 
 
 # ------------------------------------------------------------ bare njit call
@@ -324,4 +329,4 @@ noop_call = Contender("bare njit call (no-op)", _noop_call, 2)
 CONTENDERS = {c.name: c for c in (
     numadam_step, numadam_owned, numadam_flat, stream, numpy_naive, numpy_inplace, torch_loop,
     torch_foreach, torch_fused, optax_jit, noop_call, fit_numadam, fit_numpy,
-    fit_gradient_only)}
+    fit_gradient_only, fit_numpy_step)}

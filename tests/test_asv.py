@@ -56,11 +56,13 @@ def test_asv_suite_imports_and_runs_once():
                 "bench_fit.TimeFitLoop.time_iteration",
                 "bench_fit.TrackFitLoop.track_vs_numpy_loop",
                 "bench_fit.TrackFitLoop.track_vs_parts",
+                "bench_fit.TrackFitLoop.track_numpy_vs_parts",
                 "bench_compile.timeraw_import_numadam"}
     got = {name: next((result for shown, result in status.items() if name.endswith(shown)),
                       None) for name in expected}
     assert got == dict.fromkeys(expected, "ok"), output[-3000:]
-    for name in ("track_vs_numpy_loop", "track_vs_parts", "track_stream_fraction",
+    for name in ("track_vs_numpy_loop", "track_vs_parts", "track_numpy_vs_parts",
+                 "track_stream_fraction",
                  "track_max_difference"):
         values = _table_values(output, name)
         assert values, f"no figures for {name}"

@@ -56,7 +56,8 @@ def test_every_scenario_and_contender_is_reported(bench):
     assert any("vs_flat_numadam" in r for r in mixed)
     fit = {(r["elements"], r["contender"]): r for r in rows if r["section"] == "fit"}
     assert set(fit) == {(n, name) for n in (1000, 40000) for name in
-                        ("numadam loop", "NumPy Adam loop", "gradient only", "numadam")}
+                        ("numadam loop", "NumPy Adam loop", "gradient only", "numadam",
+                                     "NumPy Adam step")}
     for n in (1000, 40000):
         loop = fit[n, "numadam loop"]
         assert loop["vs_numadam"] == 1.0
@@ -66,6 +67,10 @@ def test_every_scenario_and_contender_is_reported(bench):
         assert math.isclose(loop["seconds"] / loop["vs_parts"], parts)
         assert math.isclose(loop["seconds"] / loop["vs_numpy_loop"],
                             fit[n, "NumPy Adam loop"]["seconds"])
+        control = fit[n, "NumPy Adam loop"]
+        assert math.isclose(control["seconds"] / control["vs_parts"],
+                            fit[n, "gradient only"]["seconds"]
+                            + fit[n, "NumPy Adam step"]["seconds"])
         assert f"fit {n:.0e}: the numadam loop takes " in proc.stdout
     assert isinstance(data["warnings"], list)
 

@@ -39,7 +39,9 @@ class TimeFitLoop:
 class TrackFitLoop:
     """``vs_numpy_loop``: the numadam loop's time over the NumPy Adam loop's
     (at most 1.0). ``vs_parts``: the numadam loop's time over the gradient's
-    plus numadam's step's, each timed alone (1.0: nothing but the step added)."""
+    plus numadam's step's, each timed alone (1.0: nothing but the step added).
+    ``numpy_vs_parts``: the same for the NumPy Adam loop, the control: what
+    the machine and the BLAS threads add to any loop."""
 
     params = [SIZES]
     param_names = ["size"]
@@ -49,7 +51,8 @@ class TrackFitLoop:
     def setup(self, size):
         self.fns = {name: c.setup([size], "float32", False) for name, c in (
             ("loop", contenders.fit_numadam), ("numpy", contenders.fit_numpy),
-            ("gradient", contenders.fit_gradient_only), ("step", contenders.numadam_step))}
+            ("gradient", contenders.fit_gradient_only), ("step", contenders.numadam_step),
+            ("numpy step", contenders.fit_numpy_step))}
         self.number = max(1, int(1e6 // size))
         self.medians = None
 
@@ -58,7 +61,7 @@ class TrackFitLoop:
             samples = {name: [] for name in self.fns}
             names = list(self.fns)
             for r in range(15):          # interleaved, rotating, so drift hits all alike
-                for name in names[r % 4:] + names[:r % 4]:
+                for name in names[r % len(names):] + names[:r % len(names)]:
                     fn = self.fns[name]
                     start = time.perf_counter()
                     for _ in range(self.number):
@@ -74,3 +77,7 @@ class TrackFitLoop:
     def track_vs_parts(self, size):
         m = self._measure()
         return m["loop"] / (m["gradient"] + m["step"])
+
+    def track_numpy_vs_parts(self, size):
+        m = self._measure()
+        return m["numpy"] / (m["gradient"] + m["numpy step"])
