@@ -82,10 +82,10 @@ class _Job:
 
     def _claim(self, p):
         with self.lock:
-            if not self.unclaimed or self.error is not None:
+            if not self.unclaimed:
                 return -1
             index = -1
-            while p >= 0 and self.own_next[p] < self.own_end[p]:
+            while self.own_next[p] < self.own_end[p]:
                 i = self.own_next[p]
                 self.own_next[p] += 1
                 if not self.claimed[i]:
@@ -99,7 +99,7 @@ class _Job:
             return index
 
     def work(self, p):
-        """Run tasks as thread ``p`` (-1: steal only) until none is left."""
+        """Run tasks as thread ``p``, its own block first, until none is left."""
         while True:
             index = self._claim(p)
             if index < 0:
@@ -138,9 +138,9 @@ class _Pool:
 
     def run(self, task, ntasks, nthreads):
         """Call ``task(i)`` for every ``i < ntasks`` on at most ``nthreads``
-        threads (the caller is one) and return when all are done. The first
-        exception raised by a task is re-raised here, after every task that
-        started has finished."""
+        threads (the caller is one) and return when all are done. A task that
+        raises does not stop the others (each covers its own elements); the
+        first exception is re-raised here once every task has finished."""
         nthreads = min(nthreads, ntasks)
         if nthreads <= 1 or not self.lock.acquire(blocking=False):
             # One thread, or another thread is stepping with the pool: run
