@@ -34,6 +34,7 @@ import numpy as np
 import numadam
 
 from . import _bench_contenders as bc
+from ._pool import thread_count
 
 __all__ = ["add_arguments", "main"]
 
@@ -339,7 +340,8 @@ def environment():
     except (OSError, StopIteration):
         pass
     return dict(versions=versions, cpu=cpu, cpus=os.cpu_count(),
-                numba_threads=numba.get_num_threads(), platform=platform.platform())
+                numba_threads=numba.get_num_threads(), numadam_threads=thread_count(),
+                platform=platform.platform())
 
 
 def plot(rows, path):
@@ -400,8 +402,9 @@ def main(args):
     if unknown:
         raise SystemExit(f"numadam bench: unknown section or contender: {', '.join(unknown)}")
     env = environment()
-    print(f"numadam bench: {env['cpu']}, {env['cpus']} CPUs, {env['numba_threads']} Numba "
-          f"threads; {args.dtype}, amsgrad={args.amsgrad}, median of {args.rounds} "
+    print(f"numadam bench: {env['cpu']}, {env['cpus']} CPUs, {env['numadam_threads']} numadam "
+          f"threads, {env['numba_threads']} Numba threads; {args.dtype}, "
+          f"amsgrad={args.amsgrad}, median of {args.rounds} "
           "interleaved rounds")
     print("versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items()))
     sys.stdout.flush()
