@@ -9,7 +9,7 @@ an int64 ``table`` (one row per parameter, columns below), so no Python loop
 over arrays and no copy sits between the user and the kernel.
 
 A big bucket's concatenated parameter space is cut into equal, contiguous
-*tasks*, one per thread (:mod:`numadam._pool` runs them on numadam's own
+*tasks*, a few per thread (:mod:`numadam._pool` runs them on numadam's own
 threads), so a single huge array and hundreds of small ones both spread
 evenly over the threads. The update is elementwise, so the split (and the
 thread count) cannot change a single bit of the result.
@@ -24,8 +24,8 @@ from ._math import NSCALARS, adam_element, loop_scalars, scalars_into
 # update_span and address_as_pointer are also used by numadam.functional and
 # numadam._distributed_kernels: editing them leaves those modules' Numba caches stale.
 __all__ = ["step_serial", "prepare_step", "step_task", "nonfinite_task", "update_span",
-           "address_as_pointer", "prepare_uniform", "undo_prepare", "PTR_P", "PTR_G", "OFFSET", "SIZE", "STEP",
-           "LIVE", "NCOLS"]
+           "address_as_pointer", "prepare_uniform", "undo_prepare", "PTR_P", "PTR_G", "OFFSET",
+           "SIZE", "STEP", "LIVE", "NCOLS"]
 
 # Columns of the bucket table.
 PTR_P, PTR_G, OFFSET, SIZE, STEP, LIVE = range(6)
