@@ -108,7 +108,8 @@ def test_thread_count_and_task_split_do_not_change_a_bit(dtype, amsgrad, monkeyp
             variants.append(_run_mixed(dtype, amsgrad, serial_below=0, min_task=min_task,
                                        threads=threads))
             cut = sorted(set(spans))
-            assert len(cut) == min(TASKS_PER_THREAD * threads, total // min_task), (threads, min_task)
+            ntasks = min(TASKS_PER_THREAD * threads, total // min_task)
+            assert len(cut) == ntasks, (threads, min_task)
             assert cut[0][0] == 0 and cut[-1][1] == total
             assert all(a[1] == b[0] for a, b in zip(cut, cut[1:])), cut
             assert len(spans) == len(cut) * 5     # every task of every step ran once
