@@ -5,8 +5,9 @@ small persistent pool of Python threads, each task a serial ``nogil`` kernel
 call (see :class:`_Job` for who runs which). Between steps the workers sleep
 in a blocking queue get (a futex wait): they use no CPU, so nothing competes
 with the user's own code, notably a threaded BLAS that computes the gradient.
-Candidates measured on the same loop (below) at 1e5 elements, in ms per
-iteration: Numba's pool 15.6; with ``OMP_WAIT_POLICY=passive`` 0.47,
+Candidates measured on the bench's fit loop (a matrix product on OpenBLAS's
+threads, then the step) at 1e5 elements, in ms per iteration, on a shared
+machine: Numba's pool 15.6; with ``OMP_WAIT_POLICY=passive`` 0.47,
 ``GOMP_SPINCOUNT=0`` 0.40, ``NUMBA_NUM_THREADS=1`` 0.62, the ``workqueue``
 layer 0.58; these threads 0.15 (BENCHMARKS.md, "Fit loop").
 
