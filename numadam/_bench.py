@@ -11,7 +11,15 @@ medians over rounds.
 Effective bandwidth counts the traffic of an ideal single pass: 7 array
 accesses per element (4 reads, 3 writes; 9 with AMSGrad), 28 bytes per
 float32 element. "% stream" compares with the in-process streaming kernel
-that moves exactly that traffic, at the same size and in the same run.
+that moves exactly that traffic, at the same size and in the same run; a
+figure that no step can reach (a baseline slowed down by other processes) or
+samples spread widely are flagged with a warning under the table.
+
+The "fit" scenario times whole iterations of a fitting loop whose gradient is
+a matrix product on NumPy's threaded BLAS (see
+:func:`numadam._bench_contenders.fit_gradient`): with numadam, with a NumPy
+Adam, and the gradient and numadam's step alone, so that it shows whether
+numadam's threads slow the user's own code down.
 """
 
 import gc
@@ -26,15 +34,28 @@ import numpy as np
 import numadam
 
 from . import _bench_contenders as bc
+from ._pool import thread_count
 
 __all__ = ["add_arguments", "main"]
 
-DEFAULT_SIZES = (10**3, 10**4, 10**5, 10**6, 10**7)
+DEFAULT_SIZES = (10**3, 10**4, 10**5, 10**6, 10**7)   # the sweep's and the fit's
 QUICK_SIZES = (10**3, 10**5, 10**6)
 SWEEP = ("numadam", "stream 4r/3w kernel", "NumPy naive", "NumPy in-place",
          "torch for-loop", "torch foreach", "torch fused", "optax adam jit")
 TINY = ("numadam", "numadam step() owned grads", "torch fused", "optax adam jit",
         "bare njit call (no-op)")
+# The fit scenario: whole iterations of a loop whose gradient runs on NumPy's
+# threaded BLAS, and the gradient and each update timed alone, so that the
+# table shows what numadam adds to a user's loop beyond its own step (and,
+# as a control, what the same loop adds to a NumPy Adam's step).
+FIT = ("numadam loop", "NumPy Adam loop", "gradient only", "numadam", "NumPy Adam step")
+SECTIONS = ("sweep", "big", "tiny", "mixed", "fit")
+# A contender at more than this multiple of the streaming kernel's speed (or
+# an in-process kernel past it) means a sample of the baseline was hit by
+# other work on the machine, not that numadam outran memory.
+PLAUSIBLE_STREAM_FRACTION = 1.3
+# Samples whose interquartile range exceeds this fraction of their median.
+NOISY_SPREAD = 0.5
 MEMORY_BUDGET = 3 << 30     # bytes of contender state kept alive at once
 
 
@@ -136,7 +157,15 @@ def measure(contenders, sizes, dtype, amsgrad, rounds, target, progress, label):
                 gc.collect()
     gc.collect()
     return {c.name: (float(np.median(samples[c.name])) if samples[c.name] else None,
-                     missing.get(c.name)) for c in contenders}
+                     missing.get(c.name), _spread(samples[c.name])) for c in contenders}
+
+
+def _spread(samples):
+    """Interquartile range over median of ``samples`` (None for fewer than 3)."""
+    if len(samples) < 3:
+        return None
+    q1, median, q3 = np.percentile(samples, [25, 50, 75])
+    return float((q3 - q1) / median) if median > 0 else None
 
 
 # ---------------------------------------------------------------- scenarios
@@ -145,15 +174,18 @@ def _rows(section, sizes, dtype, amsgrad, results, baseline, stream_name="stream
     n = sum(sizes)
     nbytes = bc.stream_traffic(np.dtype(dtype).itemsize, amsgrad) * n
     base = results.get(baseline, (None,))[0]
+    if section == "fit":    # iterations of a loop, not a pass over memory
+        nbytes = 0
     if stream_time is None:
         stream_time = results.get(stream_name, (None,))[0]
     rows = []
-    for name, (seconds, why) in results.items():
+    for name, (seconds, why, spread) in results.items():
         rows.append(dict(
             section=section, elements=n, arrays=len(sizes), dtype=str(np.dtype(dtype)),
-            amsgrad=amsgrad, contender=name, seconds=seconds, skipped=why,
-            gbps=nbytes / seconds / 1e9 if seconds else None,
-            stream_fraction=stream_time / seconds if seconds and stream_time else None,
+            amsgrad=amsgrad, contender=name, seconds=seconds, skipped=why, spread=spread,
+            gbps=nbytes / seconds / 1e9 if seconds and nbytes else None,
+            stream_fraction=(stream_time / seconds if seconds and stream_time and nbytes
+                             else None),
             vs_numadam=seconds / base if seconds and base else None))
     return rows
 
@@ -178,6 +210,10 @@ def _plan(args):
         plan.append(("mixed", f"{len(sizes)} mixed", many, sizes, "numadam"))
         plan.append(("mixed", "same total x1", [bc.CONTENDERS[x] for x in names],
                      [sum(sizes)], "numadam"))
+    if "fit" in args.sections:
+        for n in args.sizes:
+            plan.append(("fit", f"{n:.0e} x1", [bc.CONTENDERS[x] for x in FIT], [n],
+                         "numadam loop"))
     return plan
 
 
@@ -198,6 +234,7 @@ def run(args, out=sys.stdout, err=sys.stderr):
             baseline = "numadam (one flat array)"
         rows.extend(_rows(section, sizes, args.dtype, args.amsgrad, results, baseline))
     progress.close()
+    _fit_summary(rows)
     if flat_numadam:
         # The mixed scenario's question: how far are 200 arrays from one flat one?
         many = [r for r in rows if r["section"] == "mixed" and r["arrays"] > 1
@@ -206,6 +243,48 @@ def run(args, out=sys.stdout, err=sys.stderr):
             if r["seconds"]:
                 r["vs_flat_numadam"] = r["seconds"] / flat_numadam
     return rows
+
+
+def _fit_summary(rows):
+    """Add to each fit scenario's "numadam loop" row what the targets compare:
+    the loop against the NumPy Adam loop, and against the gradient plus
+    numadam's step, each timed alone (``vs_parts``: 1.0 is no interference);
+    and the NumPy Adam loop's own ``vs_parts``, the control."""
+    by_size = {}
+    for r in rows:
+        if r["section"] == "fit" and r["seconds"]:
+            by_size.setdefault(r["elements"], {})[r["contender"]] = r
+    for named in by_size.values():
+        loop, numpy_loop = named.get("numadam loop"), named.get("NumPy Adam loop")
+        gradient, step = named.get("gradient only"), named.get("numadam")
+        if loop and numpy_loop:
+            loop["vs_numpy_loop"] = loop["seconds"] / numpy_loop["seconds"]
+        if loop and gradient and step:
+            loop["vs_parts"] = loop["seconds"] / (gradient["seconds"] + step["seconds"])
+        numpy_step = named.get("NumPy Adam step")
+        if numpy_loop and gradient and numpy_step:
+            numpy_loop["vs_parts"] = numpy_loop["seconds"] / (gradient["seconds"] +
+                                                              numpy_step["seconds"])
+
+
+def warnings_for(rows):
+    """Lines that flag figures not to be trusted: a baseline that another
+    process slowed down (a contender implausibly faster than the streaming
+    kernel), or samples spread too widely for their median to mean much."""
+    out = []
+    for r in rows:
+        where = f"{r['section']} {r['elements']:.0e} {r['contender']}"
+        fraction = r.get("stream_fraction")
+        if fraction and fraction > PLAUSIBLE_STREAM_FRACTION:
+            out.append(f"warning: {where} ran at {100 * fraction:.0f}% of the streaming "
+                       "kernel's speed, which moves the same bytes: that baseline is "
+                       "implausible (the machine was busy while it ran); rerun on a quiet "
+                       "machine or with more --rounds")
+        spread = r.get("spread")
+        if spread and spread > NOISY_SPREAD:
+            out.append(f"warning: {where}: samples spread over {100 * spread:.0f}% of "
+                       "their median (interquartile range): the machine was busy")
+    return out
 
 
 # ------------------------------------------------------------------ output
@@ -231,7 +310,7 @@ def format_table(rows):
             body.append((r["section"], str(r["elements"]), str(r["arrays"]), r["contender"],
                          "skipped: " + r["skipped"], "", "", ""))
             continue
-        small = r["section"] == "tiny"
+        small = r["section"] in ("tiny", "fit")
         body.append((r["section"], str(r["elements"]), str(r["arrays"]), r["contender"],
                      _fmt_time(r["seconds"]), "-" if small else _fmt(r["gbps"], ".1f"),
                      "-" if small else _fmt(r["stream_fraction"] and
@@ -261,7 +340,8 @@ def environment():
     except (OSError, StopIteration):
         pass
     return dict(versions=versions, cpu=cpu, cpus=os.cpu_count(),
-                numba_threads=numba.get_num_threads(), platform=platform.platform())
+                numba_threads=numba.get_num_threads(), numadam_threads=thread_count(),
+                platform=platform.platform())
 
 
 def plot(rows, path):
@@ -302,8 +382,8 @@ def add_arguments(parser):
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     parser.add_argument("--amsgrad", action="store_true")
     parser.add_argument("--rounds", type=int, help="interleaved rounds (median over them)")
-    parser.add_argument("--sections", default="sweep,big,tiny,mixed",
-                        help="any of sweep,big,tiny,mixed (comma-separated)")
+    parser.add_argument("--sections", default=",".join(SECTIONS),
+                        help=f"any of {','.join(SECTIONS)} (comma-separated)")
     parser.add_argument("--contenders", help="comma-separated names for the sweep "
                         f"(default: all of {', '.join(SWEEP)})")
     parser.add_argument("--plot", metavar="FILE.png", help="save throughput against size")
@@ -317,13 +397,14 @@ def main(args):
     args.target = 0.002 if args.quick else 0.01
     args.sections = [s for s in args.sections.split(",") if s]
     args.contenders = args.contenders.split(",") if args.contenders else list(SWEEP)
-    unknown = [s for s in args.sections if s not in ("sweep", "big", "tiny", "mixed")]
+    unknown = [s for s in args.sections if s not in SECTIONS]
     unknown += [c for c in args.contenders if c not in SWEEP]
     if unknown:
         raise SystemExit(f"numadam bench: unknown section or contender: {', '.join(unknown)}")
     env = environment()
-    print(f"numadam bench: {env['cpu']}, {env['cpus']} CPUs, {env['numba_threads']} Numba "
-          f"threads; {args.dtype}, amsgrad={args.amsgrad}, median of {args.rounds} "
+    print(f"numadam bench: {env['cpu']}, {env['cpus']} CPUs, {env['numadam_threads']} numadam "
+          f"threads, {env['numba_threads']} Numba threads; {args.dtype}, "
+          f"amsgrad={args.amsgrad}, median of {args.rounds} "
           "interleaved rounds")
     print("versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items()))
     sys.stdout.flush()
@@ -332,16 +413,29 @@ def main(args):
     print(format_table(rows))
     print("GB/s: effective, at 7 accesses of the dtype per element (9 with AMSGrad). "
           "% stream: against the 4r/3w streaming kernel at the same size, this run. "
-          "x numadam: time / numadam's time (mixed: against the same layout).")
+          "x numadam: time / numadam's time (mixed: against the same layout; fit: against "
+          "the numadam loop).")
     for r in rows:
         if "vs_flat_numadam" in r:
             print(f"mixed: {r['contender']} over {r['arrays']} arrays takes "
                   f"{r['vs_flat_numadam']:.2f}x numadam's time on one flat array")
+        if "vs_parts" in r and r["contender"] == "numadam loop":
+            control = next((c["vs_parts"] for c in rows if c["section"] == "fit"
+                            and c["elements"] == r["elements"] and "vs_parts" in c
+                            and c["contender"] == "NumPy Adam loop"), None)
+            print(f"fit {r['elements']:.0e}: the numadam loop takes "
+                  f"{_fmt(r.get('vs_numpy_loop'), '.2f')}x the NumPy Adam loop's time and "
+                  f"{r['vs_parts']:.2f}x the gradient's plus numadam's step's, each timed "
+                  "alone (1.00: numadam adds its step and nothing more; the NumPy Adam "
+                  f"loop: {_fmt(control, '.2f')}x its parts)")
+    warnings = warnings_for(rows)
+    for line in warnings:
+        print(line)
     print(f"total {time.perf_counter() - start:.1f} s")
     if args.plot:
         print(plot(rows, args.plot))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(dict(environment=env, rows=rows), f, indent=1)
+            json.dump(dict(environment=env, rows=rows, warnings=warnings), f, indent=1)
     return 0
 

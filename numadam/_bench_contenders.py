@@ -21,7 +21,8 @@ import numadam
 from numadam._jitcache import CACHE
 
 __all__ = ["Contender", "Unavailable", "make_arrays", "stream_traffic", "CONTENDERS",
-           "numadam_step", "numadam_owned", "numadam_flat", "stream", "noop_call"]
+           "numadam_step", "numadam_owned", "numadam_flat", "stream", "noop_call",
+           "fit_gradient", "fit_numadam", "fit_numpy", "fit_gradient_only", "fit_numpy_step"]
 
 LR, BETA1, BETA2, EPS = 1e-3, 0.9, 0.999, 1e-8
 
@@ -162,12 +163,15 @@ def _numpy_naive(sizes, dtype, amsgrad):
 
 def _numpy_inplace(sizes, dtype, amsgrad):
     """Every operation in place, with one scratch buffer shared by all arrays."""
-    params = make_arrays(sizes, dtype, 1)
-    grads = make_arrays(sizes, dtype, 2)
+    return _numpy_adam(make_arrays(sizes, dtype, 1), make_arrays(sizes, dtype, 2), amsgrad)
+
+
+def _numpy_adam(params, grads, amsgrad):
+    """The step of :func:`_numpy_inplace` over the given arrays."""
     m = [np.zeros_like(p) for p in params]
     v = [np.zeros_like(p) for p in params]
     vmax = [np.zeros_like(p) for p in params]
-    scratch = np.empty(max(sizes), dtype)
+    scratch = np.empty(max(p.size for p in params), params[0].dtype)
     t = [0]
 
     def step():
@@ -250,6 +254,63 @@ def _optax(sizes, dtype, amsgrad):
 optax_jit = Contender("optax adam jit", _optax, 5)
 
 
+# ------------------------------------------------- a fit loop with threaded BLAS
+FIT_COLUMNS = 8
+
+
+def fit_gradient(x, g):
+    """The gradient of a quadratic fit, ``g = X @ C + d`` with ``X`` the parameters
+    as an ``(n/8, 8)`` matrix: one matrix product per step, which NumPy's BLAS
+    runs on its own threads, as most gradients of real fits do.
+
+    ``C`` is small, symmetric and positive definite and ``d`` is +-1, so the
+    optimum lies far away: over a benchmark's few thousand steps the
+    parameters drift steadily and no value turns subnormal or overflows
+    (either would change the timing).
+    """
+    n = x.size - x.size % FIT_COLUMNS
+    rng = np.random.default_rng(5)
+    b = rng.standard_normal((FIT_COLUMNS, FIT_COLUMNS))
+    c = ((b @ b.T / FIT_COLUMNS + np.eye(FIT_COLUMNS)) * 1e-2).astype(x.dtype)
+    d = np.where(rng.random(x.size) < 0.5, -1, 1).astype(x.dtype)
+    xm = x[:n].reshape(-1, FIT_COLUMNS)
+    gm = g[:n].reshape(-1, FIT_COLUMNS)
+
+    def gradient():
+        np.matmul(xm, c, out=gm)
+        g[n:] = 0
+        np.add(g, d, out=g)
+    return gradient
+
+
+def _fit(sizes, dtype, amsgrad, optimizer, step_only=False):
+    x = make_arrays([sum(sizes)], dtype, 1)[0]
+    g = np.zeros_like(x)
+    gradient = fit_gradient(x, g)
+    if optimizer == "none":
+        return gradient
+    if step_only:
+        gradient()
+        return _numpy_adam([x], [g], amsgrad)
+    if optimizer == "numadam":
+        opt = numadam.Adam([x], lr=LR, betas=(BETA1, BETA2), eps=EPS, amsgrad=amsgrad)
+        update = functools.partial(opt.step, [g])
+    else:
+        update = _numpy_adam([x], [g], amsgrad)
+
+    def iteration():
+        gradient()
+        update()
+    return iteration
+
+
+fit_numadam = Contender("numadam loop", functools.partial(_fit, optimizer="numadam"), 5)
+fit_numpy = Contender("NumPy Adam loop", functools.partial(_fit, optimizer="numpy"), 7)
+fit_gradient_only = Contender("gradient only", functools.partial(_fit, optimizer="none"), 3)
+fit_numpy_step = Contender("NumPy Adam step", functools.partial(_fit, optimizer="numpy",
+                                                                step_only=True), 7)
+
+
 # ------------------------------------------------------------ bare njit call
 @njit(cache=CACHE)
 def _noop(table, state, lr, beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled):
@@ -268,4 +329,5 @@ noop_call = Contender("bare njit call (no-op)", _noop_call, 2)
 
 CONTENDERS = {c.name: c for c in (
     numadam_step, numadam_owned, numadam_flat, stream, numpy_naive, numpy_inplace, torch_loop,
-    torch_foreach, torch_fused, optax_jit, noop_call)}
+    torch_foreach, torch_fused, optax_jit, noop_call, fit_numadam, fit_numpy,
+    fit_gradient_only, fit_numpy_step)}

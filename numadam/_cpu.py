@@ -8,14 +8,15 @@ and gradients are the user's own arrays, reached through their addresses in
 an int64 ``table`` (one row per parameter, columns below), so no Python loop
 over arrays and no copy sits between the user and the kernel.
 
-The parallel kernel cuts the concatenated parameter space into one equal,
-contiguous *task* per thread, so a single huge array and hundreds of small
-ones both spread evenly over the threads. The update is elementwise, so the
-split (and the thread count) cannot change a single bit of the result.
+A big bucket's concatenated parameter space is cut into equal, contiguous
+*tasks*, a few per thread (:mod:`numadam._pool` runs them on numadam's own
+threads), so a single huge array and hundreds of small ones both spread
+evenly over the threads. The update is elementwise, so the split (and the
+thread count) cannot change a single bit of the result.
 """
 
 import numpy as np
-from numba import carray, njit, prange, types
+from numba import carray, njit, types
 from numba.extending import intrinsic
 
 from ._jitcache import CACHE
@@ -23,9 +24,9 @@ from ._math import NSCALARS, adam_element, loop_scalars, scalars_into
 
 # update_span and address_as_pointer are also used by numadam.functional and
 # numadam._distributed_kernels: editing them leaves those modules' Numba caches stale.
-__all__ = ["step_serial", "step_parallel", "update_span", "address_as_pointer",
-           "prepare_uniform", "undo_prepare", "PTR_P", "PTR_G", "OFFSET", "SIZE", "STEP",
-           "LIVE", "NCOLS"]
+__all__ = ["step_serial", "prepare_step", "step_task", "nonfinite_task", "update_span",
+           "address_as_pointer", "prepare_uniform", "undo_prepare", "PTR_P", "PTR_G", "OFFSET",
+           "SIZE", "STEP", "LIVE", "NCOLS"]
 
 # Columns of the bucket table.
 PTR_P, PTR_G, OFFSET, SIZE, STEP, LIVE = range(6)
@@ -171,26 +172,20 @@ def step_serial(table, state, lr, beta1, beta2, eps, weight_decay,
     _run_task(table, state, scal, 0, state.shape[1], amsgrad, maximize, decoupled)
 
 
-@njit(cache=CACHE, parallel=True, error_model="numpy")
-def step_parallel(table, state, lr, beta1, beta2, eps, weight_decay,
-                  amsgrad, maximize, decoupled, min_task, nthreads):
-    """One step of a bucket spread over Numba's threads.
+@njit(cache=CACHE, nogil=True, error_model="numpy")
+def prepare_step(table, state, lr, beta1, beta2, eps, weight_decay):
+    """Advance the steps and build the scalars of a bucket (see :func:`_prepare`),
+    before its tasks run on several threads (:mod:`numadam._pool`)."""
+    return _prepare(table, state, lr, beta1, beta2, eps, weight_decay)
 
-    The concatenated element range is cut into one contiguous task per thread
-    (``nthreads``, read by the caller: ``numba.get_num_threads()`` inside a
-    kernel would make it uncacheable), fewer when that would leave tasks under
-    ``min_task`` elements, so the
-    static schedule of ``prange`` is balanced whatever the array sizes. Task
-    boundaries are rounded to 16 elements to keep them on cache lines.
+
+@njit(cache=CACHE, nogil=True, error_model="numpy")
+def step_task(table, state, scal, lo, hi, amsgrad, maximize, decoupled):
+    """Update elements ``lo:hi`` of a bucket whose scalars ``scal`` are ready.
+
+    Releases the GIL: the tasks of one step run at once on numadam's threads.
     """
-    scal = _prepare(table, state, lr, beta1, beta2, eps, weight_decay)
-    total = state.shape[1]
-    ntasks = max(1, min(nthreads, total // max(min_task, 1)))
-    chunk = ((total + ntasks - 1) // ntasks + 15) // 16 * 16
-    for task in prange(ntasks):
-        lo = min(task * chunk, total)
-        hi = min(lo + chunk, total)
-        _run_task(table, state, scal, lo, hi, amsgrad, maximize, decoupled)
+    _run_task(table, state, scal, lo, hi, amsgrad, maximize, decoupled)
 
 
 @njit(cache=CACHE, error_model="numpy")
@@ -212,37 +207,27 @@ def _span_is_finite(g, lo, hi):
     return bad == 0
 
 
-@njit(cache=CACHE, parallel=True, error_model="numpy")
-def first_nonfinite(table, like, min_task, nthreads):
-    """Row of the first parameter whose gradient holds a NaN or an Inf, or -1.
+@njit(cache=CACHE, nogil=True, error_model="numpy")
+def nonfinite_task(table, like, lo, hi):
+    """Row of the first parameter whose gradient holds a NaN or an Inf within
+    elements ``lo:hi`` of the bucket, or the row count when there is none.
 
-    Reads the gradients only; used by the opt-in guard before any update.
+    Reads the gradients only (the opt-in guard before any update); releases
+    the GIL, so the tasks of one check run at once.
     """
     n = table.shape[0]
-    total = table[n - 1, OFFSET] + table[n - 1, SIZE] if n else 0
-    ntasks = max(1, min(nthreads, total // max(min_task, 1)))
-    chunk = ((total + ntasks - 1) // ntasks + 15) // 16 * 16
-    first_bad = np.empty(ntasks, np.int64)
-    for task in prange(ntasks):
-        first_bad[task] = n
-        lo = min(task * chunk, total)
-        hi = min(lo + chunk, total)
-        k = _first_param(table, lo)
-        while lo < hi and k < n:
-            offset = table[k, OFFSET]
-            end = min(hi, offset + table[k, SIZE])
-            if end > lo and table[k, PTR_G] != 0:
-                g = carray(address_as_pointer(table[k, PTR_G], like), table[k, SIZE])
-                if not _span_is_finite(g, lo - offset, end - offset):
-                    first_bad[task] = k
-                    break
-            if end > lo:
-                lo = end
-            k += 1
-    worst = n
-    for task in range(ntasks):   # a loop compiles far faster than first_bad.min()
-        worst = min(worst, first_bad[task])
-    return -1 if worst == n else worst
+    k = _first_param(table, lo)
+    while lo < hi and k < n:
+        offset = table[k, OFFSET]
+        end = min(hi, offset + table[k, SIZE])
+        if end > lo and table[k, PTR_G] != 0:
+            g = carray(address_as_pointer(table[k, PTR_G], like), table[k, SIZE])
+            if not _span_is_finite(g, lo - offset, end - offset):
+                return k
+        if end > lo:
+            lo = end
+        k += 1
+    return n
 
 
 def compile_kernels(dtypes=("float32", "float64")):
@@ -257,21 +242,19 @@ def compile_kernels(dtypes=("float32", "float64")):
     """
     import time
 
-    from numba import get_num_threads
-
     timings = []
     for dtype in dtypes:
         state = np.zeros((3, 16), dtype)
         table = np.zeros((1, NCOLS), np.int64)
         table[0, SIZE] = 16
         args = (1e-3, 0.9, 0.999, 1e-8, 0.0, False, False, False)
+        scal = np.zeros((1, NSCALARS), dtype)
         for name, call in (
                 ("address", lambda: address(state[0])),
                 ("step_serial", lambda: step_serial(table, state, *args)),
-                ("step_parallel", lambda: step_parallel(table, state, *args, 1 << 14,
-                                                        get_num_threads())),
-                ("first_nonfinite", lambda: first_nonfinite(table, state, 1 << 14,
-                                                            get_num_threads()))):
+                ("prepare_step", lambda: prepare_step(table, state, *args[:5])),
+                ("step_task", lambda: step_task(table, state, scal, 0, 16, *args[5:])),
+                ("nonfinite_task", lambda: nonfinite_task(table, state, 0, 16))):
             start = time.perf_counter()
             call()
             timings.append((f"{name}[{dtype}]", time.perf_counter() - start))

@@ -7,13 +7,13 @@ parameter space is cut into shards can change a bit of their results.
 import math
 from fractions import Fraction
 
-import numba
 import numpy as np
-from numba import carray, njit, prange
+from numba import carray, njit
 
 from ._config import config
 from ._cpu import OFFSET, PTR_G, SIZE, address_as_pointer
 from ._jitcache import CACHE
+from ._pool import run_tasks, task_bounds
 
 __all__ = ["ordered_mean", "square_bins", "bins_to_sum", "NBINS", "NONFINITE", "OVERFLOW"]
 
@@ -56,13 +56,24 @@ def ordered_mean_serial(received, out, count):
         _mean_range(received, out, lo, min(lo + _BLOCK, out.size), count)
 
 
-@njit(cache=CACHE, parallel=True, error_model="numpy")
-def ordered_mean_parallel(received, out, count):
-    """:func:`ordered_mean_serial` with the blocks spread over Numba's threads."""
-    nblocks = (out.size + _BLOCK - 1) // _BLOCK
-    for b in prange(nblocks):
-        lo = b * _BLOCK
-        _mean_range(received, out, lo, min(lo + _BLOCK, out.size), count)
+@njit(cache=CACHE, nogil=True, error_model="numpy")
+def _ordered_mean_span(received, out, lo, hi, count):
+    """:func:`ordered_mean_serial` over elements ``lo:hi`` (one task; releases the GIL)."""
+    for start in range(lo, hi, _BLOCK):
+        _mean_range(received, out, start, min(start + _BLOCK, hi), count)
+
+
+def ordered_mean_parallel(received, out, count, min_task=None, threads=None):
+    """:func:`ordered_mean_serial` cut into tasks of whole blocks, run on
+    numadam's threads (:mod:`numadam._pool`: they sleep between calls)."""
+    ntasks, chunk = task_bounds(out.size, min_task, threads)
+    chunk = -(-chunk // _BLOCK) * _BLOCK
+
+    def task(index):
+        lo = min(index * chunk, out.size)
+        _ordered_mean_span(received, out, lo, min(lo + chunk, out.size), count)
+
+    run_tasks(task, ntasks, threads)
 
 
 @njit(cache=CACHE, error_model="numpy")
@@ -117,23 +128,27 @@ def square_bins_serial(table, like):
     return bins
 
 
-@njit(cache=CACHE, parallel=True, error_model="numpy")
-def square_bins_parallel(table, like, min_task, nthreads):
-    """:func:`square_bins_serial` spread over ``nthreads`` tasks of at least
-    ``min_task`` elements (``nthreads`` is read by the caller:
-    ``numba.get_num_threads()`` inside would make the kernel uncacheable)."""
+@njit(cache=CACHE, nogil=True, error_model="numpy")
+def _square_bins_span(table, like, lo, hi, bins):
+    """Add the bins of elements ``lo:hi`` to ``bins`` (one task; releases the GIL)."""
+    _bin_range(table, like, lo, hi, bins)
+
+
+def square_bins_parallel(table, like, min_task=None, threads=None):
+    """:func:`square_bins_serial` cut into tasks of at least ``min_task``
+    elements for at most ``threads`` threads (defaults: ``numadam.config``),
+    run on numadam's threads; integer bins add up exactly in any split."""
     n = table.shape[0]
-    total = table[n - 1, OFFSET] + table[n - 1, SIZE] if n else 0
-    ntasks = max(1, min(nthreads, total // max(min_task, 1)))
-    chunk = (total + ntasks - 1) // ntasks
+    total = int(table[n - 1, OFFSET] + table[n - 1, SIZE]) if n else 0
+    ntasks, chunk = task_bounds(total, min_task, threads)
     partial = np.zeros((ntasks, NBINS), np.int64)
-    for task in prange(ntasks):
-        lo = min(task * chunk, total)
-        _bin_range(table, like, lo, min(lo + chunk, total), partial[task])
-    bins = np.zeros(NBINS, np.int64)
-    for task in range(ntasks):
-        bins += partial[task]
-    return bins
+
+    def task(index):
+        lo = min(index * chunk, total)
+        _square_bins_span(table, like, lo, min(lo + chunk, total), partial[index])
+
+    run_tasks(task, ntasks, threads)
+    return partial.sum(axis=0)
 
 
 def ordered_mean(received, out):
@@ -151,7 +166,7 @@ def square_bins(table, like, total):
     :func:`square_bins_serial`); small shards stay on the calling thread."""
     if total < config.serial_below:
         return square_bins_serial(table, like)
-    return square_bins_parallel(table, like, config.min_task, numba.get_num_threads())
+    return square_bins_parallel(table, like)
 
 
 def bins_to_sum(bins):

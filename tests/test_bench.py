@@ -1,8 +1,11 @@
 """``python -m numadam bench`` runs end to end and prints a well-formed table.
 
 No timing is asserted: only that every scenario and contender shows up, with
-numbers or a reason for skipping.
+finite positive numbers in the right places or a reason for skipping, and
+that figures no machine can produce are flagged.
 """
+
+import math
 
 import json
 import os
@@ -38,9 +41,9 @@ def test_table_is_well_formed(bench):
 
 
 def test_every_scenario_and_contender_is_reported(bench):
-    _, data = bench
+    proc, data = bench
     rows = data["rows"]
-    assert {r["section"] for r in rows} == {"sweep", "big", "tiny", "mixed"}
+    assert {r["section"] for r in rows} == {"sweep", "big", "tiny", "mixed", "fit"}
     sweep = {(r["elements"], r["contender"]) for r in rows if r["section"] == "sweep"}
     for n in (1000, 40000):
         for name in ("numadam", "stream 4r/3w kernel", "NumPy naive", "NumPy in-place",
@@ -51,6 +54,25 @@ def test_every_scenario_and_contender_is_reported(bench):
     mixed = [r for r in rows if r["section"] == "mixed"]
     assert {r["arrays"] for r in mixed} == {200, 1}
     assert any("vs_flat_numadam" in r for r in mixed)
+    fit = {(r["elements"], r["contender"]): r for r in rows if r["section"] == "fit"}
+    assert set(fit) == {(n, name) for n in (1000, 40000) for name in
+                        ("numadam loop", "NumPy Adam loop", "gradient only", "numadam",
+                                     "NumPy Adam step")}
+    for n in (1000, 40000):
+        loop = fit[n, "numadam loop"]
+        assert loop["vs_numadam"] == 1.0
+        for key in ("vs_numpy_loop", "vs_parts"):
+            assert math.isfinite(loop[key]) and loop[key] > 0, (n, key, loop[key])
+        parts = fit[n, "gradient only"]["seconds"] + fit[n, "numadam"]["seconds"]
+        assert math.isclose(loop["seconds"] / loop["vs_parts"], parts)
+        assert math.isclose(loop["seconds"] / loop["vs_numpy_loop"],
+                            fit[n, "NumPy Adam loop"]["seconds"])
+        control = fit[n, "NumPy Adam loop"]
+        assert math.isclose(control["seconds"] / control["vs_parts"],
+                            fit[n, "gradient only"]["seconds"]
+                            + fit[n, "NumPy Adam step"]["seconds"])
+        assert f"fit {n:.0e}: the numadam loop takes " in proc.stdout
+    assert isinstance(data["warnings"], list)
 
 
 def test_rows_hold_numbers_or_a_reason(bench):
@@ -61,10 +83,15 @@ def test_rows_hold_numbers_or_a_reason(bench):
         else:
             assert r["seconds"] > 0
             assert r["vs_numadam"] > 0
-            if r["contender"] == "numadam":
+            if r["contender"] == ("numadam loop" if r["section"] == "fit" else "numadam"):
                 assert r["vs_numadam"] == 1.0
-            if r["section"] != "tiny":
-                assert r["gbps"] > 0
+            assert math.isfinite(r["seconds"]) and math.isfinite(r["vs_numadam"])
+            if r["section"] == "fit":     # loop iterations, not passes over memory
+                assert r["gbps"] is None and r["stream_fraction"] is None
+            else:
+                assert math.isfinite(r["gbps"]) and r["gbps"] > 0
+            if r["section"] in ("sweep", "big"):
+                assert math.isfinite(r["stream_fraction"]) and r["stream_fraction"] > 0
     assert data["environment"]["versions"]["numadam"]
 
 
@@ -73,3 +100,22 @@ def test_unknown_section_is_refused():
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0
     assert "unknown section" in proc.stderr
+
+
+def _row(contender, stream_fraction=None, spread=None):
+    return dict(section="sweep", elements=100000, contender=contender,
+                stream_fraction=stream_fraction, spread=spread)
+
+
+def test_implausible_baselines_and_noisy_samples_are_flagged():
+    from numadam._bench import warnings_for
+    # A streaming-kernel sample slowed down by other processes once made
+    # numadam look 519x faster than memory allows; that must not pass silently.
+    flagged = warnings_for([_row("numadam", stream_fraction=518.76)])
+    assert len(flagged) == 1
+    assert "sweep 1e+05 numadam" in flagged[0] and "51876%" in flagged[0]
+    assert "implausible" in flagged[0]
+    assert warnings_for([_row("numadam", stream_fraction=0.97),
+                         _row("NumPy naive", stream_fraction=0.2, spread=0.1)]) == []
+    noisy = warnings_for([_row("torch fused", stream_fraction=0.9, spread=0.8)])
+    assert len(noisy) == 1 and "80%" in noisy[0] and "torch fused" in noisy[0]

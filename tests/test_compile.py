@@ -49,10 +49,11 @@ def test_every_kernel_is_cacheable(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "Cannot cache" not in proc.stderr
     compiled = {line.split("[")[0] for line in proc.stdout.splitlines()}
-    assert {"address", "step_serial", "step_parallel", "first_nonfinite"} <= compiled
+    assert {"address", "step_serial", "prepare_step", "step_task", "nonfinite_task"} <= compiled
     index = {name.split("-")[0] for _, _, files in os.walk(tmp_path) for name in files
              if name.endswith(".nbi")}
-    assert {"_cpu.step_serial", "_cpu.step_parallel", "_cpu.first_nonfinite"} <= index
+    assert {"_cpu.step_serial", "_cpu.prepare_step", "_cpu.step_task",
+            "_cpu.nonfinite_task"} <= index
 
 
 def _make_read_only(path):

@@ -5,11 +5,12 @@ a tolerance shows the fast path computes Adam (and not just torch's quirks);
 the thread/task tests show that how the work is split never changes a bit.
 """
 
-import numba
 import numpy as np
 import pytest
 
 import numadam
+from numadam import _cpu
+from numadam._pool import TASKS_PER_THREAD
 import optim_configs as oc
 from helpers import assert_bits_equal, build, run, step_grads
 from naive import NaiveAdam
@@ -69,7 +70,7 @@ def _mixed_problem(dtype, seed=0):
 
 
 def _run_mixed(dtype, amsgrad, **config):
-    saved = (numadam.config.serial_below, numadam.config.min_task)
+    saved = {key: getattr(numadam.config, key) for key in config}
     try:
         for key, value in config.items():
             setattr(numadam.config, key, value)
@@ -79,24 +80,39 @@ def _run_mixed(dtype, amsgrad, **config):
             opt.step(g)
         return params, opt.state_dict()
     finally:
-        numadam.config.serial_below, numadam.config.min_task = saved
+        for key, value in saved.items():
+            setattr(numadam.config, key, value)
 
 
 @pytest.mark.parametrize("amsgrad", [False, True])
 @pytest.mark.parametrize("dtype", oc.DTYPES)
-def test_thread_count_and_task_split_do_not_change_a_bit(dtype, amsgrad):
+def test_thread_count_and_task_split_do_not_change_a_bit(dtype, amsgrad, monkeypatch):
     reference = _run_mixed(dtype, amsgrad, serial_below=1 << 62)   # one thread, one task
-    threads = numba.get_num_threads()
+    total = sum(p.size for p in reference[0])
+    spans = []
+    step_task = _cpu.step_task
+
+    def recording(table, state, scal, lo, hi, *flags):
+        spans.append((int(lo), int(hi)))
+        step_task(table, state, scal, lo, hi, *flags)
+
+    monkeypatch.setattr(_cpu, "step_task", recording)
     variants = []
-    try:
-        for n in sorted({1, threads}):
-            numba.set_num_threads(n)
-            # Tasks of at least 1 element: boundaries fall inside arrays and
-            # between them, and tiny arrays share a task.
-            variants.append(_run_mixed(dtype, amsgrad, serial_below=0, min_task=1))
-            variants.append(_run_mixed(dtype, amsgrad, serial_below=0, min_task=5000))
-    finally:
-        numba.set_num_threads(threads)
+    # numadam.config.threads, not the machine's cores nor NUMBA_NUM_THREADS,
+    # sets the split, so a one-core runner splits as much as a big machine.
+    # Tasks of at least 1 element: boundaries fall inside arrays and between
+    # them, and tiny arrays share a task; 1 thread runs all tasks in turn.
+    for threads in (1, 2, 3, 7):
+        for min_task in (1, 5000):
+            spans.clear()
+            variants.append(_run_mixed(dtype, amsgrad, serial_below=0, min_task=min_task,
+                                       threads=threads))
+            cut = sorted(set(spans))
+            ntasks = min(TASKS_PER_THREAD * threads, total // min_task)
+            assert len(cut) == ntasks, (threads, min_task)
+            assert cut[0][0] == 0 and cut[-1][1] == total
+            assert all(a[1] == b[0] for a, b in zip(cut, cut[1:])), cut
+            assert len(spans) == len(cut) * 5     # every task of every step ran once
     for params, sd in variants:
         for k, (p, q) in enumerate(zip(params, reference[0])):
             assert_bits_equal(p, q, f"param {k}")

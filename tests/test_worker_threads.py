@@ -1,0 +1,177 @@
+"""numadam's worker threads: they sleep between steps, they are the only
+threads a step starts, and they never change a bit of the result."""
+
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+
+import numpy as np
+import pytest
+
+import numadam
+from helpers import assert_bits_equal
+from numadam import _pool
+from numadam._distributed_kernels import ordered_mean_parallel, ordered_mean_serial
+
+
+@pytest.fixture
+def config():
+    """``numadam.config``, restored after the test."""
+    saved = dict(vars(numadam.config))
+    yield numadam.config
+    for key, value in saved.items():
+        setattr(numadam.config, key, value)
+
+
+# A fit loop whose gradient runs on NumPy's threaded BLAS, in a fresh process
+# with 4 threads for everyone. It prints the OS threads the steps started
+# that are not numadam's own Python threads, and the CPU time (clock ticks)
+# those threads and numadam's used while the loop only ran BLAS (no step).
+_LOOP = textwrap.dedent("""
+    import os, threading, time
+    import numpy as np, numadam
+
+    def threads():
+        return set(int(t) for t in os.listdir("/proc/self/task"))
+
+    def ticks(tids):
+        total = 0
+        for tid in tids:
+            try:
+                with open(f"/proc/self/task/{tid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except FileNotFoundError:
+                continue
+            total += int(fields[11]) + int(fields[12])
+        return total
+
+    x = np.random.default_rng(0).standard_normal(1 << 20).astype(np.float32)
+    g = np.empty_like(x)
+    c = np.eye(8, dtype=np.float32) * 0.5
+    gradient = lambda: np.matmul(x.reshape(-1, 8), c, out=g.reshape(-1, 8))
+    gradient()
+    opt = numadam.Adam([x], lr=1e-3)
+    before = threads()      # the main thread, BLAS's and Numba's compiler's
+    for _ in range(20):
+        gradient()
+        opt.step([g])
+    ours = set(t.native_id for t in threading.enumerate()) - {threading.get_native_id()}
+    others = threads() - before - ours
+    used = ticks(ours | others)
+    for _ in range(400):
+        gradient()
+    print(len(ours), len(others), ticks(ours | others) - used)
+""")
+
+
+def test_steps_start_only_numadam_threads_and_they_sleep_between_steps():
+    env = dict(os.environ, NUMBA_NUM_THREADS="4", OMP_NUM_THREADS="4",
+               OPENBLAS_NUM_THREADS="4")
+    env.pop("OMP_WAIT_POLICY", None)
+    proc = subprocess.run([sys.executable, "-c", _LOOP], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    ours, others, idle_ticks = map(int, proc.stdout.split())
+    assert ours == 3             # the caller is the fourth thread
+    assert others == 0           # no OpenMP (or other) pool behind numadam's back
+    assert idle_ticks == 0       # asleep while the user's code runs
+
+
+def _problem(sizes, seed=0):
+    rng = np.random.default_rng(seed)
+    params = [rng.standard_normal(n).astype(np.float32) for n in sizes]
+    grads = [[rng.standard_normal(n).astype(np.float32) for n in sizes] for _ in range(3)]
+    return params, grads
+
+
+def _fit(sizes, seed=0):
+    params, grads = _problem(sizes, seed)
+    opt = numadam.Adam(params, lr=1e-2, amsgrad=True)
+    for g in grads:
+        opt.step(g)
+    return params
+
+
+def test_two_optimizers_stepping_at_once_match_sequential_steps(config):
+    """The second thread finds the pool busy and runs its tasks itself."""
+    config.serial_below, config.min_task, config.threads = 0, 1000, 3
+    sizes = [30_000, 7, 5_000]
+    expected = [_fit(sizes, seed) for seed in range(4)]
+    results = [None] * 4
+    start = threading.Barrier(4)
+
+    def work(seed):
+        start.wait()
+        results[seed] = _fit(sizes, seed)
+
+    workers = [threading.Thread(target=work, args=(seed,)) for seed in range(4)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    for got, want in zip(results, expected):
+        for p, q in zip(got, want):
+            assert_bits_equal(p, q, "concurrent step")
+
+
+def test_a_task_error_is_raised_after_every_task_finished():
+    ran = []
+
+    def task(index):
+        if index == 2:
+            raise KeyError("task 2")
+        ran.append(index)
+
+    with pytest.raises(KeyError, match="task 2"):
+        _pool.run_tasks(task, 6, 3)
+    assert sorted(ran) == [0, 1, 3, 4, 5]     # the others still ran, each once
+    ran.clear()
+    _pool.run_tasks(ran.append, 6, 3)     # the pool still works
+    assert sorted(ran) == list(range(6))
+
+
+def test_first_nonfinite_finds_the_first_bad_row_whatever_the_split(config):
+    params, grads = _problem([5, 4000, 3, 9000, 100, 2000])
+    grads = grads[0]
+    grads[3][8000] = np.nan
+    grads[1][10] = np.inf
+    grads[5][0] = np.nan
+    for threads in (1, 2, 5):
+        config.serial_below, config.min_task, config.threads = 0, 1, threads
+        opt = numadam.Adam([p.copy() for p in params], check_finite="raise")
+        with pytest.raises(FloatingPointError, match="parameter 1 holds"):
+            opt.step(grads)
+
+
+def test_ordered_mean_splits_into_whole_blocks(config):
+    rng = np.random.default_rng(3)
+    received = rng.standard_normal((3, 5000)).astype(np.float32)
+    expected = np.empty(5000, np.float32)
+    ordered_mean_serial(received, expected, np.float32(3))
+    for threads in (2, 3):
+        out = np.empty(5000, np.float32)
+        ordered_mean_parallel(received, out, np.float32(3), min_task=1, threads=threads)
+        assert_bits_equal(out, expected, f"{threads} threads")
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_steps_with_a_pool_of_its_own(config):
+    config.serial_below, config.min_task, config.threads = 0, 1000, 2
+    x = np.ones(10_000, np.float32)
+    numadam.Adam([x]).step([np.ones_like(x)])      # the parent's pool exists
+    pid = os.fork()
+    if pid == 0:    # pragma: no cover (runs in the child)
+        code = 1
+        try:
+            y = np.ones(10_000, np.float32)
+            numadam.Adam([y], lr=0.5).step([np.ones_like(y)])     # on the child's pool
+            numadam.config.threads = 1
+            z = np.ones(10_000, np.float32)
+            numadam.Adam([z], lr=0.5).step([np.ones_like(z)])
+            code = 0 if (y == z).all() and (y < 1).all() else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
