@@ -175,3 +175,30 @@ def test_a_forked_child_steps_with_a_pool_of_its_own(config):
             os._exit(code)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+@pytest.mark.parametrize("name, value, error", [
+    ("threads", 2.5, TypeError), ("threads", "2", TypeError), ("threads", True, TypeError),
+    ("threads", 0, ValueError), ("threads", -1, ValueError),
+    ("min_task", 0, ValueError), ("min_task", 1.5, TypeError),
+    ("serial_below", -1, ValueError), ("serial_below", None, TypeError),
+])
+def test_a_bad_knob_is_refused_when_set_and_no_step_sees_it(config, name, value, error):
+    # Met by a step instead, threads=2.5 failed after the step count had
+    # advanced, with the parameters unchanged.
+    x = np.ones(300_000, np.float32)
+    opt = numadam.Adam([x], lr=0.1)
+    before = getattr(config, name)
+    with pytest.raises(error, match=f"numadam.config.{name} must be"):
+        setattr(config, name, value)
+    assert getattr(config, name) == before
+    config.serial_below = 0
+    opt.step([np.ones_like(x)])
+    assert opt.state_dict()["state"][0]["step"] == 1 and (x < 1).all()
+
+
+def test_knobs_take_any_integer_and_threads_none(config):
+    config.threads, config.min_task, config.serial_below = np.int64(3), np.int32(7), 0
+    assert (config.threads, config.min_task) == (3, 7) and type(config.threads) is int
+    config.threads = None
+    assert _pool.thread_count() >= 1
