@@ -12,7 +12,7 @@ import numpy as np
 from . import _cpu
 from ._config import config
 from ._cpu import LIVE, NCOLS, OFFSET, PTR_G, PTR_P, SIZE, STEP
-from ._pool import run_tasks, task_bounds
+from ._pool import run_tasks, task_bounds, uninterrupted
 
 STATE_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
 
@@ -159,7 +159,12 @@ class Bucket(BucketBase):
 # function that holds them: inside Bucket.step they cost the 10-element step
 # 1,300 instructions (6.6%, callgrind) though it never runs on the threads.
 def _step_on_threads(bucket, args):
-    """One step of ``bucket`` cut into tasks on numadam's threads."""
+    """One step of ``bucket`` cut into tasks on numadam's threads, whole even
+    when Ctrl-C comes during it (then raised after it)."""
+    uninterrupted(_step_tasks, bucket, args)
+
+
+def _step_tasks(bucket, args):
     ntasks, chunk = task_bounds(bucket.total)
     table, state, total = bucket.table, bucket.state, bucket.total
     scal = _cpu.prepare_step(table, state, *args[:5])

@@ -2,17 +2,19 @@
 threads a step starts, and they never change a bit of the result."""
 
 import os
+import signal
 import subprocess
 import sys
 import textwrap
 import threading
+import time
 
 import numpy as np
 import pytest
 
 import numadam
 from helpers import assert_bits_equal
-from numadam import _pool
+from numadam import _cpu, _pool
 from numadam._distributed_kernels import ordered_mean_parallel, ordered_mean_serial
 
 
@@ -202,3 +204,62 @@ def test_knobs_take_any_integer_and_threads_none(config):
     assert (config.threads, config.min_task) == (3, 7) and type(config.threads) is int
     config.threads = None
     assert _pool.thread_count() >= 1
+
+
+def _interrupt_main():
+    signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_ctrl_c_during_a_threaded_step_is_raised_after_the_whole_step(config, monkeypatch,
+                                                                      threads):
+    config.serial_below, config.min_task, config.threads = 0, 1000, threads
+    params, grads = _problem([20_000, 3_000])
+    expected = [p.copy() for p in params]
+    reference = numadam.Adam(expected, lr=1e-2)
+    reference.step(grads[0])
+    step_task = _cpu.step_task
+    sent = []
+
+    def interrupting(*args):
+        # Ctrl-C while the main thread is between two tasks: the handler
+        # raises at the next bytecode, before this task's kernel would run.
+        if threading.current_thread() is threading.main_thread() and not sent:
+            sent.append(1)
+            _interrupt_main()
+        step_task(*args)
+
+    monkeypatch.setattr(_cpu, "step_task", interrupting)
+    opt = numadam.Adam(params, lr=1e-2)
+    with pytest.raises(KeyboardInterrupt):
+        opt.step(grads[0])
+    assert sent
+    for p, q in zip(params, expected):
+        assert_bits_equal(p, q, "interrupted step")
+    assert opt.state_dict()["state"][0]["step"] == 1
+    monkeypatch.setattr(_cpu, "step_task", step_task)
+    opt.step(grads[1])                  # and the next step is an ordinary one
+    reference.step(grads[1])
+    for p, q in zip(params, expected):
+        assert_bits_equal(p, q, "step after the interrupted one")
+
+
+def test_ctrl_c_while_the_caller_waits_returns_only_after_the_workers_finish():
+    started, ended = threading.Event(), []
+
+    def task(index):
+        if threading.current_thread() is threading.main_thread():
+            started.wait(10)           # hold the caller until a worker has a task
+            return
+        started.set()
+        time.sleep(0.1)                # the caller is in its wait by now
+        _interrupt_main()
+        time.sleep(0.2)
+        ended.append(index)
+
+    with pytest.raises(KeyboardInterrupt):
+        _pool.run_tasks(task, 2, 2)
+    assert ended                       # no worker still running its task
+    ran = []
+    _pool.run_tasks(ran.append, 6, 3)     # the pool still works
+    assert sorted(ran) == list(range(6))
