@@ -29,12 +29,14 @@ class Config:
         78 us on one thread against 134 us on two: below this size the
         threads cost more than they save.
     min_task : int, at least 1
-        The fewest elements a parallel task gets; a bucket is cut into at most
-        one task per thread.
+        The fewest elements a parallel task gets (a bucket's last task may
+        get fewer); a bucket is cut into at most four tasks per thread.
     threads : int at least 1, or None
         The most threads one step uses (the caller and numadam's own worker
-        threads, see README "How fast"); ``None``: ``numba.get_num_threads()``,
-        so ``NUMBA_NUM_THREADS`` and ``numba.set_num_threads`` apply. The
+        threads, see README "How fast"); ``None``: ``numba.get_num_threads()``
+        in the stepping thread, so ``NUMBA_NUM_THREADS`` applies, and
+        ``numba.set_num_threads`` does in the thread that called it (Numba's
+        setting is per thread; a new thread starts at ``NUMBA_NUM_THREADS``). The
         worker threads started for the largest value used stay (asleep) until
         the process exits.
     """
