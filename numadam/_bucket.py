@@ -12,7 +12,7 @@ import numpy as np
 from . import _cpu
 from ._config import config
 from ._cpu import LIVE, NCOLS, OFFSET, PTR_G, PTR_P, SIZE, STEP
-from ._pool import run_tasks, task_bounds, uninterrupted
+from ._pool import run_tasks, start_workers, task_bounds, uninterrupted
 
 STATE_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
 
@@ -166,6 +166,7 @@ def _step_on_threads(bucket, args):
 
 def _step_tasks(bucket, args):
     ntasks, chunk = task_bounds(bucket.total)
+    nthreads = start_workers(ntasks)
     table, state, total = bucket.table, bucket.state, bucket.total
     scal = _cpu.prepare_step(table, state, *args[:5])
     flags = args[5:]
@@ -174,7 +175,7 @@ def _step_tasks(bucket, args):
         lo = min(index * chunk, total)
         _cpu.step_task(table, state, scal, lo, min(lo + chunk, total), *flags)
 
-    run_tasks(task, ntasks)
+    run_tasks(task, ntasks, nthreads)
 
 
 def _nonfinite_on_threads(bucket, total):

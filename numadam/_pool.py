@@ -39,7 +39,7 @@ import numba
 
 from ._config import config
 
-__all__ = ["task_bounds", "run_tasks", "thread_count", "uninterrupted"]
+__all__ = ["task_bounds", "start_workers", "run_tasks", "thread_count", "uninterrupted"]
 
 TASKS_PER_THREAD = 4
 
@@ -147,7 +147,20 @@ class _Pool:
 
     def _reset(self):
         self.lock = threading.Lock()    # one call at a time wakes the workers
+        self.growing = threading.Lock()
         self.queues = []
+
+    def start(self, nthreads):
+        """Start the workers a call on ``nthreads`` threads needs (the caller
+        is one); a ``RuntimeError`` where the OS refuses a thread."""
+        if len(self.queues) >= nthreads - 1:
+            return
+        with self.growing:
+            while len(self.queues) < nthreads - 1:
+                queue = SimpleQueue()
+                threading.Thread(target=self._serve, args=(queue, len(self.queues) + 1),
+                                 name="numadam-worker", daemon=True).start()
+                self.queues.append(queue)
 
     def _serve(self, queue, p):
         while True:
@@ -166,11 +179,7 @@ class _Pool:
                 task(index)
             return
         try:
-            while len(self.queues) < nthreads - 1:
-                queue = SimpleQueue()
-                threading.Thread(target=self._serve, args=(queue, len(self.queues) + 1),
-                                 name="numadam-worker", daemon=True).start()
-                self.queues.append(queue)
+            self.start(nthreads)
             job = _Job(task, ntasks, nthreads)
             for queue in self.queues[:nthreads - 1]:
                 queue.put(job)
@@ -185,6 +194,16 @@ class _Pool:
 _pool = _Pool()
 # A forked child has none of its parent's threads: it starts a pool of its own.
 os.register_at_fork(after_in_child=_pool._reset)
+
+
+def start_workers(ntasks, nthreads=None):
+    """Start the workers that :func:`run_tasks` of ``ntasks`` tasks will use
+    and return its thread count (``nthreads``: :func:`thread_count`). A step
+    calls it before it touches an array, so that an OS that refuses a thread
+    (a ``RuntimeError``) fails the step before its step count advances."""
+    nthreads = min(thread_count() if nthreads is None else nthreads, ntasks)
+    _pool.start(nthreads)
+    return nthreads
 
 
 def run_tasks(task, ntasks, nthreads=None):

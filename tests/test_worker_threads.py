@@ -263,3 +263,26 @@ def test_ctrl_c_while_the_caller_waits_returns_only_after_the_workers_finish():
     ran = []
     _pool.run_tasks(ran.append, 6, 3)     # the pool still works
     assert sorted(ran) == list(range(6))
+
+
+def test_a_refused_worker_thread_fails_the_step_before_it_touches_an_array(config,
+                                                                          monkeypatch):
+    # 64 threads: more workers than any earlier test started.
+    config.serial_below, config.min_task, config.threads = 0, 1000, 64
+    start = threading.Thread.start
+
+    def refuse(thread):
+        if thread.name == "numadam-worker":
+            raise RuntimeError("can't start new thread")
+        start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", refuse)
+    x = np.ones(100_000, np.float32)
+    opt = numadam.Adam([x], lr=0.1)
+    with pytest.raises(RuntimeError, match="can't start new thread"):
+        opt.step([np.ones_like(x)])
+    assert (x == 1).all() and opt.state_dict()["state"] == {}
+    monkeypatch.setattr(threading.Thread, "start", start)
+    config.threads = 2
+    opt.step([np.ones_like(x)])
+    assert opt.state_dict()["state"][0]["step"] == 1 and (x < 1).all()
