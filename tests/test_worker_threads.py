@@ -286,3 +286,35 @@ def test_a_refused_worker_thread_fails_the_step_before_it_touches_an_array(confi
     config.threads = 2
     opt.step([np.ones_like(x)])
     assert opt.state_dict()["state"][0]["step"] == 1 and (x < 1).all()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_child_forked_while_another_thread_steps_has_a_free_pool(config):
+    """The fork copies the pool's lock held and a worker busy; the child's
+    step gets a fresh pool (a worker of its own), not a wait on them."""
+    config.serial_below, config.min_task, config.threads = 0, 1000, 2
+    busy, release = threading.Event(), threading.Event()
+
+    def task(index):
+        busy.set()
+        release.wait(10)
+
+    stepping = threading.Thread(target=_pool.run_tasks, args=(task, 2, 2))
+    stepping.start()
+    try:
+        assert busy.wait(10) and _pool._pool.lock.locked()
+        pid = os.fork()
+        if pid == 0:    # pragma: no cover (runs in the child)
+            code = 1
+            try:
+                y = np.ones(10_000, np.float32)
+                numadam.Adam([y], lr=0.5).step([np.ones_like(y)])
+                workers = [t for t in threading.enumerate() if t.name == "numadam-worker"]
+                code = 0 if (y < 1).all() and len(workers) == 1 else 2
+            finally:
+                os._exit(code)
+    finally:
+        release.set()
+        stepping.join()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
