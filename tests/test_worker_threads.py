@@ -318,3 +318,22 @@ def test_a_child_forked_while_another_thread_steps_has_a_free_pool(config):
         stepping.join()
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_the_caller_takes_the_tasks_of_a_stalled_worker():
+    """A worker stuck in its first task (not scheduled, say) delays nothing:
+    the caller runs every other task, the worker's own block included."""
+    ran_here, others_done = [], threading.Event()
+
+    def task(index):
+        if threading.current_thread() is threading.main_thread():
+            ran_here.append(index)
+            if len(ran_here) == 7:
+                others_done.set()
+        else:
+            others_done.wait(10)       # stalled until the caller has done the rest
+
+    begin = time.perf_counter()
+    _pool.run_tasks(task, 8, 2)
+    assert time.perf_counter() - begin < 5
+    assert len(ran_here) >= 7 and set(range(4)) <= set(ran_here)
