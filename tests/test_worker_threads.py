@@ -337,3 +337,34 @@ def test_the_caller_takes_the_tasks_of_a_stalled_worker():
     _pool.run_tasks(task, 8, 2)
     assert time.perf_counter() - begin < 5
     assert len(ran_here) >= 7 and set(range(4)) <= set(ran_here)
+
+
+def test_steps_keep_the_worker_count_bounded(config):
+    config.serial_below, config.min_task = 0, 16
+    x = np.ones(4096, np.float32)
+    g = [np.ones_like(x)]
+    opt = numadam.Adam([x], lr=1e-3)
+    counts = set()
+    for i in range(400):
+        config.threads = 1 + i % 4
+        opt.step(g)
+        counts.add(threading.active_count())
+    workers = [t for t in threading.enumerate() if t.name == "numadam-worker"]
+    assert len(workers) == len(_pool._pool.queues) >= 3
+    assert max(counts) - min(counts) <= 3     # started once, for the largest count
+
+
+def test_numba_set_num_threads_applies_in_the_thread_that_called_it(config):
+    import numba
+    config.threads = None
+    seen = []
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        seen.append(_pool.thread_count())
+        other = threading.Thread(target=lambda: seen.append(_pool.thread_count()))
+        other.start()
+        other.join()
+    finally:
+        numba.set_num_threads(before)
+    assert seen == [1, numba.config.NUMBA_NUM_THREADS]
