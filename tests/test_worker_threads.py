@@ -368,3 +368,18 @@ def test_numba_set_num_threads_applies_in_the_thread_that_called_it(config):
     finally:
         numba.set_num_threads(before)
     assert seen == [1, numba.config.NUMBA_NUM_THREADS]
+
+
+def test_one_thread_makes_one_kernel_call_per_bucket(config, monkeypatch):
+    """Each nogil call ends in a GIL handoff (up to 5 ms beside a busy Python
+    thread), so one thread does not cut a big bucket into tasks."""
+    config.serial_below, config.min_task, config.threads = 0, 1000, 1
+    calls = []
+    step_task, nonfinite_task = _cpu.step_task, _cpu.nonfinite_task
+    monkeypatch.setattr(_cpu, "step_task", lambda *a: calls.append("step") or step_task(*a))
+    monkeypatch.setattr(_cpu, "nonfinite_task",
+                        lambda *a: calls.append("check") or nonfinite_task(*a))
+    x = np.ones(50_000, np.float32)
+    opt = numadam.Adam([x], lr=0.5, check_finite="raise")
+    opt.step([np.ones_like(x)])
+    assert calls == ["check", "step"] and (x < 1).all()
