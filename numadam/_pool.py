@@ -219,10 +219,10 @@ def uninterrupted(call, *args):
     raise: a ``KeyboardInterrupt`` there would leave the step count advanced
     and some tasks not run (38 of 60 steps of 4e6 elements interrupted at
     random times, without this). Held back, it is raised once the step is
-    whole, by the handler that was installed. Only the main
-    thread runs signal handlers; ``_signal`` rather than ``signal`` because
-    the latter converts handlers to enums through a caught ``ValueError``
-    (10 us a pair of calls against 0.5 us).
+    whole, by the handler that was installed. Only the main thread runs
+    signal handlers. ``_signal`` rather than ``signal``: the latter converts
+    handlers to enums through a caught ``ValueError`` (10 us a pair of calls
+    against 0.5 us); the whole costs a step 1.7 us.
     """
     if threading.current_thread() is not threading.main_thread():
         return call(*args)
