@@ -11,7 +11,7 @@ import numpy as np
 
 from . import _cpu
 from ._config import config
-from ._cpu import LIVE, NCOLS, OFFSET, PTR_G, PTR_P, SIZE, STEP
+from ._cpu import NCOLS, OFFSET, PTR_G, PTR_P, SIZE, STEP
 from ._pool import run_tasks, start_workers, task_bounds, thread_count, uninterrupted
 
 STATE_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
@@ -58,9 +58,6 @@ class BucketBase:
                 f"{where}: amsgrad was switched on after the first step; the group "
                 "has no max_exp_avg_sq to continue from (torch fails here too). "
                 "Create the optimizer with amsgrad=True instead")
-
-    def is_live(self, k):
-        return bool(self.table[k, LIVE])
 
 
 class Bucket(BucketBase):

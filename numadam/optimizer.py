@@ -504,9 +504,6 @@ class Adam:
         return True
 
     # -------------------------------------------------------------- state
-    def _all_params(self):
-        return [group_param for group in self.param_groups for group_param in group["params"]]
-
     @property
     def state(self):
         """Per-parameter state, keyed by the parameter array or its index.
