@@ -8,11 +8,11 @@
 array([0.1, 0.1, 0.1])
 """
 
-from . import functional
-from ._config import config
-from ._minimize import minimize
-from .checkpoint import CheckpointError, load, save
-from .optimizer import Adam, AdamW
+from numadam import functional
+from numadam.core.config import config
+from numadam.fit.minimize import minimize
+from numadam.checkpoint import CheckpointError, load, save
+from numadam.core.optimizer import Adam, AdamW
 
 __all__ = ["Adam", "AdamW", "minimize", "functional", "save", "load", "CheckpointError",
            "config", "__version__"]

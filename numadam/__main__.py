@@ -15,20 +15,20 @@ import sys
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m numadam")
     commands = parser.add_subparsers(dest="command", required=True)
-    from . import _bench
+    from numadam import bench as _bench
     _bench.add_arguments(commands.add_parser(
         "bench", help="compare numadam with NumPy, torch and optax on this machine"))
     commands.add_parser("compile", help="fill Numba's on-disk cache with every kernel")
     args = parser.parse_args(argv)
     if args.command == "bench":
         return _bench.main(args)
-    from ._jitcache import CACHE
+    from numadam.core.jitcache import CACHE
     if not CACHE:
         print("python -m numadam compile: nothing was compiled: Numba finds no writable "
               "cache directory, so compiled kernels cannot be kept; set NUMBA_CACHE_DIR to a "
               "writable directory (and keep it set when numadam runs)", file=sys.stderr)
         return 1
-    from ._cpu import compile_kernels
+    from numadam.cpu.kernels import compile_kernels
     for name, seconds in compile_kernels():
         print(f"{name}: {seconds:.2f} s")
     return 0

@@ -24,9 +24,9 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from . import _checkpoint_file
-from ._bucket import STATE_KEYS
-from ._state_dict import as_step
+from numadam.core import checkpoint_file as _checkpoint_file
+from numadam.cpu.bucket import STATE_KEYS
+from numadam.core.state_dict import as_step
 
 __all__ = ["save", "load", "CheckpointError", "FORMAT", "VERSION"]
 

@@ -2,7 +2,7 @@
 
 :func:`adam_update` is the per-array form of :class:`numadam.Adam` /
 :class:`numadam.AdamW`: you own the state arrays and the step counter, and the
-arithmetic is the same compiled code (``numadam._math.adam_element`` driven by
+arithmetic is the same compiled code (``numadam.core.math.adam_element`` driven by
 the CPU backend's span loop), so the results agree with the classes bit for
 bit. Inside a compiled loop it costs no Python at all::
 
@@ -25,10 +25,10 @@ from numba import njit, types
 from numba.core.errors import TypingError
 from numba.extending import overload
 
-from . import _validation
-from ._cpu import update_span
-from ._jitcache import CACHE
-from ._math import NSCALARS, scalars_into
+from numadam.core import validation as _validation
+from numadam.cpu.kernels import update_span
+from numadam.core.jitcache import CACHE
+from numadam.core.math import NSCALARS, scalars_into
 
 __all__ = ["adam_update"]
 

@@ -27,7 +27,7 @@ from numba import cuda  # noqa: E402
 
 import numadam  # noqa: E402
 import numadam.cuda  # noqa: E402
-from numadam import _cuda_bucket, _cuda_kernels, _cuda_launch  # noqa: E402
+from numadam.cuda import bucket as _cuda_bucket, kernels as _cuda_kernels, launch as _cuda_launch  # noqa: E402,E501
 
 
 class _StubKernel:

@@ -50,7 +50,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [ROOT, os.path.join(ROOT, "tests"), os.path.join(ROOT, "tests", "cuda")]
 
 import numadam  # noqa: E402
-import numadam._cuda_kernels  # noqa: E402
+import numadam.cuda.kernels  # noqa: E402
 import numadam.cuda  # noqa: E402
 import optim_configs as oc  # noqa: E402
 from numba import cuda  # noqa: E402
@@ -133,7 +133,7 @@ def probe_driver_launch():
                 cpu.step([grad])
             cuda.synchronize()
         bad = differing(x.copy_to_host(), host)
-        from numadam._cuda_kernels import SIMULATED
+        from numadam.cuda.kernels import SIMULATED
         record("launch", "driver launch (ctypes cuLaunchKernel)",
                "bit-exact" if bad == 0 else f"{bad} elements differ",
                "simulator: Numba's launcher ran" if SIMULATED else "", ok=bad == 0)
@@ -349,7 +349,7 @@ def event_ms(fn, reps):
 
 
 def time_bandwidth(amsgrad=False):
-    from numadam import _cuda_kernels
+    from numadam.cuda import kernels as _cuda_kernels
     n, reps = SCALE["n"], SCALE["reps"]
     rng = np.random.default_rng(1)
     chunk = rng.standard_normal(SCALE["chunk"]).astype(np.float32)
@@ -400,7 +400,7 @@ def _stream_kernels():
     """Kernels with Adam's traffic (read p, g, m, v; write p, m, v) and next to
     no arithmetic: what this access pattern can reach, to tell the memory
     system's limit from the step kernel's own cost."""
-    from numadam._cuda_kernels import _row_load_vec as load, _row_store_vec as store
+    from numadam.cuda.kernels import _row_load_vec as load, _row_store_vec as store
 
     @cuda.jit
     def scalar(p, g, m, v):         # one element a thread, as DESIGN.md's plain kernel
@@ -450,7 +450,7 @@ def time_stream_kernels():
     n, reps = SCALE["n"], SCALE["reps"]
     arrays = [cuda.device_array((1, n), np.float32) for _ in range(4)]
     for a in arrays:
-        numadam._cuda_kernels.fill(a.reshape(-1), 0.5, cuda.default_stream(), 256)
+        numadam.cuda.kernels.fill(a.reshape(-1), 0.5, cuda.default_stream(), 256)
     threads = numadam.cuda.config.threads_per_block
     for label, kernel, per_thread in _stream_kernels():
         blocks = -(-n // (threads * per_thread))

@@ -18,7 +18,7 @@ import numadam
 # Prints how many kernel specialisations came from the on-disk cache.
 STEP = """
 import numpy as np, numadam
-from numadam import _cpu
+from numadam.cpu import kernels as _cpu
 x = np.zeros(100, np.float32)
 numadam.Adam([x]).step([np.ones(100, np.float32)])
 print(sum(_cpu.step_serial.stats.cache_hits.values()),

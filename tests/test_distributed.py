@@ -22,14 +22,14 @@ import pytest
 import numadam
 import optim_configs as oc
 from helpers import assert_bits_equal, build, step_grads
-from numadam._bucket import Bucket
-from numadam._cpu import PTR_G, STEP
-from numadam._distributed_agree import describe, raise_agreed
-from numadam._distributed_kernels import (NBINS, NONFINITE, OVERFLOW, bins_to_sum,
+from numadam.cpu.bucket import Bucket
+from numadam.cpu.kernels import PTR_G, STEP
+from numadam.distributed.agree import describe, raise_agreed
+from numadam.distributed.kernels import (NBINS, NONFINITE, OVERFLOW, bins_to_sum,
                                           ordered_mean, ordered_mean_parallel,
                                           ordered_mean_serial, square_bins,
                                           square_bins_parallel, square_bins_serial)
-from numadam._distributed_layout import (bytes_per_step, first_difference, layout_signature,
+from numadam.distributed.layout import (bytes_per_step, first_difference, layout_signature,
                                          shard_bounds, shard_pieces, shard_table)
 
 HERE = os.path.dirname(os.path.abspath(__file__))

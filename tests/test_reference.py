@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 import numadam
-from numadam import _cpu
-from numadam._pool import TASKS_PER_THREAD
+from numadam.cpu import kernels as _cpu
+from numadam.cpu.pool import TASKS_PER_THREAD
 import optim_configs as oc
 from helpers import assert_bits_equal, build, run, step_grads
 from naive import NaiveAdam
@@ -102,7 +102,7 @@ def test_thread_count_and_task_split_do_not_change_a_bit(dtype, amsgrad, monkeyp
     # sets the split, so a one-core runner splits as much as a big machine.
     # Tasks of at least 1 element: boundaries fall inside arrays and between
     # them, and tiny arrays share a task; 1 thread makes one call over the
-    # bucket (each nogil call costs a GIL handoff, see numadam._bucket).
+    # bucket (each nogil call costs a GIL handoff, see numadam.cpu.bucket).
     for threads in (1, 2, 3, 7):
         for min_task in (1, 5000):
             spans.clear()
@@ -125,7 +125,7 @@ def test_thread_count_and_task_split_do_not_change_a_bit(dtype, amsgrad, monkeyp
 
 def test_bias_corrections_in_the_kernel_match_python_pow():
     """The kernels compute 1 - beta**t with libm's pow, as torch and Python do."""
-    from numadam._math import BC2_SQRT, NEG_STEP, NSCALARS, scalars_into
+    from numadam.core.math import BC2_SQRT, NEG_STEP, NSCALARS, scalars_into
     out = np.empty(NSCALARS)
     for beta1, beta2 in [(0.9, 0.999), (0.3, 0.9), (0.95, 0.99999)]:
         for t in [1, 2, 3, 10, 97, 1000, 12345, 10**6]:

@@ -14,8 +14,9 @@ import pytest
 
 import numadam
 from helpers import assert_bits_equal
-from numadam import _cpu, _pool
-from numadam._distributed_kernels import ordered_mean_parallel, ordered_mean_serial
+from numadam.cpu import kernels as _cpu
+from numadam.cpu import pool as _pool
+from numadam.distributed.kernels import ordered_mean_parallel, ordered_mean_serial
 
 
 @pytest.fixture

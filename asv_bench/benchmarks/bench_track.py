@@ -5,7 +5,7 @@ import time
 
 import numpy as np
 
-from numadam import _bench_contenders as contenders
+from numadam.bench import contenders as contenders
 
 from .common import MAX_SIZE, arrays
 

@@ -13,7 +13,7 @@ both dtypes:
   accesses (``ld/st.global.v4.f32``, ``v2.f64``) and no float access is
   generic (every one says ``.global``).
 * launch ABI: the ``.param`` list of the kernel's entry is, type for type,
-  the flattened argument list that ``numadam._cuda_launch`` builds for the
+  the flattened argument list that ``numadam.cuda.launch`` builds for the
   driver launch.
 
 Used by tests/test_cuda_sim.py and scripts/gpu_check.py.
@@ -31,7 +31,7 @@ def compile_step(dtype_name):
     """``(ptx, Counter of instructions)`` of the step kernel for ``dtype_name``."""
     from numba.cuda import compile_ptx
 
-    from numadam import _cuda_kernels
+    from numadam.cuda import kernels as _cuda_kernels
 
     sig = _cuda_kernels.step_signature(dtype_name)
     ptx, _ = compile_ptx(_cuda_kernels.step_kernel.py_func, sig, cc=(9, 0))
@@ -54,8 +54,8 @@ def param_sizes(ptx):
 def check(name, width, ptx, counts):
     import ctypes
 
-    from numadam import _cuda_kernels
-    from numadam._cuda_launch import ctypes_fields
+    from numadam.cuda import kernels as _cuda_kernels
+    from numadam.cuda.launch import ctypes_fields
 
     failures = []
     f = f"f{width}"

@@ -37,7 +37,7 @@ from queue import SimpleQueue
 
 import numba
 
-from ._config import config
+from numadam.core.config import config
 
 __all__ = ["task_bounds", "start_workers", "run_tasks", "thread_count", "uninterrupted"]
 

@@ -6,13 +6,15 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from . import _copying, _state_dict, _validation
-from ._bucket import Bucket
-from ._cpu import address
-from ._groups import STALE, ParamList, same_as_validated
-from ._groups import raw as raw_entries
-from ._state_view import StateView
-from ._validation import HYPERPARAMETERS
+from numadam.core import copying as _copying
+from numadam.core import state_dict as _state_dict
+from numadam.core import validation as _validation
+from numadam.cpu.bucket import Bucket
+from numadam.cpu.kernels import address
+from numadam.core.groups import STALE, ParamList, same_as_validated
+from numadam.core.groups import raw as raw_entries
+from numadam.core.state_view import StateView
+from numadam.core.validation import HYPERPARAMETERS
 
 __all__ = ["Adam", "AdamW"]
 
@@ -75,7 +77,7 @@ class Adam:
         p     = p - lr / (1 - beta1**t) * m / (sqrt(v) / sqrt(1 - beta2**t) + eps)
 
     The exact grouping and the fused multiply-adds are those of torch's fused
-    CPU kernel; see ``numadam/_math.py``.
+    CPU kernel; see ``numadam/core/math.py``.
 
     ``copy.deepcopy(opt)`` is an independent optimizer over copies of the
     parameters and state; a pickle carries values (parameters, state, step
@@ -173,7 +175,7 @@ class Adam:
         for host arrays) and memory extents."""
         infos = None
         if any(_validation.is_device_array(p) for p in params):
-            from ._cuda_adapters import group_infos   # loads numba.cuda on first use
+            from numadam.cuda.adapters import group_infos   # loads numba.cuda on first use
             infos = group_infos(params, f"param_groups[{gi}]")
         seen = set()
         extents = []
@@ -207,7 +209,7 @@ class Adam:
             if infos is None:
                 buckets.append(Bucket([params[k] for k in rows], [first + k for k in rows], gi))
             else:
-                from ._cuda_bucket import DeviceBucket
+                from numadam.cuda.bucket import DeviceBucket
                 buckets.append(DeviceBucket([params[k] for k in rows], [infos[k] for k in rows],
                                             [first + k for k in rows], gi))
         slots = [None] * len(params)
@@ -539,12 +541,12 @@ class Adam:
 
     def save(self, path):
         """Write a checkpoint file atomically (see :func:`numadam.save`)."""
-        from .checkpoint import save
+        from numadam.checkpoint import save
         save(self.state_dict(), path)
 
     def load(self, path):
         """Load a checkpoint file into this optimizer (see :func:`numadam.load`)."""
-        from .checkpoint import load
+        from numadam.checkpoint import load
         self.load_state_dict(load(path))
 
     def __repr__(self):
@@ -558,7 +560,7 @@ class Adam:
 
     # ------------------------------------------------------- copy, pickle
     def __getstate__(self):
-        """Values only (see :mod:`numadam._copying`); never an address."""
+        """Values only (see :mod:`numadam.core.copying`); never an address."""
         return _copying.values(self)
 
     def __setstate__(self, state):

@@ -26,7 +26,7 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
 
-from ._jitcache import CACHE
+from numadam.core.jitcache import CACHE
 
 __all__ = ["fma", "mul_rn", "adam_element", "loop_scalars", "scalars_into", "NSCALARS"]
 

@@ -107,7 +107,7 @@ def flat_parameters(shapes, dtype=np.float32, *, fill=0.0):
     """
     from numba import cuda
 
-    from . import _cuda_kernels
+    from numadam.cuda import kernels as _cuda_kernels
 
     dtype = np.dtype(dtype)
     if dtype not in (np.dtype(np.float32), np.dtype(np.float64)):

@@ -5,8 +5,8 @@ copy or an unpickled optimizer writes only into its own arrays. Attributes a
 subclass adds travel as they are.
 """
 
-from ._cpu import LIVE, STEP
-from ._groups import STALE
+from numadam.cpu.kernels import LIVE, STEP
+from numadam.core.groups import STALE
 
 __all__ = ["values", "restore"]
 

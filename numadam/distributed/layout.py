@@ -11,8 +11,8 @@ so the update runs through the same kernels as ``Adam``, element for element.
 
 import numpy as np
 
-from ._cpu import NCOLS, OFFSET, PTR_G, PTR_P, SIZE, address
-from ._validation import HYPERPARAMETERS
+from numadam.cpu.kernels import NCOLS, OFFSET, PTR_G, PTR_P, SIZE, address
+from numadam.core.validation import HYPERPARAMETERS
 
 __all__ = ["shard_bounds", "shard_pieces", "shard_table", "layout_signature",
            "first_difference", "bytes_per_step"]

@@ -18,7 +18,7 @@ import numpy as np
 from numba import get_num_threads, njit, prange
 
 import numadam
-from numadam._jitcache import CACHE
+from numadam.core.jitcache import CACHE
 
 __all__ = ["Contender", "Unavailable", "make_arrays", "stream_traffic", "CONTENDERS",
            "numadam_step", "numadam_owned", "numadam_flat", "stream", "noop_call",

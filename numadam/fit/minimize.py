@@ -7,9 +7,9 @@ import operator
 
 import numpy as np
 
-from ._minimize_support import (AGREEMENT, Progress, ValueTrend, make_box, make_result,
+from numadam.fit.support import (AGREEMENT, Progress, ValueTrend, make_box, make_result,
                                 projected_gradient)
-from .optimizer import Adam, AdamW
+from numadam.core.optimizer import Adam, AdamW
 
 __all__ = ["minimize"]
 

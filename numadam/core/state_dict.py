@@ -5,9 +5,9 @@ from collections.abc import Hashable, Mapping
 
 import numpy as np
 
-from ._bucket import STATE_KEYS
-from ._cpu import LIVE, OFFSET, SIZE, STEP
-from ._validation import HYPERPARAMETERS
+from numadam.cpu.bucket import STATE_KEYS
+from numadam.cpu.kernels import LIVE, OFFSET, SIZE, STEP
+from numadam.core.validation import HYPERPARAMETERS
 
 # Written by torch but meaningless here; dropped on load.
 _TORCH_ONLY_KEYS = frozenset({"foreach", "capturable", "differentiable", "fused"})

@@ -7,7 +7,7 @@ and only then moves data; if any rank failed, every rank raises the same
 exception (type and message of the lowest failing rank) and nothing moves.
 """
 
-from .checkpoint import CheckpointError
+from numadam.checkpoint import CheckpointError
 
 __all__ = ["describe", "raise_agreed", "agree"]
 

@@ -1,6 +1,6 @@
 """``python -m numadam bench``: numadam against what users run today.
 
-Every scenario builds its contenders (see :mod:`numadam._bench_contenders`),
+Every scenario builds its contenders (see :mod:`numadam.bench.contenders`),
 warms them up, then takes one timing sample of each contender per round, the
 order rotating from round to round, so that drift of the machine (other
 processes, frequency changes) spreads over all contenders instead of
@@ -17,7 +17,7 @@ samples spread widely are flagged with a warning under the table.
 
 The "fit" scenario times whole iterations of a fitting loop whose gradient is
 a matrix product on NumPy's threaded BLAS (see
-:func:`numadam._bench_contenders.fit_gradient`): with numadam, with a NumPy
+:func:`numadam.bench.contenders.fit_gradient`): with numadam, with a NumPy
 Adam, and the gradient and numadam's step alone, so that it shows whether
 numadam's threads slow the user's own code down.
 """
@@ -33,8 +33,8 @@ import numpy as np
 
 import numadam
 
-from . import _bench_contenders as bc
-from ._pool import thread_count
+from numadam.bench import contenders as bc
+from numadam.cpu.pool import thread_count
 
 __all__ = ["add_arguments", "main"]
 

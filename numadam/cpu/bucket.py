@@ -3,16 +3,16 @@
 The bucket owns the state of its parameters in one array ``state`` of shape
 ``(rows, total)`` (rows ``exp_avg``, ``exp_avg_sq`` and, with AMSGrad,
 ``max_exp_avg_sq``) and the int64 ``table`` the kernels read (see
-:mod:`numadam._cpu`). Per-parameter state as users see it
+:mod:`numadam.cpu.kernels`). Per-parameter state as users see it
 (``opt.state[p]["exp_avg"]``) is a view into ``state``.
 """
 
 import numpy as np
 
-from . import _cpu
-from ._config import config
-from ._cpu import NCOLS, OFFSET, PTR_G, PTR_P, SIZE, STEP
-from ._pool import run_tasks, start_workers, task_bounds, thread_count, uninterrupted
+from numadam.cpu import kernels as _cpu
+from numadam.core.config import config
+from numadam.cpu.kernels import NCOLS, OFFSET, PTR_G, PTR_P, SIZE, STEP
+from numadam.cpu.pool import run_tasks, start_workers, task_bounds, thread_count, uninterrupted
 
 STATE_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
 
@@ -63,7 +63,7 @@ class BucketBase:
 class Bucket(BucketBase):
     """Parameters ``params`` (global indices ``indices``) of group ``group_index``."""
 
-    on_device = False   # DeviceBucket (numadam._cuda_bucket) has the same interface
+    on_device = False   # DeviceBucket (numadam.cuda.bucket) has the same interface
     unready = False     # see ready()
 
     def __init__(self, params, indices, group_index):
@@ -150,7 +150,7 @@ class Bucket(BucketBase):
             _step_on_threads(self, args)
 
 
-# Module functions, not methods: numadam._distributed_shard.Shard borrows
+# Module functions, not methods: numadam.distributed.shard.Shard borrows
 # Bucket.step and Bucket.first_nonfinite, and these work on its attributes too.
 # Apart from those two because a closure's cells are created on entry to the
 # function that holds them: inside Bucket.step they cost the 10-element step

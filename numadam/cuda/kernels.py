@@ -1,12 +1,12 @@
 """CUDA kernels: one launch updates every array of a bucket.
 
-The layout is the CPU backend's (see :mod:`numadam._cpu`): an int64 ``table``
+The layout is the CPU backend's (see :mod:`numadam.cpu.kernels`): an int64 ``table``
 with one row per parameter (addresses of the user's parameter and gradient,
 offset and size in the bucket's state, step, live flag) and a 2-D ``state``
 of shape ``(2 or 3, total)``. The scalars are built on the host by the very
 function the CPU kernels call (``_cpu._prepare``), so the bias corrections
 are the same float64 ``pow`` rounded once. The element math is
-:func:`numadam._math.adam_element`, the one definition both targets compile;
+:func:`numadam.core.math.adam_element`, the one definition both targets compile;
 its products are ``mul_rn`` and its fused multiply-adds ``fma``, so the
 GPU's arithmetic is the CPU's, operation for operation.
 
@@ -14,7 +14,7 @@ One thread updates ``VEC`` = 4 consecutive elements of the concatenated
 parameter space and finds their parameter by binary search over the offsets
 (the table is small and cached), so a bucket of any number of arrays is one
 launch. Device buckets start every parameter's state at a multiple of
-``VEC`` (:class:`numadam._cuda_bucket.DeviceBucket` pads the layout), so
+``VEC`` (:class:`numadam.cuda.bucket.DeviceBucket` pads the layout), so
 where the user's parameter and gradient are 16-byte aligned (every fresh
 allocation is) the thread moves its elements with 16-byte loads and stores
 (``ld.global.v4.f32``, or two ``v2.f64``): four times fewer memory
@@ -23,7 +23,7 @@ odd offset) and the last partial group of a parameter take the element path.
 
 The scalars reach the kernel by value when every parameter of the bucket is
 at the same step (the usual case): then a step needs no copy to the device
-at all, and :mod:`numadam._cuda_launch` can launch it with one driver call.
+at all, and :mod:`numadam.cuda.launch` can launch it with one driver call.
 When steps differ (a parameter skipped a step) the per-parameter rows of
 ``scal`` are uploaded and read instead.
 
@@ -46,9 +46,9 @@ from numba import cuda, types
 from numba.core import config as numba_config
 from numba.extending import intrinsic
 
-from ._cpu import NCOLS, OFFSET, PTR_G, PTR_P, SIZE, _first_param
-from ._jitcache import CACHE
-from ._math import NSCALARS, adam_element, loop_scalars
+from numadam.cpu.kernels import NCOLS, OFFSET, PTR_G, PTR_P, SIZE, _first_param
+from numadam.core.jitcache import CACHE
+from numadam.core.math import NSCALARS, adam_element, loop_scalars
 
 __all__ = ["SIMULATED", "VEC", "VEC_BYTES", "step_signature", "step_kernel", "step_grid",
            "launch_step", "first_nonfinite", "fill", "NCOLS"]

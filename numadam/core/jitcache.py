@@ -19,7 +19,7 @@ from numba.core.caching import CompileResultCacheImpl
 
 __all__ = ["CACHE"]
 
-_HERE = os.path.dirname(os.path.abspath(__file__))
+_HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # the package
 
 
 def _probe():

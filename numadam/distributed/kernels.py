@@ -10,10 +10,10 @@ from fractions import Fraction
 import numpy as np
 from numba import carray, njit
 
-from ._config import config
-from ._cpu import OFFSET, PTR_G, SIZE, address_as_pointer
-from ._jitcache import CACHE
-from ._pool import run_tasks, task_bounds
+from numadam.core.config import config
+from numadam.cpu.kernels import OFFSET, PTR_G, SIZE, address_as_pointer
+from numadam.core.jitcache import CACHE
+from numadam.cpu.pool import run_tasks, task_bounds
 
 __all__ = ["ordered_mean", "square_bins", "bins_to_sum", "NBINS", "NONFINITE", "OVERFLOW"]
 
@@ -65,7 +65,7 @@ def _ordered_mean_span(received, out, lo, hi, count):
 
 def ordered_mean_parallel(received, out, count, min_task=None, threads=None):
     """:func:`ordered_mean_serial` cut into tasks of whole blocks, run on
-    numadam's threads (:mod:`numadam._pool`: they sleep between calls)."""
+    numadam's threads (:mod:`numadam.cpu.pool`: they sleep between calls)."""
     ntasks, chunk = task_bounds(out.size, min_task, threads)
     chunk = -(-chunk // _BLOCK) * _BLOCK
 

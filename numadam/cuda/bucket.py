@@ -1,4 +1,4 @@
-"""A bucket of device arrays: :class:`numadam._bucket.Bucket`'s interface on a GPU.
+"""A bucket of device arrays: :class:`numadam.cpu.bucket.Bucket`'s interface on a GPU.
 
 The host keeps the int64 ``table`` (so step counts, offsets and live flags
 read exactly as on the CPU, and ``_cpu._prepare`` builds the scalars with the
@@ -11,10 +11,10 @@ addresses as last time), copies nothing to the device: the scalars travel as
 kernel arguments. The launch is Numba's kernel call; with
 ``numadam.cuda.config.launcher = "driver"`` (opt-in until
 ``scripts/gpu_check.py`` has passed on a GPU) it is one driver call
-(:mod:`numadam._cuda_launch`). The simulator has only Numba's launcher.
+(:mod:`numadam.cuda.launch`). The simulator has only Numba's launcher.
 
 Streams: each step is enqueued on the stream of the bucket's first parameter
-(:func:`numadam._cuda_adapters.interface_stream`: what version 3 of
+(:func:`numadam.cuda.adapters.interface_stream`: what version 3 of
 ``__cuda_array_interface__`` reports, CuPy's current stream or the stream a
 Numba array is bound to; torch's current stream for a torch tensor) and
 returns without waiting for the GPU. A gradient that reports
@@ -28,14 +28,15 @@ import weakref
 import numpy as np
 from numba import cuda
 
-from . import _cpu, _cuda_kernels
-from ._bucket import STATE_KEYS, BucketBase
-from ._cpu import OFFSET, PTR_G, SIZE, STEP
-from ._cuda_adapters import (FIXED, TORCH, _on_device, _torch_stream, device_address,
+from numadam.cpu import kernels as _cpu
+from numadam.cuda import kernels as _cuda_kernels
+from numadam.cpu.bucket import STATE_KEYS, BucketBase
+from numadam.cpu.kernels import OFFSET, PTR_G, SIZE, STEP
+from numadam.cuda.adapters import (FIXED, TORCH, _on_device, _torch_stream, device_address,
                              fill_zero, gradient_info, inspect, interface_stream, memory_kind,
                              stream_for, zeros_like)
-from ._math import NSCALARS
-from .cuda import config
+from numadam.core.math import NSCALARS
+from numadam.cuda import config
 
 _DRIVER_KERNELS = {}     # dtype -> DriverKernel of the step kernel
 _COMPILED = set()        # (dtype, device) the step kernel is loaded for (Numba's launcher)
@@ -46,7 +47,7 @@ def _threads():
 
 
 def _driver_kernel(dtype):
-    from ._cuda_launch import DriverKernel
+    from numadam.cuda.launch import DriverKernel
     found = _DRIVER_KERNELS.get(dtype)
     if found is None:
         found = DriverKernel(_cuda_kernels.step_kernel, _cuda_kernels.step_signature(dtype))
@@ -66,7 +67,7 @@ def _default_handle():
 
 def _remember(grad, info):
     """What :meth:`DeviceBucket.gradient_addresses` keeps of a validated gradient
-    (see :func:`numadam._cuda_adapters.memory_kind`), or None."""
+    (see :func:`numadam.cuda.adapters.memory_kind`), or None."""
     kind = memory_kind(grad)
     if kind is None:
         return None
@@ -345,7 +346,7 @@ class DeviceBucket(BucketBase):
         finding the function, libcuda's entry points) is the driver launch's
         own, and the error says how to do without it.
         """
-        from . import _cuda_launch
+        from numadam.cuda import launch as _cuda_launch
         kernel = _driver_kernel(self.dtype)
         try:
             launch = _cuda_launch.LaunchArgs(kernel, self.device)

@@ -3,10 +3,10 @@
 import numpy as np
 from mpi4py import MPI
 
-from ._bucket import Bucket
-from ._cpu import PTR_G, STEP
-from ._distributed_kernels import ordered_mean
-from ._distributed_layout import shard_bounds, shard_pieces, shard_table
+from numadam.cpu.bucket import Bucket
+from numadam.cpu.kernels import PTR_G, STEP
+from numadam.distributed.kernels import ordered_mean
+from numadam.distributed.layout import shard_bounds, shard_pieces, shard_table
 
 _MPI_TYPES = {np.dtype(np.float32): MPI.FLOAT, np.dtype(np.float64): MPI.DOUBLE}
 

@@ -13,8 +13,8 @@ import math
 import numpy as np
 from numba import cuda
 
-from ._cuda_kernels import SIMULATED
-from ._validation import SUPPORTED_DTYPES, describe
+from numadam.cuda.kernels import SIMULATED
+from numadam.core.validation import SUPPORTED_DTYPES, describe
 
 __all__ = ["DeviceArrayInfo", "inspect", "group_infos", "gradient_info", "zeros_like", "fill_zero",
            "stream_for", "memory_kind", "FIXED", "TORCH", "device_address",
@@ -276,7 +276,7 @@ def fill_zero(array, stream, threads):
     elif module == "torch":
         array.zero_()
     else:
-        from ._cuda_kernels import fill
+        from numadam.cuda.kernels import fill
         fill(array, 0, stream, threads)
 
 

@@ -153,7 +153,7 @@ class LaunchArgs:
 
     def set_array(self, position, array):
         """Argument ``position`` is the Numba device array ``array``."""
-        from ._cuda_adapters import device_address
+        from numadam.cuda.adapters import device_address
         values = [0, 0, array.size, array.dtype.itemsize, device_address(array),
                   *array.shape, *array.strides]
         for field, value in zip(self.fields[position], values, strict=True):

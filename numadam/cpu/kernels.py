@@ -19,8 +19,8 @@ import numpy as np
 from numba import carray, njit, types
 from numba.extending import intrinsic
 
-from ._jitcache import CACHE
-from ._math import NSCALARS, adam_element, loop_scalars, scalars_into
+from numadam.core.jitcache import CACHE
+from numadam.core.math import NSCALARS, adam_element, loop_scalars, scalars_into
 
 # update_span and address_as_pointer are also used by numadam.functional and
 # numadam._distributed_kernels: editing them leaves those modules' Numba caches stale.

@@ -4,9 +4,9 @@ from collections.abc import Mapping, MutableMapping
 
 import numpy as np
 
-from . import _state_dict
-from ._bucket import STATE_KEYS
-from ._cpu import LIVE, STEP
+from numadam.core import state_dict as _state_dict
+from numadam.cpu.bucket import STATE_KEYS
+from numadam.cpu.kernels import LIVE, STEP
 
 
 class StateView(Mapping):

@@ -13,9 +13,10 @@ import os
 
 import numpy as np
 
-from . import _state_dict, checkpoint
-from ._bucket import STATE_KEYS
-from ._distributed_agree import agree, describe, raise_agreed
+from numadam.core import state_dict as _state_dict
+from numadam import checkpoint
+from numadam.cpu.bucket import STATE_KEYS
+from numadam.distributed.agree import agree, describe, raise_agreed
 
 __all__ = ["gather", "scatter", "save", "load"]
 
