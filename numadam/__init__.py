@@ -9,11 +9,24 @@ array([0.1, 0.1, 0.1])
 """
 
 from numadam import functional
+from numadam.checkpoint import CheckpointError, load, save
 from numadam.core.config import config
 from numadam.fit.minimize import minimize
-from numadam.checkpoint import CheckpointError, load, save
-from numadam.core.optimizer import Adam, AdamW
+from numadam.rules import CLASSES as _CLASSES
+from numadam.rules import module as _rule_module
+from numadam.rules.adam import Adam, AdamW
 
 __all__ = ["Adam", "AdamW", "minimize", "functional", "save", "load", "CheckpointError",
            "config", "__version__"]
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+    # The other rules' classes load on first use: an unused rule costs nothing.
+    if name in _CLASSES:
+        return getattr(_rule_module(_CLASSES[name]), name)
+    raise AttributeError(f"module 'numadam' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_CLASSES))

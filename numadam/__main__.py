@@ -28,8 +28,9 @@ def main(argv=None):
               "cache directory, so compiled kernels cannot be kept; set NUMBA_CACHE_DIR to a "
               "writable directory (and keep it set when numadam runs)", file=sys.stderr)
         return 1
+    from numadam import rules
     from numadam.cpu.kernels import compile_kernels
-    for name, seconds in compile_kernels():
+    for name, seconds in compile_kernels([rules.rule(name) for name in rules.REGISTRY]):
         print(f"{name}: {seconds:.2f} s")
     return 0
 

@@ -25,13 +25,17 @@ from collections.abc import Mapping
 import numpy as np
 
 from numadam.core import checkpoint_file as _checkpoint_file
-from numadam.cpu.bucket import STATE_KEYS
 from numadam.core.state_dict import as_step
 
 __all__ = ["save", "load", "CheckpointError", "FORMAT", "VERSION"]
 
 FORMAT = "numadam-checkpoint"
-VERSION = 1
+VERSION = 2
+# Version 1 held Adam's state only; its files read unchanged. Version 2 keeps
+# every state array a rule names, and a null step count for rules without one.
+_READABLE = (1, 2)
+_STATE_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
+_ADAM_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
 _HEADER = "__numadam__"
 _HEADER_KEYS = {"format", "version", "param_groups", "steps", "members"}
 # The only .npy headers numadam writes: a C-ordered float32/float64 array of
@@ -103,11 +107,16 @@ def _header_and_arrays(state_dict):
         if isinstance(pid, (bool, np.bool_)) or not isinstance(pid, numbers.Integral):
             raise TypeError(f"state keys must be integers, got {pid!r}")
         where = f"state[{pid!r}]"
-        unknown = set(entry) - {"step", *STATE_KEYS}
-        if unknown:
-            raise ValueError(f"{where} has unknown entries {sorted(map(str, unknown))}")
-        steps[str(int(pid))] = as_step(entry.get("step"), f"{where}['step']")
-        members[str(int(pid))] = [key for key in STATE_KEYS if key in entry]
+        if not isinstance(entry, Mapping):
+            raise TypeError(f"{where} must be a dict, got {entry!r}")
+        bad = [key for key in entry if not (isinstance(key, str) and key != "step"
+                                            and _STATE_NAME.fullmatch(key))]
+        if [key for key in bad if key != "step"]:
+            raise ValueError(f"{where} has entries {bad!r}; state arrays are named with "
+                             "lowercase letters, digits and underscores")
+        steps[str(int(pid))] = (as_step(entry["step"], f"{where}['step']")
+                                if "step" in entry else None)
+        members[str(int(pid))] = [key for key in entry if key != "step"]
         for key in members[str(int(pid))]:
             arrays[f"state.{int(pid)}.{key}"] = _state_array(entry[key], f"{where}[{key!r}]")
     header = {"format": FORMAT, "version": VERSION, "param_groups": groups,
@@ -209,9 +218,9 @@ def _checked_header(header, path):
     if "version" not in header:
         raise CheckpointError(f"{path} has no checkpoint format version")
     version = header["version"]
-    if type(version) is not int or version != VERSION:
+    if type(version) is not int or version not in _READABLE:
         raise CheckpointError(f"{path} has checkpoint format version {version!r}; this "
-                              f"numadam reads version {VERSION}")
+                              f"numadam reads versions {list(_READABLE)}")
     if header.keys() != _HEADER_KEYS:
         raise CheckpointError(f"{path} has a header with entries {sorted(header)}; "
                               f"version {VERSION} has {sorted(_HEADER_KEYS)}")
@@ -235,11 +244,14 @@ def _checked_header(header, path):
     for pid, keys in members.items():
         if not re.fullmatch(r"-?(0|[1-9][0-9]{0,18})", pid):
             raise CheckpointError(f"{path} has a state key {pid!r} that is not an integer")
-        if type(steps[pid]) is not int or not 0 <= steps[pid] < 2 ** 63:
+        if not (steps[pid] is None and version > 1 or type(steps[pid]) is int
+                and 0 <= steps[pid] < 2 ** 63):
             raise CheckpointError(f"{path} has step count {steps[pid]!r} for state {pid}; "
                                   "step counts are integers in [0, 2**63)")
-        if not (isinstance(keys, list) and all(isinstance(k, str) for k in keys)
-                and keys == [k for k in STATE_KEYS if k in keys]):
+        if not (isinstance(keys, list) and all(isinstance(k, str) and _STATE_NAME.fullmatch(k)
+                                               for k in keys)
+                and len(set(keys)) == len(keys)
+                and (version > 1 or keys == [k for k in _ADAM_KEYS if k in keys])):
             raise CheckpointError(f"{path} lists state arrays {keys!r} for state {pid}")
 
 
@@ -293,7 +305,8 @@ def _read(file, path):
                 f"unexpected members {sorted(set(names) - expected)}")
         state = {}
         for pid, keys in header["members"].items():
-            entry = {"step": header["steps"][pid]}
+            step = header["steps"][pid]
+            entry = {} if step is None else {"step": step}
             for key in keys:
                 entry[key] = _member_array(archive, by_name[f"state.{pid}.{key}.npy"], size, "f",
                                            path)

@@ -2,7 +2,7 @@
 
 :func:`adam_update` is the per-array form of :class:`numadam.Adam` /
 :class:`numadam.AdamW`: you own the state arrays and the step counter, and the
-arithmetic is the same compiled code (``numadam.core.math.adam_element`` driven by
+arithmetic is the same compiled code (the rule's element function driven by
 the CPU backend's span loop), so the results agree with the classes bit for
 bit. Inside a compiled loop it costs no Python at all::
 
@@ -26,9 +26,12 @@ from numba.core.errors import TypingError
 from numba.extending import overload
 
 from numadam.core import validation as _validation
-from numadam.cpu.kernels import update_span
 from numadam.core.jitcache import CACHE
-from numadam.core.math import NSCALARS, scalars_into
+from numadam.cpu.kernels import kernels
+from numadam.rules import adam as _adam
+
+_adam_span = kernels(_adam.RULE).update_span
+_adam_scalars = _adam.RULE.scalars_into
 
 __all__ = ["adam_update"]
 
@@ -109,9 +112,10 @@ def adam_update(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, beta
     """
     hyper = (lr, beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled)
     if not _plain_hyperparameters(*hyper):
-        hyper = _validation.hyperparameters(dict(
+        values, args = _adam.RULE.validate(dict(
             lr=lr, betas=(beta1, beta2), eps=eps, weight_decay=weight_decay,
             amsgrad=amsgrad, maximize=maximize, decoupled_weight_decay=decoupled))
+        hyper = args.hyp + args.flags
     if not _plain_arrays(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, amsgrad):
         _check_arrays(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, amsgrad)
     _update(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, _as_step(step), *hyper)
@@ -222,12 +226,13 @@ def _update(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, beta1, b
             and weight_decay < np.inf):
         raise ValueError("adam_update: need finite lr, eps, weight_decay >= 0 "
                          "and betas in [0, 1)")
-    scalars = np.empty(NSCALARS, param.dtype)
-    scalars_into(scalars, step, lr, beta1, beta2, eps, weight_decay)
+    scalars = np.empty(_adam.NSCALARS, param.dtype)
+    _adam_scalars(scalars, step, step == 1, (lr, beta1, beta2, eps, weight_decay))
     n = param.size
-    update_span(param.reshape(n), grad.reshape(n), exp_avg.reshape(n),
-                 exp_avg_sq.reshape(n), max_exp_avg_sq.reshape(max_exp_avg_sq.size),
-                 0, n, 0, scalars, amsgrad, maximize, decoupled)
+    m = exp_avg.reshape(n)
+    _adam_span(param.reshape(n), grad.reshape(n), m, exp_avg_sq.reshape(n),
+               max_exp_avg_sq.reshape(max_exp_avg_sq.size) if amsgrad else m,
+               3 if amsgrad else 2, 0, n, 0, scalars, (amsgrad, maximize, decoupled))
 
 
 @njit(inline="always")

@@ -6,6 +6,7 @@ import os
 import numpy as np
 
 import numadam
+from numadam.cpu import kernels as _cpu
 import optim_configs as oc
 
 GOLDEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "golden")
@@ -75,3 +76,16 @@ def assert_bits_equal(actual, expected, what, nan_bits=True):
         differ &= ~(np.isnan(actual) & np.isnan(expected))
     bad = int(differ.sum())
     assert bad == 0, f"{what}: {bad} of {actual.size} elements differ in their bits"
+
+
+def patch_kernel(monkeypatch, name, make):
+    """Make every rule's CPU kernel ``name`` (see ``numadam.cpu.kernels.Kernels``)
+    built from now on ``make(real kernel)``, for tests that watch or interrupt
+    kernel calls. Optimizers created after the patch use it."""
+    built = _cpu.kernels
+
+    def patched(rule):
+        real = built(rule)
+        return real._replace(**{name: make(getattr(real, name))})
+
+    monkeypatch.setattr(_cpu, "kernels", patched)

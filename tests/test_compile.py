@@ -21,8 +21,9 @@ import numpy as np, numadam
 from numadam.cpu import kernels as _cpu
 x = np.zeros(100, np.float32)
 numadam.Adam([x]).step([np.ones(100, np.float32)])
-print(sum(_cpu.step_serial.stats.cache_hits.values()),
-      sum(_cpu.step_serial.stats.cache_misses.values()))
+step_serial = _cpu.kernels(numadam.Adam.rule).step_serial
+print(sum(step_serial.stats.cache_hits.values()),
+      sum(step_serial.stats.cache_misses.values()))
 """
 
 
@@ -49,11 +50,14 @@ def test_every_kernel_is_cacheable(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "Cannot cache" not in proc.stderr
     compiled = {line.split("[")[0] for line in proc.stdout.splitlines()}
-    assert {"address", "step_serial", "prepare_step", "step_task", "nonfinite_task"} <= compiled
+    from numadam import rules
+    for rule in rules.REGISTRY:
+        assert {f"{rule}.step_serial", f"{rule}.prepare_step", f"{rule}.step_task"} <= compiled
+    assert {"address", "nonfinite_task"} <= compiled
     index = {name.split("-")[0] for _, _, files in os.walk(tmp_path) for name in files
              if name.endswith(".nbi")}
-    assert {"_cpu.step_serial", "_cpu.prepare_step", "_cpu.step_task",
-            "_cpu.nonfinite_task"} <= index
+    assert {"kernels._templates.locals._step_serial", "kernels._templates.locals._step_task",
+            "kernels._templates.locals._prepare_step", "kernels.nonfinite_task"} <= index
 
 
 def _make_read_only(path):

@@ -100,7 +100,7 @@ def _bad_state_dicts():
         ("shape", edit(lambda sd: sd["state"][0].update(exp_avg=np.zeros(6))), "shape"),
         ("dtype", edit(lambda sd: sd["state"][1].update(exp_avg_sq=np.zeros(4))), "dtype"),
         ("missing", edit(lambda sd: sd["state"][0].pop("exp_avg_sq")), "no 'exp_avg_sq'"),
-        ("unknown", edit(lambda sd: sd["state"][0].update(momentum=1)), "unknown"),
+        ("unknown", edit(lambda sd: sd["state"][0].update(momentum=1)), "does not keep"),
         ("step", edit(lambda sd: sd["state"][0].update(step=-1)), "step"),
         ("step2", edit(lambda sd: sd["state"][0].update(step=2.5)), "whole number"),
         ("step3", edit(lambda sd: sd["state"][0].update(step=2 ** 64)), "2\\*\\*63"),

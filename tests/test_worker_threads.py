@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import numadam
-from helpers import assert_bits_equal
+from helpers import assert_bits_equal, patch_kernel
 from numadam.cpu import kernels as _cpu
 from numadam.cpu import pool as _pool
 from numadam.distributed.kernels import ordered_mean_parallel, ordered_mean_serial
@@ -219,18 +219,19 @@ def test_ctrl_c_during_a_threaded_step_is_raised_after_the_whole_step(config, mo
     expected = [p.copy() for p in params]
     reference = numadam.Adam(expected, lr=1e-2)
     reference.step(grads[0])
-    step_task = _cpu.step_task
     sent = []
 
-    def interrupting(*args):
-        # Ctrl-C while the main thread is between two tasks: the handler
-        # raises at the next bytecode, before this task's kernel would run.
-        if threading.current_thread() is threading.main_thread() and not sent:
-            sent.append(1)
-            _interrupt_main()
-        step_task(*args)
+    def interrupting(step_task):
+        def task(*args):
+            # Ctrl-C while the main thread is between two tasks: the handler
+            # raises at the next bytecode, before this task's kernel would run.
+            if threading.current_thread() is threading.main_thread() and not sent:
+                sent.append(1)
+                _interrupt_main()
+            step_task(*args)
+        return task
 
-    monkeypatch.setattr(_cpu, "step_task", interrupting)
+    patch_kernel(monkeypatch, "step_task", interrupting)
     opt = numadam.Adam(params, lr=1e-2)
     with pytest.raises(KeyboardInterrupt):
         opt.step(grads[0])
@@ -238,8 +239,7 @@ def test_ctrl_c_during_a_threaded_step_is_raised_after_the_whole_step(config, mo
     for p, q in zip(params, expected):
         assert_bits_equal(p, q, "interrupted step")
     assert opt.state_dict()["state"][0]["step"] == 1
-    monkeypatch.setattr(_cpu, "step_task", step_task)
-    opt.step(grads[1])                  # and the next step is an ordinary one
+    opt.step(grads[1])                  # and the next step is an ordinary one (sent once)
     reference.step(grads[1])
     for p, q in zip(params, expected):
         assert_bits_equal(p, q, "step after the interrupted one")
@@ -376,8 +376,9 @@ def test_one_thread_makes_one_kernel_call_per_bucket(config, monkeypatch):
     thread), so one thread does not cut a big bucket into tasks."""
     config.serial_below, config.min_task, config.threads = 0, 1000, 1
     calls = []
-    step_task, nonfinite_task = _cpu.step_task, _cpu.nonfinite_task
-    monkeypatch.setattr(_cpu, "step_task", lambda *a: calls.append("step") or step_task(*a))
+    nonfinite_task = _cpu.nonfinite_task
+    patch_kernel(monkeypatch, "step_task",
+                 lambda step_task: lambda *a: calls.append("step") or step_task(*a))
     monkeypatch.setattr(_cpu, "nonfinite_task",
                         lambda *a: calls.append("check") or nonfinite_task(*a))
     x = np.ones(50_000, np.float32)

@@ -26,7 +26,7 @@ def values(opt):
             "skipped_steps": opt.skipped_steps,
             "param_groups": opt.param_groups,
             "param_lists": opt._param_lists,
-            "buckets": [(bucket.state, bucket.table[:, STEP].copy(),
+            "buckets": [(bucket.state, bucket.rows, bucket.table[:, STEP].copy(),
                          bucket.table[:, LIVE].copy(), bucket.grad_buffer)
                         for bucket in opt._buckets],
             "owned_grads": opt._grads is not None,
@@ -54,11 +54,12 @@ def restore(opt, state):
     saved = state["buckets"]
     if len(saved) != len(opt._buckets):
         raise ValueError("the pickled optimizer's buckets do not match its parameters")
-    for bucket, (rows, steps, live, grad_buffer) in zip(opt._buckets, saved):
-        if rows is not None and (rows.dtype != bucket.dtype
-                                 or rows.shape[1:] != (bucket.total,)):
+    for bucket, (state_rows, names, steps, live, grad_buffer) in zip(opt._buckets, saved):
+        if state_rows is not None and (state_rows.dtype != bucket.dtype
+                                       or state_rows.shape != (len(names), bucket.total)):
             raise ValueError("the pickled optimizer's state does not match its parameters")
-        bucket.state = _own(rows)
+        bucket.state = _own(state_rows)
+        bucket.rows = tuple(names)
         bucket.table[:, STEP] = steps
         bucket.table[:, LIVE] = live
         bucket.grad_buffer = _own(grad_buffer)

@@ -1,6 +1,13 @@
-"""``Adam`` and ``AdamW``: stateful, torch-like optimizers over NumPy arrays."""
+"""The generic optimizer every rule's class is: groups, buckets, owned
+gradients, state, state dicts, checkpoints, copies and the error contract.
+
+A rule's class (``numadam.Adam``, ``numadam.SGD``, ...) sets ``rule`` to its
+:class:`~numadam.core.rule.UpdateRule` and writes its torch-like constructor;
+everything else is here and is the same for every rule.
+"""
 
 import copy
+import operator
 import threading
 from collections.abc import Mapping
 
@@ -9,75 +16,35 @@ import numpy as np
 from numadam.core import copying as _copying
 from numadam.core import state_dict as _state_dict
 from numadam.core import validation as _validation
+from numadam.core.groups import STALE, ParamList
+from numadam.core.state_view import StateView
 from numadam.cpu.bucket import Bucket
 from numadam.cpu.kernels import address
-from numadam.core.groups import STALE, ParamList, same_as_validated
-from numadam.core.groups import raw as raw_entries
-from numadam.core.state_view import StateView
-from numadam.core.validation import HYPERPARAMETERS
 
-__all__ = ["Adam", "AdamW"]
+__all__ = ["Optimizer"]
 
 _CHECK_FINITE = (None, "raise", "skip")
 
 
-class Adam:
-    r"""Adam with the update of ``torch.optim.Adam(fused=True)``, bit for bit.
+class Optimizer:
+    r"""The engine's optimizer; a rule's class sets ``rule`` and a constructor.
 
-    Parameters
-    ----------
-    params : sequence of arrays, or sequence of dict
-        The arrays to optimise (float32 or float64, C-contiguous, writeable,
-        any shape), updated **in place**: NumPy arrays, or device arrays (CuPy,
-        Numba, any ``__cuda_array_interface__`` object; experimental, see the
-        README); or parameter groups: dicts with a ``"params"`` list and any
-        hyperparameter below as a per-group override.
-    lr : float, default 1e-3
-        Learning rate (>= 0). Edit ``opt.param_groups[i]["lr"]`` between
-        steps to schedule it.
-    betas : (float, float), default (0.9, 0.999)
-        Decay rates of the first and second moment estimates, each in [0, 1).
-    eps : float, default 1e-8
-        Added to the denominator (>= 0).
-    weight_decay : float, default 0
-        L2 penalty added to the gradient (``AdamW``: decoupled decay).
-    amsgrad : bool, default False
-        Use the running maximum of the second moment (AMSGrad).
-    maximize : bool, default False
-        Maximise the objective instead of minimising it.
+    Common keyword arguments of every rule's class:
+
     check_finite : {None, "raise", "skip"}, default None
         Guard against gradients holding NaN or Inf. ``"raise"`` raises
         ``FloatingPointError`` and ``"skip"`` skips the step (counted in
         ``skipped_steps``); either way no parameter or state changes. The
         guard reads every gradient once more: about 4 extra bytes per float32
-        element on top of the 28 an update moves.
+        element on top of what an update moves.
     foreach, fused : bool or None, default None
         Accepted for torch compatibility and ignored: every step runs the one
-        fused kernel, whose bits are those of ``torch.optim.Adam(fused=True)``.
+        kernel, whose bits are those of torch's fused kernel (or, for rules
+        torch has no fused kernel for, its single-tensor path).
         ``fused=True`` with ``foreach=True`` is a ``ValueError``, as in torch.
     capturable, differentiable : bool, default False
         Accepted for torch compatibility; ``True`` is a ``ValueError``:
         numadam has no CUDA-graph capture of its step and no autograd.
-    decoupled_weight_decay : bool, default False
-        ``True`` decays the parameters as :class:`AdamW` does (torch's flag
-        of the same name). Not an argument of ``AdamW``, which always decays
-        this way.
-
-    Notes
-    -----
-    Per element, with ``t`` the step count after the increment and every
-    scalar computed in float64 and rounded once to the parameter dtype::
-
-        g     = -grad if maximize else grad
-        g     = g + wd * p                   (fused multiply-add; Adam)
-        p     = p * (1 - lr * wd)            (AdamW)
-        m     = lerp(m, g, 1 - beta1)
-        v     = beta2 * v + (1 - beta2) * g * g
-        vmax  = max(vmax, v)                 (AMSGrad; denominator uses vmax)
-        p     = p - lr / (1 - beta1**t) * m / (sqrt(v) / sqrt(1 - beta2**t) + eps)
-
-    The exact grouping and the fused multiply-adds are those of torch's fused
-    CPU kernel; see ``numadam/core/math.py``.
 
     ``copy.deepcopy(opt)`` is an independent optimizer over copies of the
     parameters and state; a pickle carries values (parameters, state, step
@@ -85,35 +52,22 @@ class Adam:
     ``step``, ``zero_grad``, ``state_dict``, ``load_state_dict``, ``save``
     and ``add_param_group`` hold the optimizer's (reentrant) lock, so threads
     sharing one optimizer take turns.
-
-    Examples
-    --------
-    >>> import numpy as np, numadam
-    >>> x = np.array([3.0, -2.0])
-    >>> opt = numadam.Adam([x], lr=0.1)
-    >>> for _ in range(500):
-    ...     opt.step([2 * x])                # gradient of sum(x**2)
-    >>> bool(np.all(np.abs(x) < 1e-3))
-    True
     """
 
-    _decoupled = False
+    rule = None         # the UpdateRule; set by each rule's class
+    _forced = {}        # hyperparameters a loaded state dict cannot change (AdamW)
+    _keys = ()          # the group entries compared at each step: hyperparameters, params
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-                 amsgrad=False, *, maximize=False, check_finite=None, foreach=None,
-                 fused=None, capturable=False, differentiable=False,
-                 decoupled_weight_decay=False):
-        self._init(params, lr, betas, eps, weight_decay, amsgrad, maximize, check_finite,
-                   (foreach, fused, capturable, differentiable),
-                   _validation.torch_flag("decoupled_weight_decay", decoupled_weight_decay))
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.rule is not None:
+            cls._keys = cls.rule.names + ("params",)
 
-    def _init(self, params, lr, betas, eps, weight_decay, amsgrad, maximize, check_finite,
-              torch_flags, decoupled):
-        _validation.torch_only_flags(*torch_flags)
-        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                        amsgrad=amsgrad, maximize=maximize,
-                        decoupled_weight_decay=decoupled)
-        _validation.hyperparameters(defaults)
+    def _init(self, params, given, check_finite):
+        """The constructor's work: ``given`` holds the constructor's
+        hyperparameters by name."""
+        defaults = self.rule.defaults(**given)
+        self.rule.validate(defaults)
         if check_finite not in _CHECK_FINITE:
             raise ValueError(
                 f"check_finite must be one of {_CHECK_FINITE}, got {check_finite!r}")
@@ -164,7 +118,7 @@ class Adam:
             params = _validation.param_list(param_group["params"],
                                             f"param_groups[{gi}]['params']")
             infos, extents = self._check_params(params, gi)
-            group = {key: param_group.get(key, self.defaults[key]) for key in HYPERPARAMETERS}
+            group = {key: param_group.get(key, self.defaults[key]) for key in self.rule.names}
             group.update((k, v) for k, v in param_group.items() if k not in group)
             group["params"] = params = ParamList(params)
             self._install_group(group, params, infos, extents,
@@ -207,11 +161,17 @@ class Adam:
         for dtype in dict.fromkeys(dtypes):
             rows = [k for k, d in enumerate(dtypes) if d == dtype]
             if infos is None:
-                buckets.append(Bucket([params[k] for k in rows], [first + k for k in rows], gi))
+                buckets.append(Bucket(self.rule, [params[k] for k in rows],
+                                      [first + k for k in rows], gi))
             else:
                 from numadam.cuda.bucket import DeviceBucket
-                buckets.append(DeviceBucket([params[k] for k in rows], [infos[k] for k in rows],
+                buckets.append(DeviceBucket(self.rule, [params[k] for k in rows],
+                                            [infos[k] for k in rows],
                                             [first + k for k in rows], gi))
+        if self.rule.eager_state and validated[1] is not None:
+            # torch creates this rule's state at construction (Adagrad's sum).
+            for bucket in buckets:
+                bucket.allocate(validated[1], live=True)
         slots = [None] * len(params)
         for bucket in buckets:
             for row, index in enumerate(bucket.indices):
@@ -231,13 +191,20 @@ class Adam:
             self._point_buckets_at_owned_grads(buckets)
 
     def _validate_group(self, group, gi):
-        """Validate ``group``'s hyperparameters; return ``(raw, kernel args)``."""
+        """Validate ``group``'s hyperparameters; return ``(raw, kernel args)``
+        (``raw``: the validated entries, compared by identity at each step)."""
         try:
-            args = _validation.hyperparameters(group)
+            values, args = self.rule.validate(group)
         except ValueError as error:
             raise ValueError(f"param_groups[{gi}]: {error}") from None
-        group["betas"] = args[1:3]    # a tuple: in-place edits cannot bypass the check
-        return raw_entries(group), args
+        for key, value in values.items():
+            if type(value) is tuple:     # betas: in-place edits cannot bypass the check
+                group[key] = value
+        return self._raw(group), args
+
+    def _raw(self, group):
+        """The objects :meth:`_kernel_args` compares by identity."""
+        return tuple(map(group.__getitem__, self._keys))
 
     def _kernel_args(self):
         """The validated kernel arguments of every group, re-validating edits.
@@ -250,23 +217,21 @@ class Adam:
         """
         out = []
         gi = -1
+        keys = self._keys
         try:
             for gi, group in enumerate(self.param_groups):
                 cached = self._group_args[gi]
                 raw = cached[0]
-                if (group["lr"] is not raw[0] or group["betas"] is not raw[1]
-                        or group["eps"] is not raw[2] or group["weight_decay"] is not raw[3]
-                        or group["amsgrad"] is not raw[4] or group["maximize"] is not raw[5]
-                        or group["decoupled_weight_decay"] is not raw[6]
-                        or group["params"] is not raw[7]):
-                    if same_as_validated(group, raw):
-                        cached = (raw_entries(group), cached[1])
+                if not all(map(operator.is_, map(group.__getitem__, keys), raw)):
+                    now = self._raw(group)
+                    if _same_as_validated(now, raw):
+                        cached = (now, cached[1])
                     else:
                         self._check_params_kept(group, gi)
                         cached = self._validate_group(group, gi)
                         for bucket in self._buckets:
                             if bucket.group_index == gi:
-                                bucket.check_amsgrad(cached[1][5], f"param_groups[{gi}]")
+                                bucket.check_rows(cached[1].rows, f"param_groups[{gi}]")
                     self._group_args[gi] = cached
                 out.append(cached[1])
         except (KeyError, IndexError):  # a deleted entry, an added group
@@ -287,7 +252,7 @@ class Adam:
                 "editing the list; add them with add_param_group, or build a new "
                 "optimizer")
         for gi, group in enumerate(groups):
-            for key in HYPERPARAMETERS + ("params",):
+            for key in self._keys:
                 if key not in group:
                     raise ValueError(
                         f"param_groups[{gi}] has no {key!r} entry; every group keeps "
@@ -485,7 +450,7 @@ class Adam:
         fresh = [bucket for bucket in buckets if bucket.state is None]
         try:
             for bucket in fresh:
-                bucket.allocate(args[bucket.group_index][5])
+                bucket.allocate(args[bucket.group_index])
             for bucket in buckets:
                 bucket.ready()
         except BaseException:
@@ -510,10 +475,13 @@ class Adam:
     def state(self):
         """Per-parameter state, keyed by the parameter array or its index.
 
-        ``opt.state[p]`` holds ``step`` (a Python int), ``exp_avg``,
-        ``exp_avg_sq`` and, with AMSGrad, ``max_exp_avg_sq``: live views of
-        the optimizer's buffers (valid until ``load_state_dict``). A parameter
-        has state once it has been stepped with a gradient.
+        ``opt.state[p]`` holds the rule's state arrays under torch's names
+        (Adam: ``exp_avg``, ``exp_avg_sq``, ...) as live views of the
+        optimizer's buffers (valid until ``load_state_dict``), and ``step``
+        (a Python int) where torch keeps one. A parameter has state once it
+        has been stepped with a gradient, or from the start for rules whose
+        torch optimizer creates it at construction (Adagrad); as in torch, a
+        rule without state arrays or a step (SGD without momentum) has none.
         """
         return StateView(self)
 
@@ -553,7 +521,7 @@ class Adam:
         lines = [f"{type(self).__name__} ("]
         for gi, group in enumerate(self.param_groups):
             lines.append(f"Parameter Group {gi}")
-            lines.extend(f"    {key}: {group[key]}" for key in HYPERPARAMETERS)
+            lines.extend(f"    {key}: {group[key]}" for key in self.rule.names)
             lines.append(f"    params: {len(group['params'])} arrays")
         lines.append(")")
         return "\n".join(lines)
@@ -585,23 +553,6 @@ class Adam:
             "a new optimizer over the same arrays and load_state_dict(opt.state_dict())")
 
 
-class AdamW(Adam):
-    """Adam with decoupled weight decay (``torch.optim.AdamW(fused=True)``).
-
-    The parameters are first scaled by ``1 - lr * weight_decay``, then take
-    the Adam step. Same arguments as :class:`Adam`; ``weight_decay``
-    defaults to 1e-2.
-    """
-
-    _decoupled = True
-
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
-                 amsgrad=False, *, maximize=False, check_finite=None, foreach=None,
-                 fused=None, capturable=False, differentiable=False):
-        self._init(params, lr, betas, eps, weight_decay, amsgrad, maximize, check_finite,
-                   (foreach, fused, capturable, differentiable), True)
-
-
 STEP_IN_CLOSURE = ("step() was called from inside its own closure; the closure only "
                    "computes the loss and gradients of the step that called it")
 
@@ -620,3 +571,13 @@ def positional_closure(grads, closure):
 def _zeros_like(slots):
     """Zero gradient buffers for the parameters of ``slots``, on their device."""
     return tuple(bucket.zeros_like(row) for bucket, row in slots)
+
+
+def _same_as_validated(now, validated):
+    """Whether the entries ``now`` equal the ``validated`` ones in value and
+    type; tuples (``betas``) and ``params`` must be the very objects."""
+    for value, old in zip(now, validated):
+        if value is not old and (type(value) is not type(old) or type(value) is tuple
+                                 or type(value) is ParamList or not value == old):
+            return False
+    return True

@@ -5,17 +5,10 @@ from collections.abc import Hashable, Mapping
 
 import numpy as np
 
-from numadam.cpu.bucket import STATE_KEYS
 from numadam.cpu.kernels import LIVE, OFFSET, SIZE, STEP
-from numadam.core.validation import HYPERPARAMETERS
 
 # Written by torch but meaningless here; dropped on load.
 _TORCH_ONLY_KEYS = frozenset({"foreach", "capturable", "differentiable", "fused"})
-# Hyperparameters newer than the oldest state dicts. A state dict without one
-# was written before it existed, so it gets the value that reproduces that
-# behaviour, as torch's Adam.__setstate__ fills them. Every other
-# hyperparameter must be there.
-_LATER_ADDITIONS = {"amsgrad": False, "maximize": False, "decoupled_weight_decay": False}
 # Step counts live in an int64 table.
 _MAX_STEP = 2 ** 63 - 1
 
@@ -44,13 +37,12 @@ def export(opt):
     """``opt``'s state dict, holding copies of its state arrays."""
     state = {}
     for index, (bucket, row) in enumerate(opt._slots):
-        if bucket.state is not None and bucket.table[row, LIVE]:
+        if bucket.has_state(row):
             state[index] = bucket.param_state(row)
     groups = []
     first = 0
     for group in opt.param_groups:
         saved = {key: value for key, value in group.items() if key != "params"}
-        saved["betas"] = tuple(group["betas"])
         saved["params"] = list(range(first, first + len(group["params"])))
         first += len(group["params"])
         groups.append(saved)
@@ -61,19 +53,18 @@ def _merged_group(opt, saved, gi):
     """The group ``saved`` describes, with defaults for later additions."""
     if not isinstance(saved, Mapping):
         raise ValueError(f"param_groups[{gi}] must be a dict, got {saved!r}")
+    rule = opt.rule
     group = {}
-    for key in HYPERPARAMETERS:
+    for key in rule.names:
         if key in saved:
             group[key] = saved[key]
-        elif key in _LATER_ADDITIONS:
-            group[key] = _LATER_ADDITIONS[key]
+        elif key in rule.load_defaults:
+            # Newer than the oldest state dicts: absent means the value that
+            # reproduces the old behaviour, as torch's __setstate__ fills it.
+            group[key] = rule.hyper_by_name[key].default
         else:
             raise ValueError(f"param_groups[{gi}] has no {key!r}")
-    if opt._decoupled:
-        # torch's AdamW.__setstate__ sets this whatever the state dict says: an
-        # Adam state dict loaded into AdamW decays the AdamW way. Adam keeps
-        # the saved value (an AdamW state dict makes it decouple), as torch's.
-        group["decoupled_weight_decay"] = True
+    group.update(opt._forced)
     group.update((k, v) for k, v in saved.items()
                  if k not in group and k != "params" and k not in _TORCH_ONLY_KEYS)
     return group
@@ -134,14 +125,17 @@ def _parse(opt, state_dict):
         bucket, row = opt._slots[index]
         if not isinstance(entry, Mapping):
             raise ValueError(f"{where} must be a dict, got {entry!r}")
-        unknown = set(entry) - {"step", *STATE_KEYS}
+        rows = group_args[bucket.group_index][1].rows
+        known = (("step",) if opt.rule.keeps_step else ()) + rows
+        unknown = set(entry) - set(known)
         if unknown:
-            raise ValueError(f"{where} has unknown entries {sorted(map(str, unknown))}")
-        amsgrad = group_args[bucket.group_index][1][5]
+            raise ValueError(
+                f"{where} has entries {sorted(map(str, unknown))}, which {opt.rule.name} "
+                f"under these hyperparameters does not keep (it keeps {list(known)})")
         _, shape, dtype = bucket.expected[row]   # NumPy terms for device arrays too
-        keys = STATE_KEYS[:3 if amsgrad else 2]
-        entries[index] = (as_step(entry.get("step"), f"{where}['step']"),
-                          [_state_array(entry, key, shape, dtype, where) for key in keys])
+        step = as_step(entry.get("step"), f"{where}['step']") if opt.rule.keeps_step else 0
+        entries[index] = (step, [_state_array(entry, key, shape, dtype, where)
+                                 for key in rows])
     return groups, group_args, entries
 
 
@@ -149,13 +143,16 @@ def load(opt, state_dict):
     """Install ``state_dict`` into ``opt``, or raise and change nothing."""
     groups, group_args, entries = _parse(opt, state_dict)
     installs = []
+    eager = opt.rule.eager_state
     for bucket in opt._buckets:
-        amsgrad = group_args[bucket.group_index][1][5]
+        args = group_args[bucket.group_index][1]
         steps = np.zeros(len(bucket.params), np.int64)
-        live = np.zeros(len(bucket.params), np.int64)
+        # A rule whose state exists from construction gives every parameter
+        # the state dict lacks its initial state (torch would fail at its step).
+        live = np.full(len(bucket.params), int(eager), np.int64)
         state = None
-        if any(index in entries for index in bucket.indices):
-            state = np.zeros((3 if amsgrad else 2, bucket.total), bucket.dtype)
+        if eager or any(index in entries for index in bucket.indices):
+            state = bucket.initial_state(args, opt.rule.initial(args.values))
             for row, index in enumerate(bucket.indices):
                 if index not in entries:
                     continue
@@ -166,13 +163,14 @@ def load(opt, state_dict):
                     state[r, lo:lo + bucket.table[row, SIZE]] = array.reshape(-1)
             if bucket.on_device:
                 state = bucket.upload_state(state)   # before anything changes
-        installs.append((bucket, state, steps, live))
+        installs.append((bucket, state, args.rows, steps, live))
     # Nothing below can fail: the optimizer changes all at once.
     for gi, group in enumerate(groups):
         opt.param_groups[gi].clear()
         opt.param_groups[gi].update(group)
         opt._group_args[gi] = group_args[gi]
-    for bucket, state, steps, live in installs:
+    for bucket, state, rows, steps, live in installs:
         bucket.state = state
+        bucket.rows = rows if state is not None else ()
         bucket.table[:, STEP] = steps
         bucket.table[:, LIVE] = live

@@ -5,8 +5,7 @@ from collections.abc import Mapping, MutableMapping
 import numpy as np
 
 from numadam.core import state_dict as _state_dict
-from numadam.cpu.bucket import STATE_KEYS
-from numadam.cpu.kernels import LIVE, STEP
+from numadam.cpu.kernels import STEP
 
 
 class StateView(Mapping):
@@ -31,13 +30,13 @@ class StateView(Mapping):
 
     def __getitem__(self, key):
         bucket, row = self._opt._slots[self._index(key)]
-        if bucket.state is None or not bucket.table[row, LIVE]:
+        if not bucket.has_state(row):
             raise KeyError(f"parameter {self._index(key)} has no state yet (never stepped)")
         return ParamState(bucket, row)
 
     def __iter__(self):
         return (i for i, (b, row) in enumerate(self._opt._slots)
-                if b.state is not None and b.table[row, LIVE])
+                if b.has_state(row))
 
     def __len__(self):
         return sum(1 for _ in self)
@@ -56,21 +55,22 @@ class ParamState(MutableMapping):
         self._row = row
 
     def _keys(self):
-        return ("step",) + STATE_KEYS[:self._bucket.state.shape[0]]
+        bucket = self._bucket
+        return (("step",) if bucket.rule.keeps_step else ()) + bucket.rows
 
     def __getitem__(self, key):
-        if key == "step":
+        if key == "step" and self._bucket.rule.keeps_step:
             return int(self._bucket.table[self._row, STEP])
-        if key in self._keys():
-            return self._bucket.view(self._row, STATE_KEYS.index(key))
+        if key in self._bucket.rows:
+            return self._bucket.view(self._row, self._bucket.rows.index(key))
         raise KeyError(key)
 
     def __setitem__(self, key, value):
-        if key == "step":
+        if key == "step" and self._bucket.rule.keeps_step:
             self._bucket.table[self._row, STEP] = _state_dict.as_step(value, "step")
         elif key in self._keys():
             if self._bucket.on_device:
-                self._bucket.write(self._row, STATE_KEYS.index(key), value)
+                self._bucket.write(self._row, self._bucket.rows.index(key), value)
             else:
                 np.copyto(self[key], value, casting="same_kind")
         else:

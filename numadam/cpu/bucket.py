@@ -1,64 +1,13 @@
-"""A bucket: the parameters of one group that share a dtype, with their state.
-
-The bucket owns the state of its parameters in one array ``state`` of shape
-``(rows, total)`` (rows ``exp_avg``, ``exp_avg_sq`` and, with AMSGrad,
-``max_exp_avg_sq``) and the int64 ``table`` the kernels read (see
-:mod:`numadam.cpu.kernels`). Per-parameter state as users see it
-(``opt.state[p]["exp_avg"]``) is a view into ``state``.
-"""
+"""The host bucket: NumPy parameters of one group and dtype, stepped by the
+CPU kernels of the group's rule (its twin is :mod:`numadam.cuda.bucket`)."""
 
 import numpy as np
 
-from numadam.cpu import kernels as _cpu
+from numadam.core.bucket import BucketBase
 from numadam.core.config import config
-from numadam.cpu.kernels import NCOLS, OFFSET, PTR_G, PTR_P, SIZE, STEP
+from numadam.cpu import kernels as _cpu
+from numadam.cpu.kernels import LIVE, OFFSET, PTR_G, SIZE
 from numadam.cpu.pool import run_tasks, start_workers, task_bounds, thread_count, uninterrupted
-
-STATE_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
-
-
-class BucketBase:
-    """What host and device buckets share: the table, the step/live columns,
-    the layout of the state rows."""
-
-    def __init__(self, params, indices, group_index, dtype, addresses, shapes, align=1):
-        """``align``: every parameter's state starts at a multiple of it (the
-        device kernels' vector width); the columns in between are padding."""
-        self.params = list(params)
-        self.indices = list(indices)
-        self.group_index = group_index
-        self.dtype = dtype
-        self.table = np.zeros((len(self.params), NCOLS), np.int64)
-        offset = 0
-        for k, (address, shape) in enumerate(zip(addresses, shapes)):
-            size = int(np.prod(shape, dtype=np.int64))
-            self.table[k, PTR_P] = address
-            self.table[k, OFFSET] = offset
-            self.table[k, SIZE] = size
-            offset += -(-size // align) * align
-        self.total = offset
-        # (global index, shape, dtype) of each parameter: what a gradient must match.
-        self.expected = [(i, tuple(shape), dtype) for i, shape in zip(self.indices, shapes)]
-        self.state = None
-        self.owned_grad_addresses = None
-        self.uses_owned_grads = False
-
-    def __reduce_ex__(self, protocol):
-        # The table holds addresses: a copy would write into the original's arrays.
-        raise TypeError(f"{type(self).__name__} holds memory addresses and cannot be "
-                        "copied or pickled; copy or pickle the optimizer instead")
-
-    def rows_for(self, amsgrad):
-        return 3 if amsgrad else 2
-
-    def check_amsgrad(self, amsgrad, where):
-        """AMSGrad cannot be switched on once the state exists without it."""
-        if amsgrad and self.state is not None and self.state.shape[0] < 3:
-            raise ValueError(
-                f"{where}: amsgrad was switched on after the first step; the group "
-                "has no max_exp_avg_sq to continue from (torch fails here too). "
-                "Create the optimizer with amsgrad=True instead")
-
 
 class Bucket(BucketBase):
     """Parameters ``params`` (global indices ``indices``) of group ``group_index``."""
@@ -66,21 +15,28 @@ class Bucket(BucketBase):
     on_device = False   # DeviceBucket (numadam.cuda.bucket) has the same interface
     unready = False     # see ready()
 
-    def __init__(self, params, indices, group_index):
+    def __init__(self, rule, params, indices, group_index):
         params = list(params)
-        super().__init__(params, indices, group_index, params[0].dtype,
+        super().__init__(rule, params, indices, group_index, params[0].dtype,
                          [_cpu.address(p) for p in params], [p.shape for p in params])
         self.like = np.empty(0, self.dtype)  # carries the dtype into kernels
         self.grad_buffer = None
+        self.kernels = _cpu.kernels(rule)   # compiled at their first call
 
     # ----------------------------------------------------------------- state
-    def allocate(self, amsgrad):
-        """Create the (zero) state at the first step, as torch does lazily.
+    def allocate(self, args, live=False):
+        """Create the state under kernel args ``args``: zeros at the first
+        step, as torch creates it lazily, or the rule's initial values at
+        construction (``live``: every parameter has state from the start).
 
         ``np.zeros`` leaves the pages untouched until the kernel's threads
         write them, so each thread's share lands in its own memory.
         """
-        self.state = np.zeros((self.rows_for(amsgrad), self.total), self.dtype)
+        values = self.rule.initial(args.values)
+        self.state = self.initial_state(args, values)
+        self.rows = args.rows
+        if live:
+            self.table[:, LIVE] = 1
 
     def view(self, k, row):
         """Parameter ``k``'s slice of state row ``row``, in the parameter's shape."""
@@ -88,12 +44,7 @@ class Bucket(BucketBase):
         return self.state[row, offset:offset + self.table[k, SIZE]].reshape(
             self.params[k].shape)
 
-    def param_state(self, k):
-        """Parameter ``k``'s state as a plain dict of copies (for state_dict)."""
-        out = {"step": int(self.table[k, STEP])}
-        for row in range(self.state.shape[0]):
-            out[STATE_KEYS[row]] = self.view(k, row).copy()
-        return out
+    host_view = view
 
     # ------------------------------------------------------------- gradients
     def zeros_like(self, row):
@@ -145,7 +96,7 @@ class Bucket(BucketBase):
     def step(self, args):
         """Run one update of the whole bucket with validated ``args``."""
         if self.total < config.serial_below:
-            _cpu.step_serial(self.table, self.state, *args)
+            self.kernels.step_serial(self.table, self.state, args.hyp, args.flags)
         else:
             _step_on_threads(self, args)
 
@@ -170,15 +121,15 @@ def _step_tasks(bucket, args):
     ntasks, chunk = task_bounds(bucket.total)
     nthreads = start_workers(ntasks)
     table, state, total = bucket.table, bucket.state, bucket.total
-    scal = _cpu.prepare_step(table, state, *args[:5])
-    flags = args[5:]
+    kernels, flags = bucket.kernels, args.flags
+    scal = kernels.prepare_step(table, state, args.hyp)
     if nthreads == 1:
-        _cpu.step_task(table, state, scal, 0, total, *flags)
+        kernels.step_task(table, state, scal, 0, total, flags)
         return
 
     def task(index):
         lo = min(index * chunk, total)
-        _cpu.step_task(table, state, scal, lo, min(lo + chunk, total), *flags)
+        kernels.step_task(table, state, scal, lo, min(lo + chunk, total), flags)
 
     run_tasks(task, ntasks, nthreads)
 

@@ -1,34 +1,39 @@
-"""CPU kernels: one compiled call updates every array of a bucket.
+"""CPU kernels: one compiled call updates every array of a bucket, for any rule.
 
 A *bucket* is the set of parameters of one group that share a dtype. Its
-optimizer state lives in one 2-D array ``state`` of shape ``(2 or 3, total)``
-(rows: ``exp_avg``, ``exp_avg_sq`` and, with AMSGrad, ``max_exp_avg_sq``);
+optimizer state lives in one 2-D array ``state`` of shape ``(rows, total)``,
+one row per state array of the rule (``exp_avg``, ``exp_avg_sq``, ...);
 parameter ``k`` owns columns ``[offset_k, offset_k + size_k)``. The parameters
 and gradients are the user's own arrays, reached through their addresses in
 an int64 ``table`` (one row per parameter, columns below), so no Python loop
 over arrays and no copy sits between the user and the kernel.
 
-A big bucket's concatenated parameter space is cut into equal, contiguous
-*tasks*, a few per thread (:mod:`numadam._pool` runs them on numadam's own
-threads), so a single huge array and hundreds of small ones both spread
-evenly over the threads. The update is elementwise, so the split (and the
-thread count) cannot change a single bit of the result.
+The kernels of a rule are made by :func:`kernels` from templates in this
+module and the rule's three Numba functions (:mod:`numadam.core.rule`); the
+CUDA twins are in :mod:`numadam.cuda.kernels`. A big bucket's concatenated
+parameter space is cut into equal, contiguous *tasks*, a few per thread
+(:mod:`numadam.cpu.pool` runs them on numadam's own threads), so a single
+huge array and hundreds of small ones both spread evenly over the threads.
+The update is elementwise, so the split (and the thread count) cannot change
+a single bit of the result.
 """
+
+import functools
+import types as pytypes
+from collections import namedtuple
 
 import numpy as np
 from numba import carray, njit, types
 from numba.extending import intrinsic
 
 from numadam.core.jitcache import CACHE
-from numadam.core.math import NSCALARS, adam_element, loop_scalars, scalars_into
 
-# update_span and address_as_pointer are also used by numadam.functional and
-# numadam._distributed_kernels: editing them leaves those modules' Numba caches stale.
-__all__ = ["step_serial", "prepare_step", "step_task", "nonfinite_task", "update_span",
-           "address_as_pointer", "prepare_uniform", "undo_prepare", "PTR_P", "PTR_G", "OFFSET",
-           "SIZE", "STEP", "LIVE", "NCOLS"]
+__all__ = ["kernels", "Kernels", "nonfinite_task", "address", "address_as_pointer",
+           "undo_prepare", "compile_kernels", "PTR_P", "PTR_G", "OFFSET", "SIZE", "STEP",
+           "LIVE", "NCOLS"]
 
-# Columns of the bucket table.
+# Columns of the bucket table. LIVE: the parameter has state (torch's
+# ``state[p]`` is not empty).
 PTR_P, PTR_G, OFFSET, SIZE, STEP, LIVE = range(6)
 NCOLS = 6
 
@@ -47,88 +52,6 @@ def address_as_pointer(typingctx, address, like):
 
 
 @njit(cache=CACHE, error_model="numpy")
-def _prepare(table, state, lr, beta1, beta2, eps, weight_decay):
-    """Advance the step of every parameter that has a gradient and build its
-    scalar vector (parameter dtype). Parameters without a gradient
-    (address 0) keep their step and state, as in torch."""
-    n = table.shape[0]
-    scal = np.empty((n, NSCALARS), state.dtype)
-    previous = -1
-    for k in range(n):
-        if table[k, PTR_G] == 0:
-            continue
-        table[k, STEP] += 1
-        table[k, LIVE] = 1
-        if previous >= 0 and table[previous, STEP] == table[k, STEP]:
-            # An element loop, not scal[k, :] = scal[previous, :]: the slice
-            # assignment alone took 2 of the 4 s of a cold first step to compile.
-            for j in range(NSCALARS):
-                scal[k, j] = scal[previous, j]
-        else:
-            scalars_into(scal[k], table[k, STEP], lr, beta1, beta2, eps, weight_decay)
-        previous = k
-    return scal
-
-
-@njit(cache=CACHE, error_model="numpy")
-def prepare_uniform(table, state, s, was_live, lr, beta1, beta2, eps, weight_decay):
-    """:func:`_prepare` for the device kernels, which take the scalars by value
-    when every parameter with a gradient is at the same step.
-
-    Returns ``(scal, mode)``: mode 0, no parameter has a gradient; 1, all are
-    at one step and ``s`` holds their scalars; 2, steps differ and ``scal``
-    (one row per parameter) is what the kernel must read. ``was_live``
-    receives the live column as it was, for :func:`undo_prepare`.
-    """
-    for k in range(table.shape[0]):
-        was_live[k] = table[k, LIVE]
-    scal = _prepare(table, state, lr, beta1, beta2, eps, weight_decay)
-    first = -1
-    for k in range(table.shape[0]):
-        if table[k, PTR_G] != 0:
-            if first < 0:
-                first = k
-            elif table[k, STEP] != table[first, STEP]:
-                return scal, 2
-    if first < 0:
-        return scal, 0
-    for j in range(NSCALARS):
-        s[j] = scal[first, j]
-    return scal, 1
-
-
-def undo_prepare(table, was_live):
-    """Take back what :func:`prepare_uniform` did to ``table`` (a launch that failed)."""
-    stepped = table[:, PTR_G] != 0
-    table[stepped, STEP] -= 1
-    table[:, LIVE] = was_live
-
-
-@njit(cache=CACHE, error_model="numpy")
-def update_span(p, g, m, v, vmax, lo, hi, base, s, amsgrad, maximize, decoupled):
-    """Update elements ``lo:hi`` of one parameter whose state starts at ``base``."""
-    (neg_step, bc2_sqrt, eps, wd, lerp_w, lerp_small, c2, beta2, decay,
-     sign) = loop_scalars(s, maximize)
-    # Slicing first gives every access the same loop index, which is provably
-    # in bounds and non-negative: that is what lets LLVM vectorise the loop.
-    p = p[lo:hi]
-    g = g[lo:hi]
-    m = m[base + lo:base + hi]
-    v = v[base + lo:base + hi]
-    if amsgrad:
-        vmax = vmax[base + lo:base + hi]
-        for i in range(p.size):
-            p[i], m[i], v[i], vmax[i] = adam_element(
-                p[i], g[i], m[i], v[i], vmax[i], neg_step, bc2_sqrt, eps, wd, lerp_w,
-                lerp_small, c2, beta2, decay, sign, True, decoupled)
-    else:
-        for i in range(p.size):
-            p[i], m[i], v[i], _ = adam_element(
-                p[i], g[i], m[i], v[i], eps, neg_step, bc2_sqrt, eps, wd, lerp_w,
-                lerp_small, c2, beta2, decay, sign, False, decoupled)
-
-
-@njit(cache=CACHE, error_model="numpy")
 def _first_param(table, element):
     """Index of the parameter that holds ``element`` (binary search on offsets)."""
     lo = 0
@@ -140,52 +63,6 @@ def _first_param(table, element):
         else:
             hi = mid - 1
     return lo
-
-
-@njit(cache=CACHE, error_model="numpy")
-def _run_task(table, state, scal, lo, hi, amsgrad, maximize, decoupled):
-    """Update elements ``lo:hi`` of the concatenated parameter space."""
-    k = _first_param(table, lo)
-    m = state[0]
-    v = state[1]
-    vmax = state[2] if amsgrad else state[1]
-    n = table.shape[0]
-    while lo < hi and k < n:
-        offset = table[k, OFFSET]
-        size = table[k, SIZE]
-        end = min(hi, offset + size)
-        if end > lo and table[k, PTR_G] != 0:
-            p = carray(address_as_pointer(table[k, PTR_P], state), size)
-            g = carray(address_as_pointer(table[k, PTR_G], state), size)
-            update_span(p, g, m, v, vmax, lo - offset, end - offset, offset,
-                         scal[k], amsgrad, maximize, decoupled)
-        if end > lo:
-            lo = end
-        k += 1
-
-
-@njit(cache=CACHE, error_model="numpy")
-def step_serial(table, state, lr, beta1, beta2, eps, weight_decay,
-                amsgrad, maximize, decoupled):
-    """One step of a bucket on the calling thread (for small buckets)."""
-    scal = _prepare(table, state, lr, beta1, beta2, eps, weight_decay)
-    _run_task(table, state, scal, 0, state.shape[1], amsgrad, maximize, decoupled)
-
-
-@njit(cache=CACHE, nogil=True, error_model="numpy")
-def prepare_step(table, state, lr, beta1, beta2, eps, weight_decay):
-    """Advance the steps and build the scalars of a bucket (see :func:`_prepare`),
-    before its tasks run on several threads (:mod:`numadam._pool`)."""
-    return _prepare(table, state, lr, beta1, beta2, eps, weight_decay)
-
-
-@njit(cache=CACHE, nogil=True, error_model="numpy")
-def step_task(table, state, scal, lo, hi, amsgrad, maximize, decoupled):
-    """Update elements ``lo:hi`` of a bucket whose scalars ``scal`` are ready.
-
-    Releases the GIL: the tasks of one step run at once on numadam's threads.
-    """
-    _run_task(table, state, scal, lo, hi, amsgrad, maximize, decoupled)
 
 
 @njit(cache=CACHE, error_model="numpy")
@@ -230,8 +107,205 @@ def nonfinite_task(table, like, lo, hi):
     return n
 
 
-def compile_kernels(dtypes=("float32", "float64")):
-    """Compile (or load from Numba's cache) every kernel a step can call.
+
+
+def undo_prepare(table, was_live):
+    """Take back what a ``prepare`` did to ``table`` (a launch that failed)."""
+    stepped = table[:, PTR_G] != 0
+    table[stepped, STEP] -= 1
+    table[:, LIVE] = was_live
+
+
+# ------------------------------------------------------------------ templates
+#
+# Each template is compiled once per rule. The defs carry a leading underscore
+# so that the names they call (``prepare``, ``update_span`` ...) are globals,
+# not cells of this closure. A template reads the rule's functions as
+# globals (``scalars_into``, ``loop_scalars``, ``element`` and the kernels it
+# calls, ``update_span`` ...), given to it by :func:`_instantiate` through a
+# globals dict of its own; its closure holds only the rule's cache stamp, so
+# Numba's on-disk cache keys each rule's build apart (the index key hashes the
+# closure) and notices an edit of the rule's module. A closure over the
+# functions themselves would not be cached: a dispatcher pickles differently
+# in every process.
+
+def _templates(stamp):
+    def _prepare(table, state, hyp):
+        """Advance the step of every parameter that has a gradient and build
+        its scalar vector (parameter dtype). Parameters without a gradient
+        (address 0) keep their step and state, as in torch."""
+        stamp  # noqa: B018 (the cache key)
+        n = table.shape[0]
+        scal = np.empty((n, NSCALARS), state.dtype)
+        previous = -1
+        was_first = False
+        for k in range(n):
+            if table[k, PTR_G] == 0:
+                continue
+            first = table[k, LIVE] == 0
+            table[k, STEP] += 1
+            table[k, LIVE] = 1
+            if (previous >= 0 and table[previous, STEP] == table[k, STEP]
+                    and not first and not was_first):
+                # An element loop, not scal[k, :] = scal[previous, :]: the slice
+                # assignment alone took 2 of the 4 s of a cold first step to compile.
+                for j in range(NSCALARS):
+                    scal[k, j] = scal[previous, j]
+            else:
+                scalars_into(scal[k], table[k, STEP], first, hyp)
+            previous = k
+            was_first = first
+        return scal
+
+    def _update_span(p, g, a, b, c, nrows, lo, hi, base, s, flags):
+        """Update elements ``lo:hi`` of one parameter ``p`` whose state rows
+        ``a, b, c`` (the first ``nrows`` exist; the others are any array of
+        the dtype and are not touched) start at column ``base``; ``s`` is its
+        scalar vector. The functional update calls it on whole arrays."""
+        stamp  # noqa: B018
+        sc = loop_scalars(s, flags)
+        # Slicing first gives every access the same loop index, which is provably
+        # in bounds and non-negative: that is what lets LLVM vectorise the loop.
+        # One loop per row count, each writing back only the rows that exist.
+        p = p[lo:hi]
+        g = g[lo:hi]
+        if nrows == 0:
+            for i in range(p.size):
+                x = g[i]
+                p[i], _, _, _ = element(p[i], x, x, x, x, sc, flags)
+        elif nrows == 1:
+            a = a[base + lo:base + hi]
+            for i in range(p.size):
+                x = a[i]
+                p[i], a[i], _, _ = element(p[i], g[i], x, x, x, sc, flags)
+        elif nrows == 2:
+            a = a[base + lo:base + hi]
+            b = b[base + lo:base + hi]
+            for i in range(p.size):
+                x = a[i]
+                p[i], a[i], b[i], _ = element(p[i], g[i], x, b[i], x, sc, flags)
+        else:
+            a = a[base + lo:base + hi]
+            b = b[base + lo:base + hi]
+            c = c[base + lo:base + hi]
+            for i in range(p.size):
+                p[i], a[i], b[i], c[i] = element(p[i], g[i], a[i], b[i], c[i], sc, flags)
+
+    def _run_task(table, state, scal, lo, hi, flags):
+        """Update elements ``lo:hi`` of the concatenated parameter space."""
+        stamp  # noqa: B018
+        k = _first_param(table, lo)
+        n = table.shape[0]
+        nrows = state.shape[0]
+        while lo < hi and k < n:
+            offset = table[k, OFFSET]
+            size = table[k, SIZE]
+            end = min(hi, offset + size)
+            if end > lo and table[k, PTR_G] != 0:
+                p = carray(address_as_pointer(table[k, PTR_P], state), size)
+                g = carray(address_as_pointer(table[k, PTR_G], state), size)
+                # Rows that do not exist are stood in for by g, never written.
+                a = state[0] if nrows > 0 else g
+                b = state[1] if nrows > 1 else a
+                c = state[2] if nrows > 2 else a
+                update_span(p, g, a, b, c, nrows, lo - offset, end - offset, offset,
+                            scal[k], flags)
+            if end > lo:
+                lo = end
+            k += 1
+
+    def _step_serial(table, state, hyp, flags):
+        """One step of a bucket on the calling thread (for small buckets)."""
+        stamp  # noqa: B018
+        scal = prepare(table, state, hyp)
+        run_task(table, state, scal, 0, state.shape[1], flags)
+
+    def _prepare_step(table, state, hyp):
+        """:func:`prepare`, releasing the GIL, before the tasks of a step run
+        on several threads (:mod:`numadam.cpu.pool`)."""
+        stamp  # noqa: B018
+        return prepare(table, state, hyp)
+
+    def _step_task(table, state, scal, lo, hi, flags):
+        """Update elements ``lo:hi`` of a bucket whose scalars ``scal`` are
+        ready. Releases the GIL: the tasks of one step run at once."""
+        stamp  # noqa: B018
+        run_task(table, state, scal, lo, hi, flags)
+
+    def _prepare_uniform(table, state, s, was_live, hyp):
+        """:func:`prepare` for the device kernels, which take the scalars by
+        value when every parameter with a gradient is at the same step.
+
+        Returns ``(scal, mode)``: mode 0, no parameter has a gradient; 1, all
+        are at one step and ``s`` holds their scalars; 2, steps differ and
+        ``scal`` (one row per parameter) is what the kernel must read.
+        ``was_live`` receives the live column as it was, for
+        :func:`undo_prepare`.
+        """
+        stamp  # noqa: B018
+        for k in range(table.shape[0]):
+            was_live[k] = table[k, LIVE]
+        scal = prepare(table, state, hyp)
+        first = -1
+        for k in range(table.shape[0]):
+            if table[k, PTR_G] != 0:
+                if first < 0:
+                    first = k
+                elif (table[k, STEP] != table[first, STEP]
+                      or was_live[k] != was_live[first]):
+                    return scal, 2
+        if first < 0:
+            return scal, 0
+        for j in range(NSCALARS):
+            s[j] = scal[first, j]
+        return scal, 1
+
+    return dict(prepare=_prepare, update_span=_update_span, run_task=_run_task,
+                step_serial=_step_serial, prepare_step=_prepare_step, step_task=_step_task,
+                prepare_uniform=_prepare_uniform)
+
+
+# name -> options of the compiled kernel; inner functions first (a template's
+# globals must hold the compiled functions it calls).
+_BUILD = (("prepare", {}), ("update_span", {}), ("run_task", {}), ("step_serial", {}),
+          ("prepare_step", dict(nogil=True)), ("step_task", dict(nogil=True)),
+          ("prepare_uniform", {}))
+
+Kernels = namedtuple("Kernels", [name for name, _ in _BUILD])
+Kernels.__doc__ = "The compiled CPU kernels of one rule (see :func:`kernels`)."
+
+
+def _instantiate(function, namespace, **options):
+    """``function`` compiled with ``namespace`` as its globals."""
+    name = function.__name__.lstrip("_")
+    clone = pytypes.FunctionType(function.__code__, namespace, name,
+                                 function.__defaults__, function.__closure__)
+    clone.__qualname__ = function.__qualname__
+    clone.__doc__ = function.__doc__
+    clone.__module__ = function.__module__
+    return njit(cache=CACHE, error_model="numpy", **options)(clone)
+
+
+@functools.lru_cache(maxsize=None)
+def kernels(rule):
+    """The CPU kernels of ``rule`` (an :class:`~numadam.core.rule.UpdateRule`).
+
+    Built on first use (nothing compiles until a kernel is called), so a rule
+    that is never used costs nothing.
+    """
+    namespace = dict(globals(), scalars_into=rule.scalars_into,
+                     loop_scalars=rule.loop_scalars, element=rule.element,
+                     NSCALARS=rule.nscalars)
+    templates = _templates(rule.stamp())
+    built = {}
+    for name, options in _BUILD:
+        built[name] = namespace[name] = _instantiate(templates[name], namespace, **options)
+    return Kernels(**built)
+
+
+def compile_kernels(rules, dtypes=("float32", "float64")):
+    """Compile (or load from Numba's cache) every kernel a step of ``rules``
+    can call.
 
     Nothing calls this at import: compiling there would cost every process
     the load of all signatures (about 0.3 s even from a warm cache) and a
@@ -244,18 +318,24 @@ def compile_kernels(dtypes=("float32", "float64")):
 
     timings = []
     for dtype in dtypes:
-        state = np.zeros((3, 16), dtype)
+        like = np.zeros((0, 16), dtype)
         table = np.zeros((1, NCOLS), np.int64)
         table[0, SIZE] = 16
-        args = (1e-3, 0.9, 0.999, 1e-8, 0.0, False, False, False)
-        scal = np.zeros((1, NSCALARS), dtype)
-        for name, call in (
-                ("address", lambda: address(state[0])),
-                ("step_serial", lambda: step_serial(table, state, *args)),
-                ("prepare_step", lambda: prepare_step(table, state, *args[:5])),
-                ("step_task", lambda: step_task(table, state, scal, 0, 16, *args[5:])),
-                ("nonfinite_task", lambda: nonfinite_task(table, state, 0, 16))):
+        for name, call in (("address", lambda: address(like[0:1].reshape(-1))),
+                           ("nonfinite_task", lambda: nonfinite_task(table, like, 0, 16))):
             start = time.perf_counter()
             call()
             timings.append((f"{name}[{dtype}]", time.perf_counter() - start))
+        for rule in rules:
+            k = kernels(rule)
+            values, args = rule.validate(rule.defaults())
+            state = np.zeros((len(args.rows), 16), dtype)
+            scal = np.zeros((1, rule.nscalars), dtype)
+            for name, call in (
+                    ("step_serial", lambda: k.step_serial(table, state, args.hyp, args.flags)),
+                    ("prepare_step", lambda: k.prepare_step(table, state, args.hyp)),
+                    ("step_task", lambda: k.step_task(table, state, scal, 0, 16, args.flags))):
+                start = time.perf_counter()
+                call()
+                timings.append((f"{rule.name}.{name}[{dtype}]", time.perf_counter() - start))
     return timings

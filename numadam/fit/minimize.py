@@ -9,7 +9,7 @@ import numpy as np
 
 from numadam.fit.support import (AGREEMENT, Progress, ValueTrend, make_box, make_result,
                                 projected_gradient)
-from numadam.core.optimizer import Adam, AdamW
+from numadam.rules.adam import Adam, AdamW
 
 __all__ = ["minimize"]
 

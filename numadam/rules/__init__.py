@@ -1,0 +1,31 @@
+"""The update rules: one module each, registered here.
+
+A rule module declares its :class:`~numadam.core.rule.UpdateRule` as ``RULE``
+and its torch-like classes. Modules are imported on first use, so a rule that
+is never used costs nothing at ``import numadam``. How to add a rule:
+``CONTRIBUTING.md``.
+"""
+
+import importlib
+
+__all__ = ["REGISTRY", "CLASSES", "rule", "module"]
+
+# rule name -> (module, its public classes)
+REGISTRY = {
+    "adam": ("numadam.rules.adam", ("Adam", "AdamW")),
+}
+
+# class name -> rule name
+CLASSES = {cls: name for name, (_, classes) in REGISTRY.items() for cls in classes}
+
+
+def module(name):
+    """The module of rule ``name`` (imported on first use)."""
+    if name not in REGISTRY:
+        raise ValueError(f"unknown update rule {name!r}; numadam has {sorted(REGISTRY)}")
+    return importlib.import_module(REGISTRY[name][0])
+
+
+def rule(name):
+    """The :class:`~numadam.core.rule.UpdateRule` of rule ``name``."""
+    return module(name).RULE
