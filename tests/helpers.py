@@ -29,7 +29,7 @@ def golden(name, dtype):
 def build(name, dtype, params=None, **extra):
     """A numadam optimizer for configuration ``name`` over ``params``."""
     config = oc.CONFIGS[name]
-    index = list(oc.CONFIGS).index(name)
+    index = oc.index(name)
     if params is None:
         params = oc.initial_params(index, dtype)
     groups = [dict(params=[params[k] for k in shapes], **over) for shapes, over in oc.layout(config)]

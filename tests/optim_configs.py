@@ -41,6 +41,42 @@ CONFIGS = {
         skip_every=7),
 }
 
+# SGD and Adagrad. Configurations after the Adam ones carry an explicit
+# ``seed`` (see :func:`index`), so that their gradients and initial parameters
+# do not depend on where they sit in this dict.
+CONFIGS.update({
+    "sgd_plain": dict(cls="SGD", seed=100, kwargs=dict(lr=1e-2)),
+    "sgd_momentum_dampening": dict(
+        cls="SGD", seed=101, kwargs=dict(lr=1e-2, momentum=0.9, dampening=0.3)),
+    "sgd_nesterov_weight_decay": dict(
+        cls="SGD", seed=102,
+        kwargs=dict(lr=1e-2, momentum=0.85, nesterov=True, weight_decay=0.05)),
+    "sgd_maximize": dict(
+        cls="SGD", seed=103,
+        kwargs=dict(lr=3e-3, momentum=0.7, dampening=0.1, weight_decay=0.02, maximize=True)),
+    "sgd_groups_schedule_missing_grads": dict(
+        cls="SGD", seed=104, kwargs=dict(lr=2e-2),
+        groups=[dict(shapes=[0], weight_decay=0.01),
+                dict(shapes=[1, 2], momentum=0.8, dampening=0.2, weight_decay=0.03)],
+        schedule={100: [5e-3, 1e-2], 150: [2e-3, 4e-3]}, skip_every=7),
+    "adagrad_plain": dict(cls="Adagrad", seed=110, kwargs=dict(lr=1e-2)),
+    "adagrad_lr_decay_initial_accumulator_weight_decay": dict(
+        cls="Adagrad", seed=111,
+        kwargs=dict(lr=3e-2, lr_decay=0.01, initial_accumulator_value=0.1,
+                    weight_decay=0.05)),
+    "adagrad_maximize_eps0": dict(
+        cls="Adagrad", seed=112, kwargs=dict(lr=1e-2, eps=0.0, maximize=True)),
+    "adagrad_groups_schedule_missing_grads": dict(
+        cls="Adagrad", seed=113, kwargs=dict(lr=2e-2, lr_decay=0.003),
+        groups=[dict(shapes=[0]),
+                dict(shapes=[1, 2], lr_decay=0.0, weight_decay=0.02, eps=1e-6)],
+        schedule={100: [5e-3, 1e-2], 150: [2e-3, 4e-3]}, skip_every=7),
+})
+
+# The configurations of the rules every test runs today; the SGD and Adagrad
+# ones above have golden vectors but no optimizer class yet.
+ADAM_CONFIGS = [name for name, config in CONFIGS.items() if config["cls"] in ("Adam", "AdamW")]
+
 
 def _splitmix64(x):
     x = x + np.uint64(0x9E3779B97F4A7C15)
@@ -71,6 +107,12 @@ def gradient(config_index, step, param_index, shape, dtype):
     # Scales 2**-7 to 2**6, about four decades, times a uniform in (-1, 1).
     exponent = np.floor(14.0 * _uniform(2 * seed + 1, n)).astype(np.int64) - 7
     return np.ldexp(2.0 * u - 1.0, exponent).reshape(shape).astype(dtype)
+
+
+def index(name):
+    """The number that seeds configuration ``name``'s gradients and parameters:
+    its ``seed`` where it has one, else its position in ``CONFIGS``."""
+    return CONFIGS[name].get("seed", list(CONFIGS).index(name))
 
 
 def initial_params(config_index, dtype):

@@ -21,7 +21,7 @@ from helpers import assert_bits_equal, build, run
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MID, END = 6, 12          # copy after MID steps, then both run to END
-CASES = [(name, dtype) for name in oc.CONFIGS for dtype in oc.DTYPES]
+CASES = [(name, dtype) for name in oc.ADAM_CONFIGS for dtype in oc.DTYPES]
 
 
 def _params(opt):

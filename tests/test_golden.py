@@ -15,7 +15,7 @@ import optim_configs as oc
 from helpers import assert_bits_equal, build, golden, run
 from numadam.functional import adam_update
 
-CASES = [(name, dtype) for name in oc.CONFIGS for dtype in oc.DTYPES]
+CASES = [(name, dtype) for name in oc.ADAM_CONFIGS for dtype in oc.DTYPES]
 
 
 def _check_final(opt, params, expected, name):

@@ -32,7 +32,7 @@ if not numba_config.ENABLE_CUDASIM:
 STEPS = 8
 # The simulator evaluates the finiteness check g - g in NumPy, which warns.
 pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered")
-CASES = [(name, dtype) for name in oc.CONFIGS for dtype in oc.DTYPES]
+CASES = [(name, dtype) for name in oc.ADAM_CONFIGS for dtype in oc.DTYPES]
 
 
 @pytest.fixture(autouse=True)

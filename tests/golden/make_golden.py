@@ -2,7 +2,10 @@
 
 Run with torch 2.13.0 installed (CPU build), from the repository root::
 
-    python tests/golden/make_golden.py
+    python tests/golden/make_golden.py [PREFIX ...]
+
+which (re)writes every file, or only those of the configurations and case
+files whose names start with one of the prefixes (``sgd_``, ``cases_sgd_``).
 
 Every file records ``torch_version``. torch runs on one thread so every element
 goes through its vectorised path; on an x86-64 CPU with FMA (torch's AVX2 or
@@ -16,16 +19,19 @@ a NumPy version rounds the generator's arithmetic:
     For every configuration of ``tests/optim_configs.py``: the initial and
     final parameters, the gradients of every step (``grads_<k>``, one row per
     step, zeros where the configuration withholds a gradient), the final
-    state after ``STEPS`` steps, and torch's state dict after ``RESUME_AT``
-    steps converted to NumPy (as a user would), to test resuming.
+    state after ``STEPS`` steps (``final_state_<position>_<key>``, every key
+    torch keeps, none where it keeps no state: SGD without momentum), and
+    torch's state dict after ``RESUME_AT`` steps converted to NumPy (as a user
+    would), to test resuming.
 
-``cases_<family>_<dtype>.npz``
+``cases_<rule>_<family>_<dtype>.npz`` (``cases_<family>_<dtype>.npz`` for Adam)
     Many small independent problems, one optimizer each, stacked: ``hyper``
     (a JSON list of the class and keywords of every case), ``initial``
-    ``(cases, n)``, ``grads`` ``(cases, steps, n)``, and the final ``param``,
-    ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq`` (zeros without AMSGrad)
-    and ``step``. Families: ``random_hyper`` (random lr, betas, eps and
-    weight decay, Adam and AdamW, AMSGrad and maximize at random: no round
+    ``(cases, n)``, ``grads`` ``(cases, steps, n)``, the final ``param``,
+    one array per state key of the rule named after torch's key (zeros where
+    torch keeps none: ``max_exp_avg_sq`` without AMSGrad, ``momentum_buffer``
+    without momentum) and, for rules that count steps, ``step``. Families:
+    ``random_hyper`` (every hyperparameter and flag at random: no round
     numbers, so that every host-side rounding of torch's scalars shows) and
     ``nonfinite`` (NaN of both signs and infinities in the gradients).
 """
@@ -43,15 +49,19 @@ import optim_configs as oc  # noqa: E402
 
 TORCH_VERSION = "2.13.0"
 CASE_SIZE = 16            # torch's vector width in float32 (AVX512): its vectorised path only
-CASES = {"random_hyper": (160, 4), "nonfinite": (16, 6)}    # family: (cases, steps)
+
+# How torch runs each class: its fused CPU kernel wherever it has one.
+FUSED = dict(fused=True)
+IMPL = {"Adam": FUSED, "AdamW": FUSED, "SGD": FUSED, "Adagrad": FUSED}
 
 
-def run(index, name, config, dtype):
+def run(name, config, dtype):
+    index = oc.index(name)
     params = [torch.tensor(p) for p in oc.initial_params(index, dtype)]
     groups = [dict(params=[params[k] for k in shapes], **over)
               for shapes, over in oc.layout(config)]
     cls = getattr(torch.optim, config["cls"])
-    opt = cls(groups, fused=True, **config["kwargs"])
+    opt = cls(groups, **IMPL[config["cls"]], **config["kwargs"])
     out = {f"initial_{k}": p.numpy().copy() for k, p in enumerate(params)}
     for k, shape in enumerate(oc.SHAPES):
         out[f"grads_{k}"] = np.zeros((oc.STEPS,) + shape, dtype)
@@ -85,7 +95,7 @@ def run(index, name, config, dtype):
     np.savez_compressed(os.path.join(HERE, f"{name}_{dtype}.npz"), **out)
 
 
-def random_hyper(rng, index):
+def random_adam(rng, index):
     """Hyperparameters drawn log-uniformly over their useful ranges.
 
     Weight decays up to 20 with learning rates up to 1 make ``lr * wd`` large,
@@ -100,13 +110,59 @@ def random_hyper(rng, index):
                 amsgrad=bool(index // 2 % 2), maximize=bool(index // 4 % 2))
 
 
+def random_sgd(rng, index):
+    """Random lr, momentum, dampening and weight decay; every flag at random.
+
+    A momentum of zero (no state), a dampening of zero (``1 - dampening`` is
+    exactly one) and no weight decay each come up regularly; Nesterov needs a
+    momentum and no dampening (torch's rule).
+    """
+    momentum = 0.0 if index % 4 == 3 else float(rng.uniform(0.0, 0.999))
+    nesterov = bool(momentum and index % 3 == 0)
+    dampening = 0.0 if nesterov or index % 5 == 1 else float(rng.uniform(0.0, 1.0))
+    wd = 0.0 if index % 8 == 6 else float(10 ** rng.uniform(-5, 1.3))
+    return dict(cls="SGD", lr=float(10 ** rng.uniform(-4, 0)), momentum=momentum,
+                dampening=dampening, weight_decay=wd, nesterov=nesterov,
+                maximize=bool(index // 2 % 2))
+
+
+def random_adagrad(rng, index):
+    """Random lr, lr_decay, weight decay, eps and initial accumulator value.
+
+    Decays up to 3 make ``1 + (step - 1) * lr_decay`` inexact, where a
+    separately rounded product differs from torch's fused one.
+    """
+    return dict(cls="Adagrad", lr=float(10 ** rng.uniform(-4, 0)),
+                lr_decay=0.0 if index % 4 == 3 else float(10 ** rng.uniform(-4, 0.5)),
+                weight_decay=0.0 if index % 8 == 6 else float(10 ** rng.uniform(-5, 1.3)),
+                initial_accumulator_value=(0.0 if index % 3 == 0
+                                           else float(10 ** rng.uniform(-3, 1))),
+                eps=0.0 if index % 16 == 5 else float(10 ** rng.uniform(-12, -2)),
+                maximize=bool(index // 2 % 2))
+
+
+# rule -> file prefix, hyperparameter draw, torch's state keys (step aside),
+# whether torch keeps a step count, and family -> (seed, cases, steps).
+RULES = {
+    "adam": dict(prefix="cases_", hyper=random_adam, counts_steps=True,
+                 state=("exp_avg", "exp_avg_sq", "max_exp_avg_sq"),
+                 families={"random_hyper": (0, 160, 4), "nonfinite": (1, 16, 6)}),
+    "sgd": dict(prefix="cases_sgd_", hyper=random_sgd, counts_steps=False,
+                state=("momentum_buffer",),
+                families={"random_hyper": (10, 112, 5), "nonfinite": (11, 16, 6)}),
+    "adagrad": dict(prefix="cases_adagrad_", hyper=random_adagrad, counts_steps=True,
+                    state=("sum",),
+                    families={"random_hyper": (20, 96, 6), "nonfinite": (21, 16, 6)}),
+}
+
+
 def case_inputs(family, rng, cases, steps, dtype):
     n = CASE_SIZE
     initial = rng.standard_normal((cases, n))
     grads = rng.standard_normal((cases, steps, n)) * 10 ** rng.uniform(-3, 2, (cases, steps, n))
     if family == "nonfinite":
         # A few elements per case get NaN (either sign) or +-Inf at some
-        # steps: they poison m, v and AMSGrad's maximum in torch's own way.
+        # steps: they poison the state in torch's own way.
         specials = np.array([np.nan, -np.nan, np.inf, -np.inf])
         for c in range(cases):
             for step in range(1, steps):
@@ -115,45 +171,58 @@ def case_inputs(family, rng, cases, steps, dtype):
     return initial.astype(dtype), grads.astype(dtype)
 
 
-def run_cases(family, dtype, seed):
-    cases, steps = CASES[family]
+def run_cases(rule, family, dtype):
+    spec = RULES[rule]
+    seed, cases, steps = spec["families"][family]
     rng = np.random.default_rng(seed)
-    hypers = [random_hyper(rng, c) for c in range(cases)]
+    hypers = [spec["hyper"](rng, c) for c in range(cases)]
     initial, grads = case_inputs(family, rng, cases, steps, dtype)
     out = dict(hyper=json.dumps(hypers), initial=initial, grads=grads)
-    finals = {key: np.zeros_like(initial)
-              for key in ("param", "exp_avg", "exp_avg_sq", "max_exp_avg_sq")}
+    finals = {key: np.zeros_like(initial) for key in ("param",) + spec["state"]}
     counts = np.zeros(cases, np.int64)
     with np.errstate(invalid="ignore"):
         for c, hyper in enumerate(hypers):
             hyper = dict(hyper)
             param = torch.tensor(initial[c])
-            opt = getattr(torch.optim, hyper.pop("cls"))([param], fused=True, **hyper)
+            cls = hyper.pop("cls")
+            opt = getattr(torch.optim, cls)([param], **IMPL[cls], **hyper)
             for step in range(steps):
                 param.grad = torch.tensor(grads[c, step])
                 opt.step()
             finals["param"][c] = param.detach().numpy()
             state = opt.state[param]
-            for key in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
+            assert set(state) <= set(spec["state"]) | {"step"}, sorted(state)
+            for key in spec["state"]:
                 if key in state:
                     finals[key][c] = state[key].numpy()
-            counts[c] = int(state["step"].item())
-    out.update(finals, step=counts, torch_version=torch.__version__)
-    np.savez_compressed(os.path.join(HERE, f"cases_{family}_{dtype}.npz"), **out)
+            if spec["counts_steps"]:
+                counts[c] = int(state["step"].item())
+    out.update(finals)
+    if spec["counts_steps"]:
+        out["step"] = counts
+    out["torch_version"] = torch.__version__
+    np.savez_compressed(os.path.join(HERE, f"{spec['prefix']}{family}_{dtype}.npz"), **out)
 
 
-def main():
+def main(prefixes=()):
     torch.set_num_threads(1)
     assert torch.__version__.split("+")[0] == TORCH_VERSION, torch.__version__
-    for index, (name, config) in enumerate(oc.CONFIGS.items()):
+
+    def wanted(stem):
+        return not prefixes or stem.startswith(tuple(prefixes))
+
+    for name, config in oc.CONFIGS.items():
         for dtype in oc.DTYPES:
-            run(index, name, config, dtype)
-            print("wrote", name, dtype)
-    for seed, family in enumerate(CASES):
-        for dtype in oc.DTYPES:
-            run_cases(family, dtype, seed)
-            print("wrote cases", family, dtype)
+            if wanted(name):
+                run(name, config, dtype)
+                print("wrote", name, dtype)
+    for rule, spec in RULES.items():
+        for family in spec["families"]:
+            for dtype in oc.DTYPES:
+                if wanted(spec["prefix"] + family):
+                    run_cases(rule, family, dtype)
+                    print("wrote cases", rule, family, dtype)
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

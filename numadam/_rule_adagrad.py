@@ -1,0 +1,85 @@
+"""The per-element Adagrad update: the one definition.
+
+It reproduces ``torch.optim.Adagrad(fused=True)`` on the CPU bit for bit
+wherever torch takes its vectorised path (ATen
+``native/cpu/FusedAdagradKernel.cpp``, ``adagrad_math`` for float and double,
+and ``adagrad_fused_step_impl`` for the learning rate). The source writes only
+plain ``*``, ``+`` and ``/``; GCC contracts the products that feed an addition
+into fused multiply-adds, and the grouping below is the one it produces:
+
+.. code-block:: text
+
+    g     = grad * (-1 if maximize else 1)   # as torch: a NaN keeps its sign
+    g     = fma(p, wd, g)                    # wd != 0
+    sum   = fma(g, g, sum)
+    denom = sqrt(sum) + eps
+    p     = p - (clr * g) / denom
+    clr   = lr / fma(t - 1, lr_decay, 1)     # host, float64, t = step after increment
+
+``clr``, ``eps`` and ``wd`` are computed in float64 and rounded once to the
+parameter dtype (``scalar_t(...)`` in the kernel); whether weight decay
+applies is decided on the float64 value (torch's ``weight_decay != 0.0``).
+The state ``sum`` starts at ``initial_accumulator_value`` rounded to the
+parameter dtype (``torch.full_like``) and ``step`` at 0, both created by the
+constructor.
+"""
+
+import math
+
+from numba import njit
+
+from ._jitcache import CACHE
+from ._math import fma, mul_rn
+
+__all__ = ["NSCALARS", "element", "loop_scalars", "scalars_into"]
+
+# Layout of the per-step scalar vector (parameter dtype) built by scalars_into.
+CLR, EPS, WD, WD_ON, ONE = range(5)
+NSCALARS = 5
+
+
+@njit(cache=CACHE, error_model="numpy")
+def scalars_into(out, step, first, hyp):
+    """Fill ``out`` (length ``NSCALARS``, parameter dtype) for step ``step``.
+
+    ``hyp`` is ``(lr, lr_decay, weight_decay, eps)`` in float64; ``first`` is
+    unused (the state exists from construction). torch reads the step from
+    its float32 state tensor into a double and computes
+    ``lr / (1.0 + (step - 1.0) * lr_decay)``; GCC contracts the product and
+    the sum into one FMA (a separately rounded product differs in the last
+    bit of float64 for some decays: with lr_decay=0.1 at step 8 it gives
+    1.7000000000000002 instead of 1.7).
+    """
+    lr, lr_decay, weight_decay, eps = hyp
+    out[CLR] = lr / fma(float(step) - 1.0, float(lr_decay), 1.0)
+    out[EPS] = eps
+    out[WD] = weight_decay
+    out[WD_ON] = 1.0 if weight_decay != 0.0 else 0.0
+    out[ONE] = 1.0
+
+
+@njit(cache=CACHE, error_model="numpy", inline="always")
+def loop_scalars(s, flags):
+    """The scalars of :func:`element` from the vector ``s``, as locals.
+
+    ``flags`` is ``(maximize,)``. ``WD_ON`` becomes a boolean here, before
+    the caller's loop, so that its branch is loop-invariant.
+    """
+    sign = -s[ONE] if flags[0] else s[ONE]
+    return s[CLR], s[EPS], s[WD], s[WD_ON] != 0, sign
+
+
+@njit(cache=CACHE, error_model="numpy", inline="always")
+def element(p, g, a, b, c, sc, flags):
+    """One element; returns ``(p, sum, b, c)`` (``a`` is the sum).
+
+    ``sign`` is -1 to maximise: torch multiplies by -1, which (unlike a
+    negation) leaves the sign of a NaN alone.
+    """
+    clr, eps, weight_decay, wd_on, sign = sc
+    g = mul_rn(g, sign)
+    if wd_on:
+        g = fma(p, weight_decay, g)
+    a = fma(g, g, a)
+    p = p - mul_rn(clr, g) / (math.sqrt(a) + eps)
+    return p, a, b, c
