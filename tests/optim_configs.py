@@ -41,6 +41,37 @@ CONFIGS = {
         skip_every=7),
 }
 
+# RMSprop, run through torch's single-tensor path (it has no fused kernel). Kept
+# apart from CONFIGS until numadam has an RMSprop to drive through every test
+# that walks CONFIGS. Each entry carries its own ``seed`` (the index that
+# initial_params and gradient take), so that its golden inputs do not depend on
+# how many configurations precede it.
+RMSPROP_CONFIGS = {
+    "rmsprop": dict(cls="RMSprop", seed=100, kwargs=dict(lr=3e-3, alpha=0.93)),
+    "rmsprop_centered": dict(
+        cls="RMSprop", seed=101, kwargs=dict(lr=2e-3, alpha=0.97, eps=3e-7, centered=True)),
+    "rmsprop_momentum": dict(cls="RMSprop", seed=102, kwargs=dict(lr=1e-3, momentum=0.87)),
+    "rmsprop_centered_momentum_wd": dict(
+        cls="RMSprop", seed=103,
+        kwargs=dict(lr=7e-4, alpha=0.9, centered=True, momentum=0.6, weight_decay=0.03)),
+    "rmsprop_maximize": dict(
+        cls="RMSprop", seed=104, kwargs=dict(lr=2e-3, maximize=True, weight_decay=0.01)),
+    "rmsprop_groups_schedule_missing_grads": dict(
+        cls="RMSprop", seed=105, kwargs=dict(lr=3e-3, alpha=0.95),
+        groups=[dict(shapes=[0, 2], centered=True),
+                dict(shapes=[1], lr=1e-3, alpha=0.8, momentum=0.5, weight_decay=0.02)],
+        schedule={100: [1.5e-3, 7e-4], 150: [6e-4, 2e-4]},
+        skip_every=5),
+}
+
+ALL_CONFIGS = {**CONFIGS, **RMSPROP_CONFIGS}
+
+
+def config_seed(name):
+    """The index :func:`initial_params` and :func:`gradient` use for ``name``."""
+    config = ALL_CONFIGS[name]
+    return config.get("seed", list(ALL_CONFIGS).index(name))
+
 
 def _splitmix64(x):
     x = x + np.uint64(0x9E3779B97F4A7C15)

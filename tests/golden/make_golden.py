@@ -1,8 +1,14 @@
-"""Generate the golden vectors: inputs run through torch (CPU, fused).
+"""Generate the golden vectors: inputs run through torch on the CPU.
 
 Run with torch 2.13.0 installed (CPU build), from the repository root::
 
-    python tests/golden/make_golden.py
+    python tests/golden/make_golden.py [NAME_PREFIX ...]
+
+With prefixes, only the files whose name starts with one of them are written
+(``rmsprop`` and ``cases_rmsprop`` regenerate RMSprop's alone); the others
+keep their bytes (``np.savez_compressed`` stamps the time into every file).
+Each class runs the implementation ``IMPL`` names: Adam and AdamW their fused
+kernel, RMSprop (which has none) its single-tensor path.
 
 Every file records ``torch_version``. torch runs on one thread so every element
 goes through its vectorised path; on an x86-64 CPU with FMA (torch's AVX2 or
@@ -22,12 +28,16 @@ a NumPy version rounds the generator's arithmetic:
 ``cases_<family>_<dtype>.npz``
     Many small independent problems, one optimizer each, stacked: ``hyper``
     (a JSON list of the class and keywords of every case), ``initial``
-    ``(cases, n)``, ``grads`` ``(cases, steps, n)``, and the final ``param``,
-    ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq`` (zeros without AMSGrad)
-    and ``step``. Families: ``random_hyper`` (random lr, betas, eps and
-    weight decay, Adam and AdamW, AMSGrad and maximize at random: no round
-    numbers, so that every host-side rounding of torch's scalars shows) and
-    ``nonfinite`` (NaN of both signs and infinities in the gradients).
+    ``(cases, n)``, ``grads`` ``(cases, steps, n)``, the final ``param`` and
+    ``step``, and every state tensor torch keeps under its own key
+    (``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq``; ``square_avg``,
+    ``momentum_buffer``, ``grad_avg``), zeros in the cases that lack it.
+    Families: ``random_hyper`` (random lr, betas, eps and weight decay, Adam
+    and AdamW, AMSGrad and maximize at random: no round numbers, so that every
+    host-side rounding of torch's scalars shows) and ``nonfinite`` (NaN of
+    both signs and infinities in the gradients); ``rmsprop_random_hyper`` and
+    ``rmsprop_nonfinite`` do the same for RMSprop (random lr, alpha, eps,
+    weight decay and momentum, centered and maximize at random).
 """
 
 import json
@@ -43,15 +53,23 @@ import optim_configs as oc  # noqa: E402
 
 TORCH_VERSION = "2.13.0"
 CASE_SIZE = 16            # torch's vector width in float32 (AVX512): its vectorised path only
-CASES = {"random_hyper": (160, 4), "nonfinite": (16, 6)}    # family: (cases, steps)
+CASES = {"random_hyper": (160, 4), "nonfinite": (16, 6),     # family: (cases, steps)
+         "rmsprop_random_hyper": (80, 8), "rmsprop_nonfinite": (16, 8)}
+
+# The torch implementation each class runs; classes not listed run fused=True.
+IMPL = {"RMSprop": dict(foreach=False)}
+
+
+def make(cls, params, **kwargs):
+    """``torch.optim.<cls>`` over ``params`` with the implementation of ``IMPL``."""
+    return getattr(torch.optim, cls)(params, **IMPL.get(cls, dict(fused=True)), **kwargs)
 
 
 def run(index, name, config, dtype):
     params = [torch.tensor(p) for p in oc.initial_params(index, dtype)]
     groups = [dict(params=[params[k] for k in shapes], **over)
               for shapes, over in oc.layout(config)]
-    cls = getattr(torch.optim, config["cls"])
-    opt = cls(groups, fused=True, **config["kwargs"])
+    opt = make(config["cls"], groups, **config["kwargs"])
     out = {f"initial_{k}": p.numpy().copy() for k, p in enumerate(params)}
     for k, shape in enumerate(oc.SHAPES):
         out[f"grads_{k}"] = np.zeros((oc.STEPS,) + shape, dtype)
@@ -100,11 +118,23 @@ def random_hyper(rng, index):
                 amsgrad=bool(index // 2 % 2), maximize=bool(index // 4 % 2))
 
 
+def random_hyper_rmsprop(rng, index):
+    """RMSprop's hyperparameters, log-uniform; ``alpha`` on both sides of 0.5
+    (``lerp`` switches formula at a weight ``1 - alpha`` of 0.5)."""
+    wd = 0.0 if index % 8 == 7 else float(10 ** rng.uniform(-4, 1.3))
+    eps = 0.0 if index % 16 == 5 else float(10 ** rng.uniform(-12, -2))
+    momentum = 0.0 if index // 8 % 2 else float(rng.uniform(0.0, 0.99))
+    alpha = float(rng.uniform(0.0, 1.0) if index % 3 == 0 else 1 - 10 ** rng.uniform(-5, -0.3))
+    return dict(cls="RMSprop", lr=float(10 ** rng.uniform(-4, -1)), alpha=alpha, eps=eps,
+                weight_decay=wd, momentum=momentum,
+                centered=bool(index % 2), maximize=bool(index // 2 % 2))
+
+
 def case_inputs(family, rng, cases, steps, dtype):
     n = CASE_SIZE
     initial = rng.standard_normal((cases, n))
     grads = rng.standard_normal((cases, steps, n)) * 10 ** rng.uniform(-3, 2, (cases, steps, n))
-    if family == "nonfinite":
+    if family.endswith("nonfinite"):
         # A few elements per case get NaN (either sign) or +-Inf at some
         # steps: they poison m, v and AMSGrad's maximum in torch's own way.
         specials = np.array([np.nan, -np.nan, np.inf, -np.inf])
@@ -118,42 +148,48 @@ def case_inputs(family, rng, cases, steps, dtype):
 def run_cases(family, dtype, seed):
     cases, steps = CASES[family]
     rng = np.random.default_rng(seed)
-    hypers = [random_hyper(rng, c) for c in range(cases)]
+    draw = random_hyper_rmsprop if family.startswith("rmsprop_") else random_hyper
+    hypers = [draw(rng, c) for c in range(cases)]
     initial, grads = case_inputs(family, rng, cases, steps, dtype)
     out = dict(hyper=json.dumps(hypers), initial=initial, grads=grads)
-    finals = {key: np.zeros_like(initial)
-              for key in ("param", "exp_avg", "exp_avg_sq", "max_exp_avg_sq")}
+    finals = dict(param=np.zeros_like(initial))
     counts = np.zeros(cases, np.int64)
     with np.errstate(invalid="ignore"):
         for c, hyper in enumerate(hypers):
             hyper = dict(hyper)
             param = torch.tensor(initial[c])
-            opt = getattr(torch.optim, hyper.pop("cls"))([param], fused=True, **hyper)
+            opt = make(hyper.pop("cls"), [param], **hyper)
             for step in range(steps):
                 param.grad = torch.tensor(grads[c, step])
                 opt.step()
             finals["param"][c] = param.detach().numpy()
-            state = opt.state[param]
-            for key in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
-                if key in state:
-                    finals[key][c] = state[key].numpy()
-            counts[c] = int(state["step"].item())
+            for key, value in opt.state[param].items():
+                if key == "step":
+                    counts[c] = int(value.item())
+                else:
+                    finals.setdefault(key, np.zeros_like(initial))[c] = value.numpy()
     out.update(finals, step=counts, torch_version=torch.__version__)
     np.savez_compressed(os.path.join(HERE, f"cases_{family}_{dtype}.npz"), **out)
 
 
-def main():
+def main(prefixes):
     torch.set_num_threads(1)
     assert torch.__version__.split("+")[0] == TORCH_VERSION, torch.__version__
-    for index, (name, config) in enumerate(oc.CONFIGS.items()):
+
+    def wanted(name):
+        return not prefixes or name.startswith(tuple(prefixes))
+
+    for name, config in oc.ALL_CONFIGS.items():
         for dtype in oc.DTYPES:
-            run(index, name, config, dtype)
-            print("wrote", name, dtype)
+            if wanted(name):
+                run(oc.config_seed(name), name, config, dtype)
+                print("wrote", name, dtype)
     for seed, family in enumerate(CASES):
         for dtype in oc.DTYPES:
-            run_cases(family, dtype, seed)
-            print("wrote cases", family, dtype)
+            if wanted(f"cases_{family}"):
+                run_cases(family, dtype, seed)
+                print("wrote cases", family, dtype)
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])
