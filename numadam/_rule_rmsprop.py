@@ -11,7 +11,7 @@ ATen's vectorised CPU kernels write or its compiler makes:
     g   = fma(p, wd, g)                       # g.add(p, alpha=wd), wd != 0
     sa  = sa * alpha                          # square_avg.mul_(alpha)
     sa  = fma(c * g, g, sa)                   # .addcmul_(g, g, value=c), c = 1 - alpha
-    ga  = fma(w, g - ga, ga)                  # grad_avg.lerp_(g, c), |c| < 0.5
+    ga  = fma(c, g - ga, ga)                  # grad_avg.lerp_(g, c), |c| < 0.5
     ga  = fma(c - 1, g - ga, g)               #   the same, |c| >= 0.5
     avg = torch_sqrt(fma(-ga, ga, sa)) if centered else torch_sqrt(sa)
     avg = avg + eps
