@@ -73,6 +73,25 @@ CONFIGS.update({
         schedule={100: [5e-3, 1e-2], 150: [2e-3, 4e-3]}, skip_every=7),
 })
 
+# RMSprop, run through torch's single-tensor path (it has no fused kernel).
+CONFIGS.update({
+    "rmsprop": dict(cls="RMSprop", seed=100, kwargs=dict(lr=3e-3, alpha=0.93)),
+    "rmsprop_centered": dict(
+        cls="RMSprop", seed=101, kwargs=dict(lr=2e-3, alpha=0.97, eps=3e-7, centered=True)),
+    "rmsprop_momentum": dict(cls="RMSprop", seed=102, kwargs=dict(lr=1e-3, momentum=0.87)),
+    "rmsprop_centered_momentum_wd": dict(
+        cls="RMSprop", seed=103,
+        kwargs=dict(lr=7e-4, alpha=0.9, centered=True, momentum=0.6, weight_decay=0.03)),
+    "rmsprop_maximize": dict(
+        cls="RMSprop", seed=104, kwargs=dict(lr=2e-3, maximize=True, weight_decay=0.01)),
+    "rmsprop_groups_schedule_missing_grads": dict(
+        cls="RMSprop", seed=105, kwargs=dict(lr=3e-3, alpha=0.95),
+        groups=[dict(shapes=[0, 2], centered=True),
+                dict(shapes=[1], lr=1e-3, alpha=0.8, momentum=0.5, weight_decay=0.02)],
+        schedule={100: [1.5e-3, 7e-4], 150: [6e-4, 2e-4]},
+        skip_every=5),
+})
+
 # The configurations of the rules every test runs today; the SGD and Adagrad
 # ones above have golden vectors but no optimizer class yet.
 ADAM_CONFIGS = [name for name, config in CONFIGS.items() if config["cls"] in ("Adam", "AdamW")]

@@ -50,9 +50,11 @@ import optim_configs as oc  # noqa: E402
 TORCH_VERSION = "2.13.0"
 CASE_SIZE = 16            # torch's vector width in float32 (AVX512): its vectorised path only
 
-# How torch runs each class: its fused CPU kernel wherever it has one.
+# How torch runs each class: its fused CPU kernel wherever it has one;
+# RMSprop, which has none, its single-tensor path.
 FUSED = dict(fused=True)
-IMPL = {"Adam": FUSED, "AdamW": FUSED, "SGD": FUSED, "Adagrad": FUSED}
+IMPL = {"Adam": FUSED, "AdamW": FUSED, "SGD": FUSED, "Adagrad": FUSED,
+        "RMSprop": dict(foreach=False)}
 
 
 def run(name, config, dtype):
@@ -141,6 +143,18 @@ def random_adagrad(rng, index):
                 maximize=bool(index // 2 % 2))
 
 
+def random_rmsprop(rng, index):
+    """RMSprop's hyperparameters, log-uniform; ``alpha`` on both sides of 0.5
+    (``lerp`` switches formula at a weight ``1 - alpha`` of 0.5)."""
+    wd = 0.0 if index % 8 == 7 else float(10 ** rng.uniform(-4, 1.3))
+    eps = 0.0 if index % 16 == 5 else float(10 ** rng.uniform(-12, -2))
+    momentum = 0.0 if index // 8 % 2 else float(rng.uniform(0.0, 0.99))
+    alpha = float(rng.uniform(0.0, 1.0) if index % 3 == 0 else 1 - 10 ** rng.uniform(-5, -0.3))
+    return dict(cls="RMSprop", lr=float(10 ** rng.uniform(-4, -1)), alpha=alpha, eps=eps,
+                weight_decay=wd, momentum=momentum,
+                centered=bool(index % 2), maximize=bool(index // 2 % 2))
+
+
 # rule -> file prefix, hyperparameter draw, torch's state keys (step aside),
 # whether torch keeps a step count, and family -> (seed, cases, steps).
 RULES = {
@@ -153,6 +167,9 @@ RULES = {
     "adagrad": dict(prefix="cases_adagrad_", hyper=random_adagrad, counts_steps=True,
                     state=("sum",),
                     families={"random_hyper": (20, 96, 6), "nonfinite": (21, 16, 6)}),
+    "rmsprop": dict(prefix="cases_rmsprop_", hyper=random_rmsprop, counts_steps=True,
+                    state=("square_avg", "momentum_buffer", "grad_avg"),
+                    families={"random_hyper": (2, 80, 8), "nonfinite": (3, 16, 8)}),
 }
 
 
