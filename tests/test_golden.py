@@ -15,7 +15,7 @@ import optim_configs as oc
 from helpers import assert_bits_equal, build, golden, run
 from numadam.functional import adam_update
 
-CASES = [(name, dtype) for name in oc.ADAM_CONFIGS for dtype in oc.DTYPES]
+CASES = [(name, dtype) for name in oc.CONFIGS for dtype in oc.DTYPES]
 
 
 def _check_final(opt, params, expected, name):
@@ -23,7 +23,9 @@ def _check_final(opt, params, expected, name):
         assert_bits_equal(p, expected[f"final_{k}"], f"{name} param {k}")
     sd = opt.state_dict()
     keys = [key for key in expected if key.startswith("final_state_")]
-    assert keys
+    # The same entries as torch's: none at all for SGD without momentum.
+    assert sorted(key[len("final_state_"):] for key in keys) == sorted(
+        f"{pid}_{entry}" for pid, state in sd["state"].items() for entry in state)
     for key in keys:
         position, entry = key[len("final_state_"):].split("_", 1)
         value = sd["state"][int(position)][entry]
@@ -55,7 +57,7 @@ def test_torch_state_dict_converted_to_numpy_resumes_bit_for_bit(name, dtype):
             pid, entry = key[len("resume_state_"):].split("_", 1)
             state.setdefault(int(pid), {})[entry] = value   # 'step' stays a float32 0-d array
     groups = json.loads(str(expected["resume_params"]))
-    assert "fused" in groups[0]          # torch's own keys are present and ignored
+    assert {"fused", "foreach"} & set(groups[0])    # torch's own keys, ignored
     opt.load_state_dict({"state": state, "param_groups": groups})
     run(opt, name, dtype, oc.RESUME_AT + 1, oc.STEPS)
     _check_final(opt, params, expected, name)

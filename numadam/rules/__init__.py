@@ -13,6 +13,9 @@ __all__ = ["REGISTRY", "CLASSES", "rule", "module"]
 # rule name -> (module, its public classes)
 REGISTRY = {
     "adam": ("numadam.rules.adam", ("Adam", "AdamW")),
+    "sgd": ("numadam.rules.sgd", ("SGD",)),
+    "adagrad": ("numadam.rules.adagrad", ("Adagrad",)),
+    "rmsprop": ("numadam.rules.rmsprop", ("RMSprop",)),
 }
 
 # class name -> rule name

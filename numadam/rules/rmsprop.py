@@ -66,10 +66,13 @@ from llvmlite import binding, ir
 from numba import njit, types
 from numba.extending import intrinsic, overload
 
-from ._jitcache import CACHE
-from ._math import fma, mul_rn
+from numadam.core import validation as _validation
+from numadam.core.jitcache import CACHE
+from numadam.core.math import fma, mul_rn
+from numadam.core.optimizer import Optimizer
+from numadam.core.rule import Hyper, StateArray, UpdateRule
 
-__all__ = ["scalars_into", "loop_scalars", "element", "NSCALARS"]
+__all__ = ["RMSprop", "RULE"]
 
 # Layout of the per-step scalar vector (parameter dtype) built by scalars_into.
 ALPHA, ONE_MINUS_ALPHA, LERP_W, LERP_SMALL, NEG_LR, EPS, WD, HAS_WD, MOMENTUM, \
@@ -235,3 +238,77 @@ def element(p, g, a, b, c, sc, flags):
     if has_momentum:
         return p, square_avg, buf, grad_avg
     return p, square_avg, grad_avg, c
+
+
+RULE = UpdateRule(
+    name="rmsprop",
+    module=__name__,
+    hyper=(Hyper("lr", 1e-2), Hyper("alpha", 0.99), Hyper("eps", 1e-8),
+           Hyper("weight_decay", 0.0), Hyper("momentum", 0.0),
+           Hyper("centered", False, "flag"), Hyper("maximize", False, "flag")),
+    state=(StateArray("square_avg"), StateArray("momentum_buffer", when="momentum"),
+           StateArray("grad_avg", when="centered")),
+    load_defaults=("momentum", "centered", "maximize"),
+    scalars_into=scalars_into, loop_scalars=loop_scalars, element=element,
+    nscalars=NSCALARS)
+
+
+class RMSprop(Optimizer):
+    r"""RMSprop, ``torch.optim.RMSprop(foreach=False)`` bit for bit.
+
+    torch has no fused RMSprop; numadam matches its single-tensor path (whose
+    bits its foreach path shares on the CPU), including torch's square root
+    (see :mod:`numadam.rules.rmsprop`).
+
+    Parameters
+    ----------
+    params : sequence of arrays, or sequence of dict
+        As for :class:`numadam.Adam`: arrays updated in place, or parameter
+        groups with per-group overrides of the hyperparameters below.
+    lr : float, default 1e-2
+        Learning rate (>= 0).
+    alpha : float, default 0.99
+        Smoothing constant of the squared-gradient average (>= 0).
+    eps : float, default 1e-8
+        Added to the denominator (>= 0).
+    weight_decay : float, default 0
+        L2 penalty added to the gradient (>= 0).
+    momentum : float, default 0
+        Momentum factor (>= 0).
+    centered : bool, default False
+        Normalise by the estimated variance (keeps ``grad_avg``).
+    maximize : bool, default False
+        Maximise the objective instead of minimising it.
+    check_finite : {None, "raise", "skip"}, default None
+        Guard against gradients holding NaN or Inf (see
+        :class:`numadam.core.optimizer.Optimizer`).
+    foreach, fused, capturable, differentiable
+        torch's implementation flags (see :class:`~numadam.core.optimizer.Optimizer`).
+
+    Notes
+    -----
+    The update, with its exact rounding, is stated once in
+    :mod:`numadam.rules.rmsprop`. State: ``step``, ``square_avg``,
+    ``momentum_buffer`` (with momentum) and ``grad_avg`` (centered), created
+    at the first step.
+
+    Examples
+    --------
+    >>> import numpy as np, numadam
+    >>> x = np.array([3.0, -2.0])
+    >>> opt = numadam.RMSprop([x], lr=0.01)
+    >>> for _ in range(1000):
+    ...     opt.step([2 * x])                # gradient of sum(x**2)
+    >>> bool(np.all(np.abs(x) < 1e-2))
+    True
+    """
+
+    rule = RULE
+
+    def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0,
+                 momentum=0.0, centered=False, *, maximize=False, check_finite=None,
+                 foreach=None, fused=None, capturable=False, differentiable=False):
+        _validation.torch_only_flags(foreach, fused, capturable, differentiable)
+        self._init(params, dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
+                                momentum=momentum, centered=centered, maximize=maximize),
+                   check_finite)

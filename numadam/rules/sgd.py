@@ -28,10 +28,13 @@ momentum buffer of the group exists yet.
 
 from numba import njit
 
-from ._jitcache import CACHE
-from ._math import fma, mul_rn
+from numadam.core import validation as _validation
+from numadam.core.jitcache import CACHE
+from numadam.core.math import fma, mul_rn
+from numadam.core.optimizer import Optimizer
+from numadam.core.rule import Hyper, StateArray, UpdateRule
 
-__all__ = ["NSCALARS", "element", "loop_scalars", "scalars_into"]
+__all__ = ["SGD", "RULE"]
 
 # Layout of the per-step scalar vector (parameter dtype) built by scalars_into.
 NEG_LR, MOMENTUM, DAMP1, WD, WD_ON, MOMENTUM_ON, FIRST, ONE = range(8)
@@ -91,3 +94,81 @@ def element(p, g, a, b, c, sc, flags):
         g = fma(a, momentum, g) if nesterov else a
     p = fma(g, neg_lr, p)
     return p, a, b, c
+
+
+def _check(values):
+    # torch's SGD.__init__ rule, applied to every group here.
+    if values["nesterov"] and (values["momentum"] <= 0 or values["dampening"] != 0):
+        raise ValueError("nesterov=True requires a momentum > 0 and zero dampening (as in "
+                         f"torch), got momentum={values['momentum']!r}, "
+                         f"dampening={values['dampening']!r}")
+
+
+RULE = UpdateRule(
+    name="sgd",
+    module=__name__,
+    hyper=(Hyper("lr", 1e-3), Hyper("momentum", 0.0), Hyper("dampening", 0.0, "real"),
+           Hyper("weight_decay", 0.0), Hyper("nesterov", False, "flag"),
+           Hyper("maximize", False, "flag")),
+    # torch keeps no state without momentum, and no step count at all.
+    state=(StateArray("momentum_buffer", when="momentum"),),
+    keeps_step=False,
+    load_defaults=("nesterov", "maximize"),
+    check=_check,
+    scalars_into=scalars_into, loop_scalars=loop_scalars, element=element,
+    nscalars=NSCALARS)
+
+
+class SGD(Optimizer):
+    r"""Stochastic gradient descent with momentum, ``torch.optim.SGD(fused=True)``
+    bit for bit.
+
+    Parameters
+    ----------
+    params : sequence of arrays, or sequence of dict
+        As for :class:`numadam.Adam`: arrays updated in place, or parameter
+        groups with per-group overrides of the hyperparameters below.
+    lr : float, default 1e-3
+        Learning rate (>= 0).
+    momentum : float, default 0
+        Momentum factor (>= 0). Zero keeps no state, as in torch.
+    dampening : float, default 0
+        Dampening of the momentum (a finite number).
+    weight_decay : float, default 0
+        L2 penalty added to the gradient (>= 0).
+    nesterov : bool, default False
+        Nesterov momentum; needs ``momentum > 0`` and ``dampening == 0``.
+    maximize : bool, default False
+        Maximise the objective instead of minimising it.
+    check_finite : {None, "raise", "skip"}, default None
+        Guard against gradients holding NaN or Inf (see
+        :class:`numadam.core.optimizer.Optimizer`).
+    foreach, fused, capturable, differentiable
+        torch's implementation flags (see :class:`~numadam.core.optimizer.Optimizer`).
+
+    Notes
+    -----
+    The update, with its exact rounding, is stated once in
+    :mod:`numadam.rules.sgd`. State: ``momentum_buffer`` (with momentum),
+    made from the gradient at a parameter's first step; no ``step``.
+
+    Examples
+    --------
+    >>> import numpy as np, numadam
+    >>> x = np.array([3.0, -2.0])
+    >>> opt = numadam.SGD([x], lr=0.1, momentum=0.9)
+    >>> for _ in range(300):
+    ...     opt.step([2 * x])                # gradient of sum(x**2)
+    >>> bool(np.all(np.abs(x) < 1e-3))
+    True
+    """
+
+    rule = RULE
+
+    def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0,
+                 nesterov=False, *, maximize=False, check_finite=None, foreach=None,
+                 fused=None, capturable=False, differentiable=False):
+        _validation.torch_only_flags(foreach, fused, capturable, differentiable)
+        self._init(params, dict(lr=lr, momentum=momentum, dampening=dampening,
+                                weight_decay=weight_decay, nesterov=nesterov,
+                                maximize=maximize), check_finite)

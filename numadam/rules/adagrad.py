@@ -28,10 +28,13 @@ import math
 
 from numba import njit
 
-from ._jitcache import CACHE
-from ._math import fma, mul_rn
+from numadam.core import validation as _validation
+from numadam.core.jitcache import CACHE
+from numadam.core.math import fma, mul_rn
+from numadam.core.optimizer import Optimizer
+from numadam.core.rule import Hyper, StateArray, UpdateRule
 
-__all__ = ["NSCALARS", "element", "loop_scalars", "scalars_into"]
+__all__ = ["Adagrad", "RULE"]
 
 # Layout of the per-step scalar vector (parameter dtype) built by scalars_into.
 CLR, EPS, WD, WD_ON, ONE = range(5)
@@ -83,3 +86,73 @@ def element(p, g, a, b, c, sc, flags):
     a = fma(g, g, a)
     p = p - mul_rn(clr, g) / (math.sqrt(a) + eps)
     return p, a, b, c
+
+
+RULE = UpdateRule(
+    name="adagrad",
+    module=__name__,
+    hyper=(Hyper("lr", 1e-2), Hyper("lr_decay", 0.0), Hyper("weight_decay", 0.0),
+           Hyper("initial_accumulator_value", 0.0, "init"), Hyper("eps", 1e-10),
+           Hyper("maximize", False, "flag")),
+    state=(StateArray("sum", init="initial_accumulator_value"),),
+    # torch's Adagrad.__init__ creates step 0 and the sum for every parameter.
+    eager_state=True,
+    load_defaults=("maximize",),
+    scalars_into=scalars_into, loop_scalars=loop_scalars, element=element,
+    nscalars=NSCALARS)
+
+
+class Adagrad(Optimizer):
+    r"""Adagrad, ``torch.optim.Adagrad(fused=True)`` bit for bit.
+
+    Parameters
+    ----------
+    params : sequence of arrays, or sequence of dict
+        As for :class:`numadam.Adam`: arrays updated in place, or parameter
+        groups with per-group overrides of the hyperparameters below.
+    lr : float, default 1e-2
+        Learning rate (>= 0).
+    lr_decay : float, default 0
+        The rate at step ``t`` is ``lr / (1 + (t - 1) * lr_decay)`` (>= 0).
+    weight_decay : float, default 0
+        L2 penalty added to the gradient (>= 0).
+    initial_accumulator_value : float, default 0
+        The value every element of ``sum`` starts from (>= 0).
+    eps : float, default 1e-10
+        Added to the denominator (>= 0).
+    maximize : bool, default False
+        Maximise the objective instead of minimising it.
+    check_finite : {None, "raise", "skip"}, default None
+        Guard against gradients holding NaN or Inf (see
+        :class:`numadam.core.optimizer.Optimizer`).
+    foreach, fused, capturable, differentiable
+        torch's implementation flags (see :class:`~numadam.core.optimizer.Optimizer`).
+
+    Notes
+    -----
+    The update, with its exact rounding, is stated once in
+    :mod:`numadam.rules.adagrad`. State: ``step`` and ``sum``, created for
+    every parameter by the constructor (and by ``add_param_group``), as
+    torch's are.
+
+    Examples
+    --------
+    >>> import numpy as np, numadam
+    >>> x = np.array([3.0, -2.0])
+    >>> opt = numadam.Adagrad([x], lr=0.5)
+    >>> for _ in range(500):
+    ...     opt.step([2 * x])                # gradient of sum(x**2)
+    >>> bool(np.all(np.abs(x) < 1e-3))
+    True
+    """
+
+    rule = RULE
+
+    def __init__(self, params, lr=1e-2, lr_decay=0.0, weight_decay=0.0,
+                 initial_accumulator_value=0.0, eps=1e-10, *, maximize=False,
+                 check_finite=None, foreach=None, fused=None, capturable=False,
+                 differentiable=False):
+        _validation.torch_only_flags(foreach, fused, capturable, differentiable)
+        self._init(params, dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
+                                initial_accumulator_value=initial_accumulator_value,
+                                eps=eps, maximize=maximize), check_finite)
