@@ -52,18 +52,44 @@ def test_pieces_cut_parameters_at_shard_edges():
     assert shard_pieces(offsets, sizes, 6, 6) == []
 
 
+def _assert_shards_hold_the_state_of(ref, shards, what):
+    """The simulated ranks' shards together hold ``ref``'s state, bit for bit."""
+    sd = ref.state_dict()["state"]
+    seen = set()
+    for bucket, ranks in shards:
+        for k, index in enumerate(bucket.indices):
+            if not ranks[0].has_state(k):
+                continue
+            seen.add(index)
+            entry = sd[index]
+            state = np.concatenate([s.state for s in ranks], axis=1)
+            if ref.rule.keeps_step:
+                assert set(entry) == {"step", *ranks[0].rows}, (what, index, entry)
+                assert all(s.steps[k] == entry["step"] for s in ranks), (what, index)
+            else:
+                assert set(entry) == set(ranks[0].rows), (what, index, entry)
+            offset, size = ranks[0].offsets[k], bucket.params[k].size
+            for row, key in enumerate(ranks[0].rows):
+                assert_bits_equal(state[row, offset:offset + size], entry[key].ravel(),
+                                  f"{what}: {key} of {index}")
+    assert seen == set(sd), (what, seen, set(sd))
+
+
 @pytest.mark.parametrize("nranks", [2, 3, 64])
 @pytest.mark.parametrize("name,dtype", [(n, d) for n in oc.CONFIGS for d in oc.DTYPES])
 def test_shards_reproduce_the_plain_optimizer_bit_for_bit(name, dtype, nranks):
     """Every rank's shard updated through its own table: the union is the
-    plain optimizer, parameters and state (64 ranks: most shards hold a few
-    elements of one parameter, some cut two)."""
+    plain optimizer, parameters and state, from construction on (Adagrad's
+    state exists before the first step). With 64 ranks most shards hold a
+    few elements of one parameter, some cut two."""
     ref, ref_params = build(name, dtype)
     frame, params = build(name, dtype)          # never stepped: holds the buckets
     initial = frame._kernel_args()
     shards = [(bucket, [LocalShard(bucket, frame.rule, r, nranks,
                                    initial[bucket.group_index]) for r in range(nranks)])
               for bucket in frame._buckets]
+    what = f"{name} {dtype} P={nranks}"
+    _assert_shards_hold_the_state_of(ref, shards, f"{what} at construction")
     schedule = oc.CONFIGS[name].get("schedule", {})
     for step in range(1, 41):
         for opt in (ref, frame):
@@ -82,26 +108,8 @@ def test_shards_reproduce_the_plain_optimizer_bit_for_bit(name, dtype, nranks):
                 shard.use_gradients(has)
                 shard.update(args[bucket.group_index], has)
     for k, (p, r) in enumerate(zip(params, ref_params)):
-        assert_bits_equal(p, r, f"{name} {dtype} P={nranks} param {k}")
-    sd = ref.state_dict()["state"]
-    seen = set()
-    for bucket, ranks in shards:
-        state = np.concatenate([s.state for s in ranks], axis=1)
-        for k, index in enumerate(bucket.indices):
-            if not ranks[0].has_state(k):
-                continue
-            seen.add(index)
-            entry = sd[index]
-            if frame.rule.keeps_step:
-                assert set(entry) == {"step", *ranks[0].rows}, (index, entry)
-                assert all(s.steps[k] == entry["step"] for s in ranks), index
-            else:
-                assert set(entry) == set(ranks[0].rows), (index, entry)
-            offset, size = ranks[0].offsets[k], bucket.params[k].size
-            for row, key in enumerate(ranks[0].rows):
-                assert_bits_equal(state[row, offset:offset + size], entry[key].ravel(),
-                                  f"{name} {dtype} P={nranks} {key} of {index}")
-    assert seen == set(sd), (seen, set(sd))
+        assert_bits_equal(p, r, f"{what} param {k}")
+    _assert_shards_hold_the_state_of(ref, shards, what)
 
 
 def test_layout_signatures_name_the_first_difference():
@@ -243,6 +251,8 @@ def test_one_rank_is_the_plain_optimizer_and_its_checkpoints_are_the_plain_ones(
     cls = getattr(numadam.distributed, "Sharded" + config["cls"])
     opt = cls(groups, **config["kwargs"], comm=MPI.COMM_SELF)
     ref, ref_params = build(name, dtype)
+    assert opt.state_dict().keys() == ref.state_dict().keys()
+    assert opt.state_dict()["state"].keys() == ref.state_dict()["state"].keys()
     schedule = config.get("schedule", {})
     for step in range(1, 31):
         for o in (opt, ref):

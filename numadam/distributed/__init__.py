@@ -23,7 +23,7 @@ parameter space only. A step:
    (``Allgatherv`` in place).
 
 Per rank and step that moves about ``2 (P-1)/P N s`` bytes in and as many out
-(``N`` elements of ``s`` bytes; :meth:`ShardedAdam.bytes_per_step`), and keeps
+(``N`` elements of ``s`` bytes; :meth:`ShardedOptimizer.bytes_per_step`), and keeps
 ``1/P`` of the rule's state elements (Adam ``2N/P``, AMSGrad ``3N/P``).
 
 Importing ``numadam.distributed`` imports nothing; the first use of a
