@@ -344,7 +344,7 @@ def owned_gradient_buffers_and_closure():
 
 
 @check
-def torch_habits_as_in_adam():
+def torch_habits_as_in_the_plain_classes():
     """torch's flags, step(closure) positionally, zero_grad(set_to_none=...),
     and a closure that steps its own optimizer refused on every rank."""
     def arrays():
@@ -368,9 +368,12 @@ def torch_habits_as_in_adam():
     assert_same(params, ref_params, "decoupled_weight_decay=True")
     opt.zero_grad(set_to_none=False)
     assert not any(g.any() for g in opt.grads)
-    ShardedAdamW([np.ones(3)], fused=True, foreach=False)
-    expect_everywhere(ValueError, lambda: ShardedAdamW([np.ones(3)], capturable=True),
-                      "capturable=True is not supported", "raised on every rank]")
+    for cls in (ShardedAdamW, ShardedSGD, ShardedAdagrad, ShardedRMSprop):
+        cls([np.ones(3)], fused=True, foreach=False)
+        expect_everywhere(ValueError, lambda: cls([np.ones(3)], capturable=True),
+                          "capturable=True is not supported", "raised on every rank]")
+        expect_everywhere(ValueError, lambda: cls([np.ones(3)], fused=True, foreach=True),
+                          "cannot be used together")
     expect_everywhere(TypeError, lambda: ShardedAdamW([np.ones(3)],
                                                       decoupled_weight_decay=True),
                       "decoupled_weight_decay")
