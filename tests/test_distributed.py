@@ -1,10 +1,10 @@
 """numadam.distributed: the shard arithmetic in one process, then the real
 thing under ``mpiexec -n 2`` and ``-n 3`` (``tests/mpi/check_sharded.py``).
 
-The single-process tests need neither mpi4py nor MPI: shard tables pointing
-into the middle of the parameters, driven by the kernels of ``Adam``, must
-reproduce ``Adam`` bit for bit for every registry configuration and any
-number of (simulated) ranks.
+The single-process tests need neither mpi4py nor MPI: shards whose tables
+point into the middle of the parameters, driven by the kernels of their rule,
+must reproduce the single-process optimizer bit for bit for every registry
+configuration of every rule and any number of (simulated) ranks.
 """
 
 import math
@@ -22,15 +22,14 @@ import pytest
 import numadam
 import optim_configs as oc
 from helpers import assert_bits_equal, build, step_grads
-from numadam.cpu.bucket import Bucket
-from numadam.cpu.kernels import PTR_G, STEP
+from numadam.cpu.kernels import NCOLS, OFFSET, PTR_G, SIZE, address
 from numadam.distributed.agree import describe, raise_agreed
 from numadam.distributed.kernels import (NBINS, NONFINITE, OVERFLOW, bins_to_sum,
                                           ordered_mean, ordered_mean_parallel,
                                           ordered_mean_serial, square_bins,
                                           square_bins_parallel, square_bins_serial)
-from numadam.distributed.layout import (bytes_per_step, first_difference, layout_signature,
-                                         shard_bounds, shard_pieces, shard_table)
+from numadam.distributed.layout import (LocalShard, bytes_per_step, first_difference,
+                                         layout_signature, shard_bounds, shard_pieces)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -53,34 +52,44 @@ def test_pieces_cut_parameters_at_shard_edges():
     assert shard_pieces(offsets, sizes, 6, 6) == []
 
 
-class _SimulatedShard:
-    """One simulated rank's shard of ``bucket``: what the kernels read."""
-
-    step = Bucket.step
-
-    def __init__(self, bucket, rank, nranks):
-        bounds = shard_bounds(bucket.total, nranks)
-        self.lo, self.hi = int(bounds[rank]), int(bounds[rank + 1])
-        self.total = self.hi - self.lo
-        self.offsets = np.cumsum([0] + [p.size for p in bucket.params])
-        pieces = shard_pieces(self.offsets[:-1], [p.size for p in bucket.params],
-                              self.lo, self.hi)
-        self.grad = np.zeros(self.total, bucket.dtype)
-        self.table, self.rows_param, self.grad_addresses = shard_table(
-            bucket.params, pieces, self.lo, self.grad)
-        self.steps = np.zeros(len(bucket.params), np.int64)
-        self.state = None
-        self.like = np.empty(0, bucket.dtype)
+def _assert_shards_hold_the_state_of(ref, shards, what):
+    """The simulated ranks' shards together hold ``ref``'s state, bit for bit."""
+    sd = ref.state_dict()["state"]
+    seen = set()
+    for bucket, ranks in shards:
+        for k, index in enumerate(bucket.indices):
+            if not ranks[0].has_state(k):
+                continue
+            seen.add(index)
+            entry = sd[index]
+            state = np.concatenate([s.state for s in ranks], axis=1)
+            if ref.rule.keeps_step:
+                assert set(entry) == {"step", *ranks[0].rows}, (what, index, entry)
+                assert all(s.steps[k] == entry["step"] for s in ranks), (what, index)
+            else:
+                assert set(entry) == set(ranks[0].rows), (what, index, entry)
+            offset, size = ranks[0].offsets[k], bucket.params[k].size
+            for row, key in enumerate(ranks[0].rows):
+                assert_bits_equal(state[row, offset:offset + size], entry[key].ravel(),
+                                  f"{what}: {key} of {index}")
+    assert seen == set(sd), (what, seen, set(sd))
 
 
 @pytest.mark.parametrize("nranks", [2, 3, 64])
-@pytest.mark.parametrize("name,dtype", [(n, d) for n in oc.ADAM_CONFIGS for d in oc.DTYPES])
-def test_shard_tables_reproduce_adam_bit_for_bit(name, dtype, nranks):
-    """Every rank's shard updated through its own table: the union is Adam."""
+@pytest.mark.parametrize("name,dtype", [(n, d) for n in oc.CONFIGS for d in oc.DTYPES])
+def test_shards_reproduce_the_plain_optimizer_bit_for_bit(name, dtype, nranks):
+    """Every rank's shard updated through its own table: the union is the
+    plain optimizer, parameters and state, from construction on (Adagrad's
+    state exists before the first step). With 64 ranks most shards hold a
+    few elements of one parameter, some cut two."""
     ref, ref_params = build(name, dtype)
     frame, params = build(name, dtype)          # never stepped: holds the buckets
-    shards = [(bucket, [_SimulatedShard(bucket, r, nranks) for r in range(nranks)])
+    initial = frame._kernel_args()
+    shards = [(bucket, [LocalShard(bucket, frame.rule, r, nranks,
+                                   initial[bucket.group_index]) for r in range(nranks)])
               for bucket in frame._buckets]
+    what = f"{name} {dtype} P={nranks}"
+    _assert_shards_hold_the_state_of(ref, shards, f"{what} at construction")
     schedule = oc.CONFIGS[name].get("schedule", {})
     for step in range(1, 41):
         for opt in (ref, frame):
@@ -96,37 +105,32 @@ def test_shard_tables_reproduce_adam_bit_for_bit(name, dtype, nranks):
                                    for i, p in zip(bucket.indices, bucket.params)])
             for shard in ranks:
                 shard.grad[...] = flat[shard.lo:shard.hi]
-                shard.table[:, PTR_G] = shard.grad_addresses * has[shard.rows_param]
-                shard.table[:, STEP] = shard.steps[shard.rows_param]
-                if shard.state is None:
-                    shard.state = np.zeros((3 if args[bucket.group_index][5] else 2,
-                                            shard.total), bucket.dtype)
-                if shard.total:
-                    shard.step(args[bucket.group_index])
-                shard.steps += has
+                shard.use_gradients(has)
+                shard.update(args[bucket.group_index], has)
     for k, (p, r) in enumerate(zip(params, ref_params)):
-        assert_bits_equal(p, r, f"{name} {dtype} P={nranks} param {k}")
-    sd = ref.state_dict()
-    for bucket, ranks in shards:
-        for row, index in enumerate(bucket.indices):
-            state = np.concatenate([s.state for s in ranks], axis=1)
-            offset, size = ranks[0].offsets[row], bucket.params[row].size
-            assert ranks[0].steps[row] == sd["state"][index]["step"]
-            assert_bits_equal(state[1, offset:offset + size],
-                              sd["state"][index]["exp_avg_sq"].ravel(), f"v of {index}")
+        assert_bits_equal(p, r, f"{what} param {k}")
+    _assert_shards_hold_the_state_of(ref, shards, what)
 
 
 def test_layout_signatures_name_the_first_difference():
     a = numadam.Adam([np.zeros(3, np.float32), np.zeros((2, 2))], lr=0.1)
     b = numadam.Adam([np.zeros(3, np.float32), np.zeros((2, 3))], lr=0.1)
     c = numadam.Adam([np.zeros(3, np.float32), np.zeros((2, 2))], lr=0.2)
+    d = numadam.RMSprop([np.zeros(3, np.float32), np.zeros((2, 2))], momentum=0.5)
+    e = numadam.RMSprop([np.zeros(3, np.float32), np.zeros((2, 2))], momentum=0.5,
+                        centered=True)
     settings = (("reduction", "ordered"),)
-    sig = [layout_signature(o, settings) for o in (a, b, c)]
+    sig = [layout_signature(o, settings) for o in (a, b, c, d, e)]
     assert first_difference(sig[0], sig[0]) is None
     assert "params'][1] has shape (2, 2)" in first_difference(sig[0], sig[1])
     assert "'lr'] is 0.1 against 0.2" in first_difference(sig[0], sig[2])
+    assert "'centered'] is False against True" in first_difference(sig[3], sig[4])
     other = layout_signature(a, (("reduction", "mpi"),))
     assert "reduction is 'ordered' against 'mpi'" == first_difference(sig[0], other)
+    # another class's hyperparameters are other names: the class is told first
+    adam = layout_signature(a, (("optimizer", "Adam"),))
+    rmsprop = layout_signature(d, (("optimizer", "RMSprop"),))
+    assert first_difference(adam, rmsprop) == "optimizer is 'Adam' against 'RMSprop'"
 
 
 @pytest.mark.parametrize("nranks", [1, 3, 4])
@@ -174,12 +178,13 @@ def test_ordered_mean_is_numpy_summing_in_rank_order(dtype, nranks):
 
 
 def _table_over(g, cuts):
-    """A shard table over all of ``g``, cut into rows at ``cuts``."""
+    """A kernel table whose gradient rows cover all of ``g``, cut at ``cuts``."""
     edges = [0, *cuts, g.size]
-    views = [g[a:b] for a, b in zip(edges[:-1], edges[1:])]
-    pieces = shard_pieces(edges[:-1], [v.size for v in views], 0, g.size)
-    table, _, addresses = shard_table(views, pieces, 0, g)
-    table[:, PTR_G] = addresses
+    table = np.zeros((len(edges) - 1, NCOLS), np.int64)
+    for row, (a, b) in enumerate(zip(edges[:-1], edges[1:])):
+        table[row, PTR_G] = address(g[a:b])
+        table[row, OFFSET] = a
+        table[row, SIZE] = b - a
     return table
 
 
@@ -230,21 +235,24 @@ def test_import_numadam_does_not_import_mpi4py():
     assert done.returncode == 0, done.stderr
 
 
-@pytest.mark.parametrize("name,dtype", [(n, d) for n in oc.ADAM_CONFIGS for d in oc.DTYPES])
-def test_one_rank_is_adam_and_its_checkpoints_are_adams(name, dtype, tmp_path):
+@pytest.mark.parametrize("name,dtype", [(n, d) for n in oc.CONFIGS for d in oc.DTYPES])
+def test_one_rank_is_the_plain_optimizer_and_its_checkpoints_are_the_plain_ones(
+        name, dtype, tmp_path):
     pytest.importorskip("mpi4py")
     from mpi4py import MPI
 
-    from numadam.distributed import ShardedAdam, ShardedAdamW
+    import numadam.distributed
 
     config = oc.CONFIGS[name]
     index = oc.index(name)
     params = oc.initial_params(index, dtype)
     groups = [dict(params=[params[k] for k in shapes], **over)
               for shapes, over in oc.layout(config)]
-    cls = ShardedAdamW if config["cls"] == "AdamW" else ShardedAdam
+    cls = getattr(numadam.distributed, "Sharded" + config["cls"])
     opt = cls(groups, **config["kwargs"], comm=MPI.COMM_SELF)
     ref, ref_params = build(name, dtype)
+    assert opt.state_dict().keys() == ref.state_dict().keys()
+    assert opt.state_dict()["state"].keys() == ref.state_dict()["state"].keys()
     schedule = config.get("schedule", {})
     for step in range(1, 31):
         for o in (opt, ref):
@@ -259,7 +267,9 @@ def test_one_rank_is_adam_and_its_checkpoints_are_adams(name, dtype, tmp_path):
     other.load(tmp_path / "c.npz")
     sd, rsd = other.state_dict(), ref.state_dict()
     assert sd["param_groups"] == rsd["param_groups"]
+    assert sd["state"].keys() == rsd["state"].keys()
     for pid, entry in rsd["state"].items():
+        assert sd["state"][pid].keys() == entry.keys()
         for key, value in entry.items():
             if key == "step":
                 assert sd["state"][pid][key] == value
@@ -268,6 +278,9 @@ def test_one_rank_is_adam_and_its_checkpoints_are_adams(name, dtype, tmp_path):
     expected = opt.bytes_per_step()
     assert expected == {"reduce_recv": 0, "reduce_send": 0, "gather_recv": 0, "gather_send": 0}
     assert opt.state_nbytes == sum(b.state.nbytes for b in ref._buckets)
+    # The plain optimizer inside only validates: the shards hold all the state
+    # (Adagrad's included, which its own constructor would create).
+    assert all(b.state is None for b in opt._inner._buckets)
 
 
 def _mpiexec():
@@ -322,7 +335,7 @@ def _checks(nranks, *names):
 def test_mpi_checks_pass_under_mpiexec(nranks):
     done = _run_mpi(_checks(nranks), timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
-    assert f"ALL CHECKS PASSED (13 checks on {nranks} ranks)" in done.stdout, done.stdout
+    assert f"ALL CHECKS PASSED (15 checks on {nranks} ranks)" in done.stdout, done.stdout
 
 
 def test_ranks_passing_different_roots_get_an_error_not_a_deadlock():

@@ -1,54 +1,10 @@
 """Checks that run before anything is touched, with errors that name the culprit."""
 
-import math
-import numbers
 from collections.abc import Mapping
 
 import numpy as np
 
 SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
-
-# Hyperparameters of a parameter group, in the order torch writes them.
-HYPERPARAMETERS = ("lr", "betas", "eps", "weight_decay", "amsgrad", "maximize",
-                   "decoupled_weight_decay")
-
-
-def _real(name, value, *, low=0.0):
-    """``value`` as a finite float >= ``low``, or a ValueError naming ``name``."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{name} must be a real number, got {value!r}")
-    value = float(value)
-    if not math.isfinite(value) or value < low:
-        raise ValueError(f"{name} must be a finite number >= {low}, got {value!r}")
-    return value
-
-
-def _flag(name, value):
-    if not isinstance(value, (bool, np.bool_)):
-        raise ValueError(f"{name} must be True or False, got {value!r}")
-    return bool(value)
-
-
-def hyperparameters(group):
-    """Validate the hyperparameters of ``group`` (a dict).
-
-    Returns the tuple the kernels take, ``(lr, beta1, beta2, eps, weight_decay,
-    amsgrad, maximize, decoupled)``, as plain Python floats and bools so that
-    Numba never compiles a second specialisation for an ``int`` learning rate.
-    """
-    lr = _real("lr", group["lr"])
-    eps = _real("eps", group["eps"])
-    weight_decay = _real("weight_decay", group["weight_decay"])
-    betas = group["betas"]
-    if isinstance(betas, (str, bytes)) or not hasattr(betas, "__len__") or len(betas) != 2:
-        raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
-    beta1, beta2 = (_real(f"betas[{i}]", b) for i, b in enumerate(betas))
-    for i, b in enumerate((beta1, beta2)):
-        if not b < 1.0:
-            raise ValueError(f"betas[{i}] must be in [0, 1), got {b!r}")
-    return (lr, beta1, beta2, eps, weight_decay,
-            _flag("amsgrad", group["amsgrad"]), _flag("maximize", group["maximize"]),
-            _flag("decoupled_weight_decay", group["decoupled_weight_decay"]))
 
 
 def torch_flag(name, value):

@@ -1,7 +1,12 @@
-"""Adam with its state sharded over MPI ranks (ZeRO stage 1), through mpi4py.
+"""numadam's optimizers with their state sharded over MPI ranks (ZeRO stage 1).
 
-Every rank holds the full parameters; rank ``r`` of ``P`` keeps the optimizer
-state of one contiguous ``1/P`` of the flattened parameter space only. A step:
+:class:`ShardedAdam`, :class:`ShardedAdamW`, :class:`ShardedSGD`,
+:class:`ShardedAdagrad` and :class:`ShardedRMSprop` take the arguments of
+``numadam.Adam``, ``AdamW``, ``SGD``, ``Adagrad`` and ``RMSprop`` plus the
+sharding options of :class:`~numadam.distributed.sharded.ShardedOptimizer`,
+through mpi4py. Every rank holds the full parameters; rank ``r`` of ``P``
+keeps the optimizer state of one contiguous ``1/P`` of the flattened
+parameter space only. A step:
 
 1. **agrees** (``Allreduce`` of ``3 + 2K`` int64, ``K`` parameters): each rank
    has validated its gradients and the hyperparameters locally; a failure or
@@ -12,25 +17,26 @@ state of one contiguous ``1/P`` of the flattened parameter space only. A step:
    a sum in rank order; ``reduction="mpi"``: ``Reduce_scatter``, MPI's order);
 3. with ``check_finite`` or ``max_grad_norm``, **agrees** once more
    (``Allreduce`` of one int64, or of 4098 int64 integer bins for the norm);
-4. **updates** its shard with the kernels of :class:`numadam.Adam`, through a
-   table whose rows point into the middle of the parameter arrays;
+4. **updates** its shard with the rule's own CPU kernels, through a table
+   whose rows point into the middle of the parameter arrays;
 5. **allgathers** the updated shards into every rank's parameters
    (``Allgatherv`` in place).
 
 Per rank and step that moves about ``2 (P-1)/P N s`` bytes in and as many out
-(``N`` elements of ``s`` bytes; :meth:`ShardedAdam.bytes_per_step`), and keeps
-``2N/P`` (AMSGrad ``3N/P``) state elements instead of ``2N``.
+(``N`` elements of ``s`` bytes; :meth:`ShardedOptimizer.bytes_per_step`), and keeps
+``1/P`` of the rule's state elements (Adam ``2N/P``, AMSGrad ``3N/P``).
 
 Importing ``numadam.distributed`` imports nothing; the first use of a
 sharded optimizer imports mpi4py (and so initialises MPI). ``import numadam``
 does not.
 """
 
-__all__ = ["ShardedAdam", "ShardedAdamW", "REDUCTIONS", "CLIP_EPS"]
+__all__ = ["ShardedAdam", "ShardedAdamW", "ShardedSGD", "ShardedAdagrad", "ShardedRMSprop",
+           "ShardedOptimizer", "REDUCTIONS", "CLIP_EPS"]
 
 
 def __getattr__(name):
-    # Lazy: the submodules (kernels, layout) are importable without mpi4py.
+    # Lazy: the submodules (agree, kernels, layout) are importable without mpi4py.
     if name in __all__:
         from numadam.distributed import sharded
         return getattr(sharded, name)

@@ -4,17 +4,19 @@ The parameters of a bucket (one group, one dtype) are concatenated in group
 order into one flat space of ``total`` elements; rank ``r`` of ``P`` owns the
 contiguous range ``[bounds[r], bounds[r + 1])`` with ``bounds[r] = r * total // P``
 (sizes differ by at most one; ranks beyond ``total`` own empty ranges). A
-shard crosses parameter boundaries freely: its kernel table has one row per
-parameter it intersects, pointing into the middle of that parameter's array,
-so the update runs through the same kernels as ``Adam``, element for element.
+shard crosses parameter boundaries freely: it is an ordinary CPU
+:class:`~numadam.cpu.bucket.Bucket` over flat views of the pieces of the
+parameters it intersects, so its kernel table points into the middle of the
+parameters' arrays and the update runs through the rule's own kernels,
+element for element as in the single-process optimizer.
 """
 
 import numpy as np
 
-from numadam.cpu.kernels import NCOLS, OFFSET, PTR_G, PTR_P, SIZE, address
-from numadam.core.validation import HYPERPARAMETERS
+from numadam.cpu.bucket import Bucket
+from numadam.cpu.kernels import LIVE, STEP, address
 
-__all__ = ["shard_bounds", "shard_pieces", "shard_table", "layout_signature",
+__all__ = ["shard_bounds", "shard_pieces", "LocalShard", "layout_signature",
            "first_difference", "bytes_per_step"]
 
 
@@ -34,40 +36,119 @@ def shard_pieces(offsets, sizes, lo, hi):
     return pieces
 
 
-def shard_table(params, pieces, lo, grad):
-    """The kernel table of a shard starting at ``lo``, and each row's parameter.
+class LocalShard:
+    """Rank ``rank`` of ``nranks``'s part of ``bucket`` under ``rule``, free of MPI.
 
-    Row ``j`` updates ``params[k][start - offset_k : end - offset_k]`` (flat)
-    with ``grad[start - lo : end - lo]`` and state columns ``start - lo ...``.
-    Returns ``(table, rows_param, grad_addresses)``; the gradient column is
-    left at 0 (no gradient) and filled per step from ``grad_addresses``.
+    ``part`` is a :class:`~numadam.cpu.bucket.Bucket` over flat views of the
+    pieces of the parameters in the shard: its ``state`` (rows named in
+    ``part.rows``) holds the state of those elements only, and its kernels
+    are the rule's. ``grad`` holds the shard's averaged gradient. ``steps``
+    and ``live`` track every parameter of the whole bucket, on every rank,
+    so that any rank can describe the whole bucket's state; before each
+    update they are copied into ``part``'s table, whose ``LIVE`` column is
+    the ``first`` of the rule's scalars (SGD's first momentum step).
+
+    ``args`` are the group's kernel arguments at construction: a rule whose
+    state exists from the start (Adagrad) gets it here, as its optimizer does.
     """
-    table = np.zeros((len(pieces), NCOLS), np.int64)
-    grad_addresses = np.zeros(len(pieces), np.int64)
-    itemsize = grad.dtype.itemsize
-    offsets = np.cumsum([0] + [p.size for p in params])
-    for j, (k, start, end) in enumerate(pieces):
-        table[j, PTR_P] = address(params[k]) + (start - offsets[k]) * itemsize
-        table[j, OFFSET] = start - lo
-        table[j, SIZE] = end - start
-        grad_addresses[j] = address(grad) + (start - lo) * itemsize
-    table[:, PTR_G] = 0
-    rows_param = np.array([k for k, _, _ in pieces], np.int64)
-    return table, rows_param, grad_addresses
+
+    def __init__(self, bucket, rule, rank, nranks, args):
+        self.bucket = bucket
+        self.rule = rule
+        self.params = bucket.params
+        self.indices = np.array(bucket.indices, np.int64)
+        self.dtype = bucket.dtype
+        self.full = bucket.total
+        bounds = shard_bounds(self.full, nranks)
+        self.counts = [int(c) for c in np.diff(bounds)]
+        self.displs = [int(d) for d in bounds[:-1]]
+        self.lo, self.hi = int(bounds[rank]), int(bounds[rank + 1])
+        self.total = self.hi - self.lo
+        sizes = [p.size for p in self.params]
+        self.offsets = [int(o) for o in np.cumsum([0] + sizes)[:-1]]
+        self.pieces = shard_pieces(self.offsets, sizes, self.lo, self.hi)
+        # A Bucket takes its dtype from its first array: an empty shard is
+        # one empty view, a table row of size 0 that every kernel skips.
+        pieces = self.pieces or [(0, self.offsets[0], self.offsets[0])]
+        self.grad = np.zeros(self.total, self.dtype)
+        views, grads = [], []
+        for k, start, end in pieces:
+            o = self.offsets[k]
+            views.append(self.params[k].reshape(-1)[start - o:end - o])
+            grads.append(self.grad[start - self.lo:end - self.lo])
+        self.rows_param = np.array([k for k, _, _ in pieces], np.int64)
+        self.part = Bucket(rule, views, self.indices[self.rows_param].tolist(),
+                           bucket.group_index)
+        self.grad_addresses = np.array([address(g) for g in grads], np.int64)
+        self.steps = np.zeros(len(self.params), np.int64)
+        self.live = np.zeros(len(self.params), np.int64)
+        if rule.eager_state:
+            self.part.allocate(args, live=True)
+            self.live[:] = 1
+
+    @property
+    def state(self):
+        """The shard's state, ``(len(rows), total)``, or None before it exists."""
+        return self.part.state
+
+    @property
+    def rows(self):
+        """torch's names of the rows of ``state``."""
+        return self.part.rows
+
+    def use_gradients(self, has):
+        """Point the rows of parameters with a gradient (``has[k]``) at ``grad``."""
+        self.part.use_gradients(self.grad_addresses * has[self.rows_param])
+
+    def update(self, args, has):
+        """One step of the shard with kernel args ``args``; ``has[k]``: whether
+        parameter ``k`` of the bucket has a gradient this step."""
+        part = self.part
+        if part.state is None:
+            part.allocate(args)
+        part.table[:, STEP] = self.steps[self.rows_param]
+        part.table[:, LIVE] = self.live[self.rows_param]
+        part.step(args)
+        self.steps += has
+        self.live |= has
+
+    def has_state(self, k):
+        """Whether parameter ``k`` of the bucket has state (torch's ``state[p]``
+        is not empty), as :meth:`numadam.core.bucket.BucketBase.has_state`."""
+        return (self.part.state is not None and bool(self.live[k])
+                and (self.rule.keeps_step or len(self.part.rows) > 0))
+
+    def install(self, state, rows, steps, live):
+        """Replace the state (``None``: none yet), its row names, and the step
+        counts and live flags of every parameter of the bucket."""
+        self.part.state = state
+        self.part.rows = rows
+        self.steps[:] = steps
+        self.live[:] = live
+
+    def row_param_index(self, row):
+        """Global index of the parameter of ``part``'s table row ``row``."""
+        return int(self.indices[self.rows_param[row]])
 
 
 def layout_signature(optimizer, settings):
-    """What every rank must agree on: groups, shapes, dtypes, hyperparameters."""
+    """What every rank must agree on: the settings (``(name, value)`` pairs,
+    the optimizer's class among them), groups, shapes, dtypes and
+    hyperparameters (the names ``optimizer.rule`` declares)."""
     groups = []
     for group in optimizer.param_groups:
-        hyper = tuple((key, repr(group[key])) for key in HYPERPARAMETERS)
+        hyper = tuple((key, repr(group[key])) for key in optimizer.rule.names)
         groups.append((hyper, tuple((tuple(p.shape), p.dtype.str) for p in group["params"])))
-    return (tuple(groups), settings)
+    return (tuple(settings), tuple(groups))
 
 
 def first_difference(mine, other):
     """A sentence naming the first difference between two layout signatures."""
-    (groups_a, settings_a), (groups_b, settings_b) = mine, other
+    (settings_a, groups_a), (settings_b, groups_b) = mine, other
+    # Settings first: another optimizer class has other hyperparameters.
+    for (key, a), (_, b) in zip(settings_a, settings_b):
+        if a != b:
+            return f"{key} is {a!r} against {b!r}"
     if len(groups_a) != len(groups_b):
         return f"{len(groups_a)} parameter groups against {len(groups_b)}"
     for gi, ((hyper_a, params_a), (hyper_b, params_b)) in enumerate(zip(groups_a, groups_b)):
@@ -77,13 +158,9 @@ def first_difference(mine, other):
             if a != b:
                 return (f"param_groups[{gi}]['params'][{k}] has shape {a[0]} and dtype "
                         f"{np.dtype(a[1])} against shape {b[0]} and dtype {np.dtype(b[1])}")
-        if hyper_a != hyper_b:
-            a, b = dict(hyper_a), dict(hyper_b)
-            key = next(k for k in HYPERPARAMETERS if a[k] != b[k])
-            return f"param_groups[{gi}][{key!r}] is {a[key]} against {b[key]}"
-    for (key, a), (_, b) in zip(settings_a, settings_b):
-        if a != b:
-            return f"{key} is {a!r} against {b!r}"
+        for (key, a), (_, b) in zip(hyper_a, hyper_b):
+            if a != b:
+                return f"param_groups[{gi}][{key!r}] is {a} against {b}"
     return None
 
 

@@ -1,5 +1,9 @@
-"""The sharded optimizers (see :mod:`numadam.distributed`)."""
+"""The sharded optimizers (see :mod:`numadam.distributed`): one engine,
+:class:`ShardedOptimizer`, driven by the update rule of the single-process
+class it shards, and one thin class per rule."""
 
+import dataclasses
+import functools
 import hashlib
 import math
 import numbers
@@ -8,31 +12,36 @@ import threading
 import numpy as np
 from mpi4py import MPI
 
+from numadam.core.optimizer import STEP_IN_CLOSURE, positional_closure
 from numadam.distributed import state as _distributed_state
 from numadam.distributed.agree import agree, describe, raise_agreed
 from numadam.distributed.kernels import NBINS, NONFINITE, bins_to_sum, square_bins
 from numadam.distributed.layout import bytes_per_step, first_difference, layout_signature
 from numadam.distributed.shard import Shard
-from numadam.core.optimizer import STEP_IN_CLOSURE, Adam, AdamW, positional_closure
+from numadam.rules.adagrad import Adagrad
+from numadam.rules.adam import Adam, AdamW
+from numadam.rules.rmsprop import RMSprop
+from numadam.rules.sgd import SGD
 
-__all__ = ["ShardedAdam", "ShardedAdamW", "REDUCTIONS", "CLIP_EPS"]
+__all__ = ["ShardedOptimizer", "ShardedAdam", "ShardedAdamW", "ShardedSGD", "ShardedAdagrad",
+           "ShardedRMSprop", "REDUCTIONS", "CLIP_EPS"]
 
 REDUCTIONS = ("ordered", "mpi")
 CLIP_EPS = 1e-6                      # torch.nn.utils.clip_grad_norm_'s
 _NO_PARAM = np.iinfo(np.int64).max
 
 
-class ShardedAdam:
-    r"""``numadam.Adam`` with its state split over the ranks of ``comm``.
+class ShardedOptimizer:
+    r"""A numadam optimizer with its state split over the ranks of ``comm``.
+
+    Each rule's class (:class:`ShardedAdam`, :class:`ShardedSGD`, ...) sets
+    ``plain``, the single-process class whose update it shards, and takes
+    that class's arguments plus the ones below. Every rank must pass
+    parameters of the same shapes, dtypes and groups, and the same
+    hyperparameters.
 
     Parameters
     ----------
-    params, lr, betas, eps, weight_decay, amsgrad, maximize, check_finite
-        As for :class:`numadam.Adam`; every rank must pass parameters of the
-        same shapes, dtypes and groups, and the same hyperparameters.
-    foreach, fused, capturable, differentiable, decoupled_weight_decay
-        torch's flags, as for :class:`numadam.Adam` (``ShardedAdamW`` takes
-        all but ``decoupled_weight_decay``).
     max_grad_norm : float, optional
         Clip the averaged gradient ``g`` (all parameters together) to this
         Euclidean norm before the update; see Notes.
@@ -52,9 +61,11 @@ class ShardedAdam:
     Notes
     -----
     With ``P`` ranks passing gradients ``g_0 ... g_{P-1}``, a step applies
-    the update of ``Adam`` to ``g = (((g_0 + g_1) + ...) + g_{P-1}) / P``,
+    the update of the plain class to ``g = (((g_0 + g_1) + ...) + g_{P-1}) / P``,
     summed and divided in the parameters' dtype. In ``"ordered"`` mode the
-    result is bit-identical to one process running ``Adam`` on that ``g``.
+    result is bit-identical to one process running the plain class on that
+    ``g``: each rank updates its shard with the rule's own CPU kernels, and
+    the state keeps torch's names and layout (``state_dict`` gathers it).
 
     Clipping (``max_grad_norm = c``)::
 
@@ -81,38 +92,38 @@ class ShardedAdam:
         opt.save("fit.npz")                      # loads into numadam.Adam too
     """
 
-    _decoupled = False
+    plain = None        # the single-process class whose update is sharded
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-                 amsgrad=False, *, maximize=False, check_finite=None, max_grad_norm=None,
-                 reduction="ordered", comm=None, foreach=None, fused=None, capturable=False,
-                 differentiable=False, decoupled_weight_decay=False):
-        self._init(params, lr, betas, eps, weight_decay, amsgrad, maximize, check_finite,
-                   max_grad_norm, reduction, comm,
-                   dict(foreach=foreach, fused=fused, capturable=capturable,
-                        differentiable=differentiable,
-                        decoupled_weight_decay=decoupled_weight_decay))
-
-    def _init(self, params, lr, betas, eps, weight_decay, amsgrad, maximize, check_finite,
-              max_grad_norm, reduction, comm, torch_flags):
-        """The constructor; ``torch_flags`` go to the inner ``Adam``/``AdamW``,
-        which checks them (an error is agreed like any other)."""
+    def _init(self, params, kwargs, check_finite, max_grad_norm, reduction, comm):
+        """The constructor. ``kwargs`` are the plain class's keyword arguments
+        (hyperparameters and torch's flags); the plain class checks them, and
+        an error on any rank is raised on every rank."""
         comm = MPI.COMM_WORLD if comm is None else comm
         if not isinstance(comm, MPI.Intracomm):
             raise TypeError(f"comm must be an mpi4py intracommunicator, got {comm!r}")
         self.comm = comm
         self.rank, self.size = comm.Get_rank(), comm.Get_size()
+        self.rule = rule = self.plain.rule
         error = signature = None
         try:
             if reduction not in REDUCTIONS:
                 raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
             max_grad_norm = _max_grad_norm(max_grad_norm)
-            cls = AdamW if self._decoupled else Adam
-            inner = cls(params, lr, betas, eps, weight_decay, amsgrad, maximize=maximize,
-                        check_finite=check_finite, **torch_flags)
-            signature = layout_signature(inner, (("check_finite", check_finite),
+            # The plain optimizer holds the groups and validates; its buckets
+            # never step and must not hold state: for a rule whose state exists
+            # from construction (Adagrad) it would allocate the whole state, which
+            # the shards are there to split. So it runs on the rule without
+            # eager_state; the shards create the state of their slices below.
+            inner = self.plain.__new__(self.plain)
+            inner.rule = _stateless(rule)
+            inner.__init__(params, check_finite=check_finite, **kwargs)
+            signature = layout_signature(inner, (("optimizer", type(inner).__name__),
+                                                 ("check_finite", check_finite),
                                                  ("max_grad_norm", max_grad_norm),
                                                  ("reduction", reduction)))
+            shards = [Shard(bucket, rule, self.rank, self.size,
+                            inner._group_args[bucket.group_index][1], reduction == "ordered")
+                      for bucket in inner._buckets]
         except Exception as exc:  # shared with every rank below, then raised
             error = exc
         signatures = agree(comm, error, signature)
@@ -129,10 +140,9 @@ class ShardedAdam:
         self.reduction = reduction
         self.skipped_steps = 0
         self.last_grad_norm = None
-        self._shards = [Shard(bucket, self.rank, self.size, reduction == "ordered")
-                        for bucket in inner._buckets]
+        self._shards = shards
         self._nparams = len(inner._slots)
-        self._where = {int(i): (shard, k) for shard in self._shards
+        self._where = {int(i): (shard, k) for shard in shards
                        for k, i in enumerate(shard.indices)}
         self._grads = None
         self._lock = threading.RLock()
@@ -141,7 +151,7 @@ class ShardedAdam:
     # ----------------------------------------------------------- properties
     @property
     def param_groups(self):
-        """The parameter groups, as in ``Adam`` (edit them on every rank alike)."""
+        """The parameter groups, as in the plain class (edit them on every rank alike)."""
         return self._inner.param_groups
 
     @property
@@ -168,7 +178,7 @@ class ShardedAdam:
         """Fill the owned gradient buffers with zeros (local; no communication).
 
         ``set_to_none`` is accepted for torch compatibility; the buffers are
-        zero-filled either way, as in :meth:`numadam.Adam.zero_grad`.
+        zero-filled either way, as by the plain class's ``zero_grad``.
         """
         with self._lock:
             if self._grads is not None:
@@ -182,7 +192,7 @@ class ShardedAdam:
 
     @property
     def state_nbytes(self):
-        """Bytes of optimizer state (moments) this rank holds: about 1/P of Adam's."""
+        """Bytes of optimizer state this rank holds: about 1/P of the plain class's."""
         return sum(s.nbytes()[0] for s in self._shards)
 
     @property
@@ -200,14 +210,14 @@ class ShardedAdam:
 
     def add_param_group(self, param_group):
         raise NotImplementedError(
-            "ShardedAdam shards its parameters at construction; pass every group "
-            "to the constructor")
+            f"{type(self).__name__} shards its parameters at construction; pass every "
+            "group to the constructor")
 
     # ----------------------------------------------------------------- step
     def step(self, grads=None, *, closure=None):
         """One update of every parameter, on every rank (collective).
 
-        ``grads`` are this rank's gradients (as for ``Adam.step``); ``None``
+        ``grads`` are this rank's gradients (as for the plain class's ``step``); ``None``
         for a parameter must be ``None`` on every rank (the parameter and its
         state are left as they are). Without ``grads``, ``opt.grads`` is used.
         A callable ``grads`` is the closure (torch's ``step(closure)``).
@@ -278,21 +288,19 @@ class ShardedAdam:
         args = self._inner._kernel_args()
         for shard in self._shards:
             gi = shard.bucket.group_index
-            if args[gi][5] and shard.state is not None and shard.state.shape[0] < 3:
-                raise ValueError(
-                    f"param_groups[{gi}]: amsgrad was switched on after the first step; "
-                    "the group has no max_exp_avg_sq to continue from")
+            shard.part.check_rows(args[gi].rows, f"param_groups[{gi}]")
             for k, param in enumerate(shard.params):
                 if not param.flags.writeable:
                     raise ValueError(f"parameter {shard.indices[k]} has become read-only; "
                                      "parameters are updated in place")
-        digest = hashlib.blake2b(self._settings(args).encode(), digest_size=7).digest()
+        digest = hashlib.blake2b(repr(self._settings(args)).encode(), digest_size=7).digest()
         return args, per_bucket, has, int.from_bytes(digest, "little")
 
     def _settings(self, args):
-        """What every rank must step with: the validated kernel arguments
-        (plain floats and bools, so equal values print alike) and the options."""
-        return repr((args, self.max_grad_norm, self.check_finite))
+        """What every rank must step with: the validated hyperparameters of
+        each group (plain floats and bools, so equal values print alike) and
+        the options."""
+        return ([a.values for a in args], self.max_grad_norm, self.check_finite)
 
     def _agree_step(self, error, plan):
         """One ``Allreduce(MAX)``: errors, settings hash, who has which gradient."""
@@ -311,12 +319,12 @@ class ShardedAdam:
             raise_agreed(self.comm.allgather(describe(error)), error, self.size)
         if total[1] != -total[2]:
             settings = self.comm.allgather(self._settings(plan[0]))
-            rank = next(r for r, s in enumerate(settings) if s != settings[0])
+            rank = next(r for r, s in enumerate(settings) if repr(s) != repr(settings[0]))
+            difference = _settings_difference(settings[0], settings[rank])
             raise ValueError(
-                "the ranks' hyperparameters differ; ((lr, beta1, beta2, eps, weight_decay, "
-                "amsgrad, maximize, decoupled) per group, max_grad_norm, check_finite) is "
-                f"{settings[0]} on rank 0 and {settings[rank]} on rank {rank}; edit param_groups, "
-                "max_grad_norm and check_finite alike on every rank [raised on every rank]")
+                f"the ranks' hyperparameters differ: {difference} (rank 0 against rank "
+                f"{rank}); edit param_groups, max_grad_norm and check_finite alike on "
+                "every rank [raised on every rank]")
         mixed = np.flatnonzero(total[3:3 + n] & total[3 + n:])
         if mixed.size:
             raise ValueError(
@@ -327,7 +335,7 @@ class ShardedAdam:
     def _first_bad(self, active):
         bad = _NO_PARAM
         for shard, _, _ in active:
-            row = shard.first_nonfinite() if shard.total else -1
+            row = shard.part.first_nonfinite() if shard.total else -1
             if row >= 0:
                 bad = min(bad, shard.row_param_index(row))
         return bad
@@ -339,7 +347,7 @@ class ShardedAdam:
         if clip:
             bins = np.zeros(NBINS, np.int64)
             for shard, _, _ in active:
-                bins += square_bins(shard.table, shard.like, shard.total)
+                bins += square_bins(shard.part.table, shard.part.like, shard.total)
             total = np.empty_like(bins)
             comm.Allreduce(bins, total, op=MPI.SUM)
         if self.check_finite is not None:
@@ -378,9 +386,10 @@ class ShardedAdam:
     def state_dict(self, root=0):
         """The whole optimizer state in torch's layout, gathered (collective).
 
-        Returns the dict of ``Adam.state_dict()`` (loadable by ``Adam``,
-        ``ShardedAdam`` on any number of ranks, and ``numadam.save``) on rank
-        ``root``, ``None`` elsewhere; ``root=None`` returns it on every rank.
+        Returns the dict the plain class's ``state_dict()`` would (loadable by
+        the plain class, by this class on any number of ranks, and by
+        ``numadam.save``) on rank ``root``, ``None`` elsewhere; ``root=None``
+        returns it on every rank.
         """
         with self._lock:
             return _distributed_state.gather(self, root)
@@ -403,8 +412,8 @@ class ShardedAdam:
         fsync, atomic rename); the outcome is broadcast. Any failure raises on
         every rank and leaves the previous file at ``path`` intact. Only
         ``root`` touches the file system. The file is an ordinary numadam
-        checkpoint: ``numadam.Adam`` and ``ShardedAdam`` on any number of
-        ranks load it.
+        checkpoint: the plain class and this class on any number of ranks
+        load it.
         """
         with self._lock:
             _distributed_state.save(self, path, root)
@@ -428,20 +437,160 @@ class ShardedAdam:
                 + repr(self._inner))
 
 
-class ShardedAdamW(ShardedAdam):
-    """:class:`ShardedAdam` with decoupled weight decay (``numadam.AdamW``);
-    ``weight_decay`` defaults to 1e-2."""
+class ShardedAdam(ShardedOptimizer):
+    """:class:`numadam.Adam` with its state split over the ranks of ``comm``.
 
-    _decoupled = True
+    Parameters
+    ----------
+    params, lr, betas, eps, weight_decay, amsgrad, maximize, check_finite
+        As for :class:`numadam.Adam`.
+    foreach, fused, capturable, differentiable, decoupled_weight_decay
+        torch's flags, as for :class:`numadam.Adam`.
+    max_grad_norm, reduction, comm
+        The sharding options (see :class:`ShardedOptimizer`).
+    """
+
+    plain = Adam
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                 amsgrad=False, *, maximize=False, check_finite=None, max_grad_norm=None,
+                 reduction="ordered", comm=None, foreach=None, fused=None, capturable=False,
+                 differentiable=False, decoupled_weight_decay=False):
+        self._init(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                                amsgrad=amsgrad, maximize=maximize, foreach=foreach,
+                                fused=fused, capturable=capturable,
+                                differentiable=differentiable,
+                                decoupled_weight_decay=decoupled_weight_decay),
+                   check_finite, max_grad_norm, reduction, comm)
+
+
+class ShardedAdamW(ShardedOptimizer):
+    """:class:`numadam.AdamW` with its state split over the ranks of ``comm``;
+    ``weight_decay`` defaults to 1e-2.
+
+    Parameters
+    ----------
+    params, lr, betas, eps, weight_decay, amsgrad, maximize, check_finite
+        As for :class:`numadam.AdamW`.
+    foreach, fused, capturable, differentiable
+        torch's flags, as for :class:`numadam.AdamW`.
+    max_grad_norm, reduction, comm
+        The sharding options (see :class:`ShardedOptimizer`).
+    """
+
+    plain = AdamW
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
                  amsgrad=False, *, maximize=False, check_finite=None, max_grad_norm=None,
                  reduction="ordered", comm=None, foreach=None, fused=None, capturable=False,
                  differentiable=False):
-        self._init(params, lr, betas, eps, weight_decay, amsgrad, maximize, check_finite,
-                   max_grad_norm, reduction, comm,
-                   dict(foreach=foreach, fused=fused, capturable=capturable,
-                        differentiable=differentiable))
+        self._init(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                                amsgrad=amsgrad, maximize=maximize, foreach=foreach,
+                                fused=fused, capturable=capturable,
+                                differentiable=differentiable),
+                   check_finite, max_grad_norm, reduction, comm)
+
+
+class ShardedSGD(ShardedOptimizer):
+    """:class:`numadam.SGD` with its state (``momentum_buffer``) split over
+    the ranks of ``comm``; without momentum there is no state to split, and
+    a step is the exchange of gradients and parameters only.
+
+    Parameters
+    ----------
+    params, lr, momentum, dampening, weight_decay, nesterov, maximize, check_finite
+        As for :class:`numadam.SGD`.
+    foreach, fused, capturable, differentiable
+        torch's flags, as for :class:`numadam.SGD`.
+    max_grad_norm, reduction, comm
+        The sharding options (see :class:`ShardedOptimizer`).
+    """
+
+    plain = SGD
+
+    def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0,
+                 nesterov=False, *, maximize=False, check_finite=None, max_grad_norm=None,
+                 reduction="ordered", comm=None, foreach=None, fused=None, capturable=False,
+                 differentiable=False):
+        self._init(params, dict(lr=lr, momentum=momentum, dampening=dampening,
+                                weight_decay=weight_decay, nesterov=nesterov,
+                                maximize=maximize, foreach=foreach, fused=fused,
+                                capturable=capturable, differentiable=differentiable),
+                   check_finite, max_grad_norm, reduction, comm)
+
+
+class ShardedAdagrad(ShardedOptimizer):
+    """:class:`numadam.Adagrad` with its state (``sum``) split over the ranks
+    of ``comm``; each rank creates its slice of ``sum``, filled with
+    ``initial_accumulator_value``, at construction, as ``Adagrad`` does.
+
+    Parameters
+    ----------
+    params, lr, lr_decay, weight_decay, initial_accumulator_value, eps, maximize, check_finite
+        As for :class:`numadam.Adagrad`.
+    foreach, fused, capturable, differentiable
+        torch's flags, as for :class:`numadam.Adagrad`.
+    max_grad_norm, reduction, comm
+        The sharding options (see :class:`ShardedOptimizer`).
+    """
+
+    plain = Adagrad
+
+    def __init__(self, params, lr=1e-2, lr_decay=0.0, weight_decay=0.0,
+                 initial_accumulator_value=0.0, eps=1e-10, *, maximize=False,
+                 check_finite=None, max_grad_norm=None, reduction="ordered", comm=None,
+                 foreach=None, fused=None, capturable=False, differentiable=False):
+        self._init(params, dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
+                                initial_accumulator_value=initial_accumulator_value, eps=eps,
+                                maximize=maximize, foreach=foreach, fused=fused,
+                                capturable=capturable, differentiable=differentiable),
+                   check_finite, max_grad_norm, reduction, comm)
+
+
+class ShardedRMSprop(ShardedOptimizer):
+    """:class:`numadam.RMSprop` with its state (``square_avg`` and, with their
+    options, ``momentum_buffer`` and ``grad_avg``) split over the ranks of ``comm``.
+
+    Parameters
+    ----------
+    params, lr, alpha, eps, weight_decay, momentum, centered, maximize, check_finite
+        As for :class:`numadam.RMSprop`.
+    foreach, fused, capturable, differentiable
+        torch's flags, as for :class:`numadam.RMSprop`.
+    max_grad_norm, reduction, comm
+        The sharding options (see :class:`ShardedOptimizer`).
+    """
+
+    plain = RMSprop
+
+    def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0,
+                 momentum=0.0, centered=False, *, maximize=False, check_finite=None,
+                 max_grad_norm=None, reduction="ordered", comm=None, foreach=None,
+                 fused=None, capturable=False, differentiable=False):
+        self._init(params, dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
+                                momentum=momentum, centered=centered, maximize=maximize,
+                                foreach=foreach, fused=fused, capturable=capturable,
+                                differentiable=differentiable),
+                   check_finite, max_grad_norm, reduction, comm)
+
+
+@functools.lru_cache(maxsize=None)
+def _stateless(rule):
+    """``rule`` as the plain optimizer inside a sharded one runs it: without
+    state created at construction (see :meth:`ShardedOptimizer._init`)."""
+    return dataclasses.replace(rule, eager_state=False) if rule.eager_state else rule
+
+
+def _settings_difference(mine, other):
+    """The first entry in which two ranks' step settings differ, in words."""
+    (groups_a, norm_a, finite_a), (groups_b, norm_b, finite_b) = mine, other
+    for gi, (a, b) in enumerate(zip(groups_a, groups_b)):
+        for key, value in a.items():
+            if repr(value) != repr(b[key]):
+                return f"param_groups[{gi}][{key!r}] is {value!r} against {b[key]!r}"
+    if repr(norm_a) != repr(norm_b):
+        return f"max_grad_norm is {norm_a!r} against {norm_b!r}"
+    return f"check_finite is {finite_a!r} against {finite_b!r}"
 
 
 def _max_grad_norm(value):

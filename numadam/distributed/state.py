@@ -1,7 +1,8 @@
 """State dicts and checkpoints of the sharded optimizer (all collective).
 
 A checkpoint is the ordinary single-file numadam checkpoint in torch's layout,
-so it moves freely between ``Adam`` and ``ShardedAdam`` on any number of ranks.
+so it moves freely between a rule's class (``Adam``, ``SGD``, ...) and its
+sharded class on any number of ranks.
 Writing it: the ranks agree on the arguments, the shards are gathered to one
 rank, and that rank alone writes the file with :func:`numadam.save` (temporary
 file, fsync, atomic rename) and broadcasts the outcome. The file at the path
@@ -13,9 +14,8 @@ import os
 
 import numpy as np
 
-from numadam.core import state_dict as _state_dict
 from numadam import checkpoint
-from numadam.cpu.bucket import STATE_KEYS
+from numadam.core import state_dict as _state_dict
 from numadam.distributed.agree import agree, describe, raise_agreed
 
 __all__ = ["gather", "scatter", "save", "load"]
@@ -67,11 +67,10 @@ def gather(opt, root):
         if full is None:
             continue
         for k, (offset, param) in enumerate(zip(shard.offsets, shard.params)):
-            if shard.live[k]:
-                entry = {"step": int(shard.steps[k])}
-                for row in range(full.shape[0]):
-                    entry[STATE_KEYS[row]] = full[row, offset:offset + param.size].reshape(
-                        param.shape)
+            if shard.has_state(k):
+                entry = {"step": int(shard.steps[k])} if opt.rule.keeps_step else {}
+                for row, name in enumerate(shard.rows):
+                    entry[name] = full[row, offset:offset + param.size].reshape(param.shape)
                 state[int(shard.indices[k])] = entry
     state_dict["state"] = dict(sorted(state.items()))
     return state_dict
@@ -79,17 +78,25 @@ def gather(opt, root):
 
 def _flatten(opt, state_dict):
     """On the root: validate ``state_dict``; return the full flat states and
-    the header every rank needs (groups, rows, steps and live flags per bucket)."""
+    the header every rank needs (groups; per bucket the state's row names, or
+    None for no state, and the step counts and live flags).
+
+    What the plain optimizer's ``load_state_dict`` would install, bucket by
+    bucket (:func:`numadam.core.state_dict.load`): a rule whose state exists
+    from construction gives every parameter the state dict lacks its initial
+    state; otherwise a bucket has state once any of its parameters has.
+    """
     groups, group_args, entries = _state_dict._parse(opt._inner, state_dict)
+    rule = opt.rule
     fulls, buckets = [], []
     for shard in opt._shards:
-        amsgrad = group_args[shard.bucket.group_index][1][5]
+        args = group_args[shard.bucket.group_index][1]
         steps = np.zeros(len(shard.params), np.int64)
-        live = np.zeros(len(shard.params), np.int64)
-        rows, full = 0, None
-        if any(int(i) in entries for i in shard.indices):
-            rows = 3 if amsgrad else 2
-            full = np.zeros((rows, shard.full), shard.dtype)
+        live = np.full(len(shard.params), int(rule.eager_state), np.int64)
+        rows, full = None, None
+        if rule.eager_state or any(int(i) in entries for i in shard.indices):
+            rows = args.rows
+            full = shard.bucket.initial_state(args, rule.initial(args.values))
             for k, index in enumerate(shard.indices):
                 if int(index) in entries:
                     step, arrays = entries[int(index)]
@@ -112,7 +119,7 @@ def _prepare(opt, header):
         group = dict(plain)
         group["params"] = opt.param_groups[gi]["params"]
         groups.append((group, opt._inner._validate_group(group, gi)))
-    states = [None if rows == 0 else np.zeros((rows, shard.total), shard.dtype)
+    states = [None if rows is None else np.zeros((len(rows), shard.total), shard.dtype)
               for shard, (rows, _, _) in zip(opt._shards, buckets)]
     return groups, states
 
@@ -148,10 +155,8 @@ def scatter(opt, read, root):
         inner.param_groups[gi].clear()
         inner.param_groups[gi].update(group)
         inner._group_args[gi] = args
-    for shard, state, (_, steps, live) in zip(opt._shards, states, header[1]):
-        shard.state = state
-        shard.steps[:] = steps
-        shard.live[:] = live
+    for shard, state, (rows, steps, live) in zip(opt._shards, states, header[1]):
+        shard.install(state, () if rows is None else rows, steps, live)
 
 
 def save(opt, path, root):

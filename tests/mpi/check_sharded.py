@@ -6,8 +6,9 @@ ends the run instead of leaving the other ranks waiting. Rank 0 prints one
 ``OK <name>`` line per check and ``ALL CHECKS PASSED`` at the end. Names
 given as arguments run those checks only.
 
-The reference on every rank is single-process ``numadam.Adam`` stepped with
-the gradients of all ranks summed in rank order and divided by P.
+The reference on every rank is the single-process class (``numadam.Adam``,
+``SGD``, ``Adagrad``, ``RMSprop``) stepped with the gradients of all ranks
+summed in rank order and divided by P.
 """
 
 import math
@@ -23,13 +24,16 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numadam                                      # noqa: E402
 import numadam.checkpoint                           # noqa: E402
+import numadam.distributed                          # noqa: E402
 import optim_configs as oc                          # noqa: E402
 from helpers import assert_bits_equal               # noqa: E402
-from numadam.distributed import ShardedAdam, ShardedAdamW  # noqa: E402
+from numadam.distributed import (ShardedAdagrad, ShardedAdam, ShardedAdamW,  # noqa: E402
+                                 ShardedRMSprop, ShardedSGD)
 
 COMM = MPI.COMM_WORLD
 RANK, P = COMM.Get_rank(), COMM.Get_size()
 STEPS = 30
+MOVE = 20          # the step after which state dicts move between sharded and plain
 CHECKS = []
 
 
@@ -59,7 +63,7 @@ def mean_in_rank_order(per_rank, nranks):
 
 
 def clipped(grads, max_norm):
-    """Single-process clipping as ShardedAdam documents it."""
+    """Single-process clipping as ShardedOptimizer documents it."""
     present = [g for g in grads if g is not None]
     squares = np.concatenate([np.square(g.astype(np.float64)).ravel() for g in present])
     norm = math.sqrt(math.fsum(squares.tolist()))
@@ -77,7 +81,7 @@ def build(name, dtype, sharded, comm=COMM, params=None, **extra):
     groups = [dict(params=[params[k] for k in shapes], **over)
               for shapes, over in oc.layout(config)]
     if sharded:
-        cls = ShardedAdamW if config["cls"] == "AdamW" else ShardedAdam
+        cls = getattr(numadam.distributed, "Sharded" + config["cls"])
         return cls(groups, **config["kwargs"], comm=comm, **extra), params
     return getattr(numadam, config["cls"])(groups, **config["kwargs"], **extra), params
 
@@ -149,26 +153,121 @@ def assert_unchanged(opt, params, before, what):
 
 # ----------------------------------------------------------------- parity
 @check
-def every_registry_config_is_bit_identical_to_adam_on_the_rank_ordered_mean():
-    for name in oc.ADAM_CONFIGS:
+def every_registry_config_is_bit_identical_to_one_process_and_moves_state_both_ways():
+    """Every configuration of every rule on the rank-ordered mean; at step
+    ``MOVE`` the sharded state dict loads into the plain class, and the plain
+    one (passed on the root only) into the sharded class: all four continue
+    bit for bit alike."""
+    for name in oc.CONFIGS:
         for dtype in oc.DTYPES:
+            what = f"{name} {dtype}"
             opt, params = build(name, dtype, True)
             ref, ref_params = build(name, dtype, False)
-            run_pair(name, dtype, opt, ref, 1, STEPS, P, RANK)
-            assert_same(params, ref_params, f"{name} {dtype}")
-            sd = opt.state_dict()
-            if RANK == 0:
-                assert_same_state(sd, ref.state_dict(), f"{name} {dtype}")
-            else:
-                assert sd is None
+            # Adagrad's state exists from construction, as its step 0
+            assert_same_state(opt.state_dict(root=None), ref.state_dict(), f"{what} at 0")
+            run_pair(name, dtype, opt, ref, 1, MOVE, P, RANK)
+            assert_same(params, ref_params, what)
+            plain, plain_params = build(name, dtype, False, params=[p.copy() for p in params])
+            plain.load_state_dict(opt.state_dict(root=None))
+            sharded, sharded_params = build(name, dtype, True,
+                                            params=[p.copy() for p in ref_params])
+            sharded.load_state_dict(ref.state_dict() if RANK == 0 else None)
+            run_pair(name, dtype, opt, ref, MOVE + 1, STEPS, P, RANK)
+            run_pair(name, dtype, sharded, plain, MOVE + 1, STEPS, P, RANK)
+            for how, actual in (("sharded", params), ("plain <- sharded", plain_params),
+                                ("sharded <- plain", sharded_params)):
+                assert_same(actual, ref_params, f"{what} {how}")
+            assert_same_state(plain.state_dict(), ref.state_dict(), f"{what} plain <- sharded")
+            for sharded_opt in (opt, sharded):
+                sd = sharded_opt.state_dict()
+                if RANK == 0:
+                    assert_same_state(sd, ref.state_dict(), what)
+                else:
+                    assert sd is None
 
 
 @check
-def mpi_reduction_keeps_replicas_identical_and_close_to_adam():
-    for dtype in oc.DTYPES:
-        opt, params = build("amsgrad", dtype, True, reduction="mpi")
-        ref, ref_params = build("amsgrad", dtype, False)
-        run_pair("amsgrad", dtype, opt, ref, 1, STEPS, P, RANK)
+def sgd_momentum_starts_per_parameter_across_steps_and_loads():
+    """torch's first momentum step (the buffer is the gradient itself) comes
+    per parameter from the live flag: a parameter withheld at first starts
+    later, also after a state dict without it was loaded."""
+    def gradients(step, rank):
+        return [None if k == 1 and step <= 3 else
+                oc.gradient(7, step + 1000 * (rank + 1), k, shape, np.float32)
+                for k, shape in enumerate(oc.SHAPES)]
+
+    def arrays():
+        return oc.initial_params(7, np.float32)
+
+    params, ref_params = arrays(), arrays()
+    kwargs = dict(lr=0.05, momentum=0.9, dampening=0.25, weight_decay=0.01)
+    opt, ref = ShardedSGD(params, **kwargs), numadam.SGD(ref_params, **kwargs)
+    for step in range(1, 3):
+        opt.step(gradients(step, RANK))
+        ref.step(mean_in_rank_order([gradients(step, q) for q in range(P)], P))
+    saved = ref.state_dict()
+    assert sorted(saved["state"]) == [0, 2], saved["state"].keys()
+    loaded_params = [p.copy() for p in ref_params]
+    loaded = ShardedSGD(loaded_params, **kwargs)
+    loaded.load_state_dict(saved if RANK == 0 else None)
+    for step in range(3, 9):
+        mean = mean_in_rank_order([gradients(step, q) for q in range(P)], P)
+        opt.step(gradients(step, RANK))
+        loaded.step(gradients(step, RANK))
+        ref.step(mean)
+    assert_same(params, ref_params, "sgd first steps")
+    assert_same(loaded_params, ref_params, "sgd first steps after a load")
+    assert_same_state(loaded.state_dict(root=None), ref.state_dict(), "sgd after a load")
+
+
+@check
+def hyperparameters_of_every_rule_are_checked_and_agreed_at_the_step():
+    """A state row that would have to appear after the first step, a rule's
+    cross-field check failing on one rank, one rank's edit: each raises the
+    same error on every rank and changes nothing."""
+    cases = [(ShardedSGD, dict(lr=0.1), "momentum", 0.9, "momentum_buffer"),
+             (ShardedRMSprop, dict(lr=0.01), "centered", True, "grad_avg"),
+             (ShardedRMSprop, dict(lr=0.01, centered=True), "momentum", 0.5,
+              "momentum_buffer"),
+             (ShardedRMSprop, dict(lr=0.01, centered=True, momentum=0.5), "momentum", 0.0,
+              "layout of the state"),
+             (ShardedAdam, dict(lr=0.01), "amsgrad", True, "max_exp_avg_sq")]
+    for cls, kwargs, key, value, fragment in cases:
+        params = [np.linspace(-1, 1, 7), np.ones((2, 3))]
+        opt = cls(params, **kwargs)
+        good = [np.cos(p) * (RANK + 1) for p in params]
+        opt.step(good)
+        before = snapshot(opt, params)
+        old = opt.param_groups[0][key]
+        opt.param_groups[0][key] = value
+        expect_everywhere(ValueError, lambda: opt.step(good), "after the first step", fragment,
+                          "raised on every rank]")
+        opt.param_groups[0][key] = old
+        assert_unchanged(opt, params, before, f"{cls.__name__} {key}")
+    opt = ShardedSGD([np.ones(5)], lr=0.1, momentum=0.5)
+    if RANK == P - 1:
+        opt.param_groups[0]["nesterov"] = True
+        opt.param_groups[0]["dampening"] = 0.1
+    expect_everywhere(ValueError, lambda: opt.step([np.ones(5)]), "nesterov=True requires",
+                      f"on rank {P - 1}")
+    opt = ShardedAdagrad([np.ones(5)], lr=0.1)
+    if RANK == 1:
+        opt.param_groups[0]["lr_decay"] = 0.5
+    expect_everywhere(ValueError, lambda: opt.step([np.ones(5)]), "hyperparameters differ",
+                      "param_groups[0]['lr_decay'] is 0.0 against 0.5 (rank 0 against rank 1)")
+    expect_everywhere(ValueError, lambda: (ShardedSGD if RANK == 0 else ShardedRMSprop)(
+        [np.ones(5)]), "optimizer is 'SGD' against 'RMSprop'")
+
+
+@check
+def mpi_reduction_keeps_replicas_identical_and_close_to_one_process():
+    cases = [("amsgrad", "float32"), ("amsgrad", "float64"),
+             ("sgd_nesterov_weight_decay", "float32"), ("adagrad_plain", "float64"),
+             ("rmsprop_centered_momentum_wd", "float32")]
+    for name, dtype in cases:
+        opt, params = build(name, dtype, True, reduction="mpi")
+        ref, ref_params = build(name, dtype, False)
+        run_pair(name, dtype, opt, ref, 1, STEPS, P, RANK)
         for p, r in zip(params, ref_params):
             everyone = COMM.allgather(p)
             for other in everyone:
@@ -178,13 +277,16 @@ def mpi_reduction_keeps_replicas_identical_and_close_to_adam():
 
 @check
 def clipping_matches_one_process_clipping_the_mean():
-    for name in ("adam", "adamw_groups_missing_grads", "groups_schedule"):
-        for dtype in oc.DTYPES:
-            for max_norm in (0.05, 1e6):      # clipping active, and inactive
-                opt, params = build(name, dtype, True, max_grad_norm=max_norm)
-                ref, ref_params = build(name, dtype, False)
-                run_pair(name, dtype, opt, ref, 1, 15, P, RANK, max_norm=max_norm)
-                assert_same(params, ref_params, f"clip {name} {dtype} {max_norm}")
+    cases = [(name, dtype) for name in ("adam", "adamw_groups_missing_grads", "groups_schedule")
+             for dtype in oc.DTYPES]
+    cases += [("sgd_groups_schedule_missing_grads", "float64"), ("adagrad_plain", "float32"),
+              ("rmsprop_centered", "float64")]
+    for name, dtype in cases:
+        for max_norm in (0.05, 1e6):      # clipping active, and inactive
+            opt, params = build(name, dtype, True, max_grad_norm=max_norm)
+            ref, ref_params = build(name, dtype, False)
+            run_pair(name, dtype, opt, ref, 1, 15, P, RANK, max_norm=max_norm)
+            assert_same(params, ref_params, f"clip {name} {dtype} {max_norm}")
 
 
 @check
@@ -200,15 +302,23 @@ def more_ranks_than_elements_and_mixed_dtypes():
         return [np.ones(1, np.float32), np.full(2, 0.5), np.zeros(0, np.float32),
                 np.arange(6, dtype=np.float32).reshape(2, 3)]
 
-    params, ref_params = arrays(), arrays()
-    opt = ShardedAdamW(params, lr=0.1, amsgrad=True)
-    ref = numadam.AdamW(ref_params, lr=0.1, amsgrad=True)
-    for step in range(10):
-        opt.step(grads(step, RANK))
-        ref.step(mean_in_rank_order([grads(step, q) for q in range(P)], P))
-    assert_same(params, ref_params, "tiny")
-    adam_bytes = sum(s.nbytes for b in ref._buckets for s in [b.state])
-    assert COMM.allreduce(opt.state_nbytes) == adam_bytes == 3 * (4 * 7 + 8 * 2)
+    rules = [(ShardedAdamW, numadam.AdamW, dict(lr=0.1, amsgrad=True), 3),
+             (ShardedSGD, numadam.SGD, dict(lr=0.1, momentum=0.9, nesterov=True), 1),
+             (ShardedSGD, numadam.SGD, dict(lr=0.1), 0),
+             (ShardedAdagrad, numadam.Adagrad, dict(lr=0.1, initial_accumulator_value=0.5), 1),
+             (ShardedRMSprop, numadam.RMSprop, dict(lr=0.1, momentum=0.5, centered=True), 3)]
+    for cls, plain, kwargs, rows in rules:
+        params, ref_params = arrays(), arrays()
+        opt, ref = cls(params, **kwargs), plain(ref_params, **kwargs)
+        assert_same_state(opt.state_dict(root=None), ref.state_dict(), f"{cls.__name__} at 0")
+        for step in range(10):
+            opt.step(grads(step, RANK))
+            ref.step(mean_in_rank_order([grads(step, q) for q in range(P)], P))
+        assert_same(params, ref_params, f"tiny {cls.__name__}")
+        assert_same_state(opt.state_dict(root=None), ref.state_dict(), f"{cls.__name__}")
+        plain_bytes = sum(b.state.nbytes for b in ref._buckets)
+        assert COMM.allreduce(opt.state_nbytes) == plain_bytes == rows * (4 * 7 + 8 * 2), \
+            (cls.__name__, plain_bytes)
 
 
 @check
@@ -234,7 +344,7 @@ def owned_gradient_buffers_and_closure():
 
 
 @check
-def torch_habits_as_in_adam():
+def torch_habits_as_in_the_plain_classes():
     """torch's flags, step(closure) positionally, zero_grad(set_to_none=...),
     and a closure that steps its own optimizer refused on every rank."""
     def arrays():
@@ -258,9 +368,12 @@ def torch_habits_as_in_adam():
     assert_same(params, ref_params, "decoupled_weight_decay=True")
     opt.zero_grad(set_to_none=False)
     assert not any(g.any() for g in opt.grads)
-    ShardedAdamW([np.ones(3)], fused=True, foreach=False)
-    expect_everywhere(ValueError, lambda: ShardedAdamW([np.ones(3)], capturable=True),
-                      "capturable=True is not supported", "raised on every rank]")
+    for cls in (ShardedAdamW, ShardedSGD, ShardedAdagrad, ShardedRMSprop):
+        cls([np.ones(3)], fused=True, foreach=False)
+        expect_everywhere(ValueError, lambda: cls([np.ones(3)], capturable=True),
+                          "capturable=True is not supported", "raised on every rank]")
+        expect_everywhere(ValueError, lambda: cls([np.ones(3)], fused=True, foreach=True),
+                          "cannot be used together")
     expect_everywhere(TypeError, lambda: ShardedAdamW([np.ones(3)],
                                                       decoupled_weight_decay=True),
                       "decoupled_weight_decay")
@@ -328,22 +441,24 @@ def shared_tmpdir():
 
 
 @check
-def checkpoint_loads_on_fewer_ranks_and_into_adam_and_continues_bit_exactly():
+def checkpoint_loads_on_fewer_ranks_and_into_the_plain_class_and_continues_bit_exactly():
     directory = shared_tmpdir()
     path = os.path.join(directory, "sharded.npz")
-    for name in ("amsgrad_adamw_maximize", "adamw_groups_missing_grads"):
+    for name in ("amsgrad_adamw_maximize", "adamw_groups_missing_grads",
+                 "sgd_groups_schedule_missing_grads", "adagrad_groups_schedule_missing_grads",
+                 "rmsprop_groups_schedule_missing_grads"):
         dtype = "float32"
         opt, params = build(name, dtype, True)
         ref, ref_params = build(name, dtype, False)
         run_pair(name, dtype, opt, ref, 1, 12, P, RANK)
         opt.save(path)
         saved_params = [p.copy() for p in params]
-        # Adam in one process resumes from the file.
+        # The plain class in one process resumes from the file.
         solo, solo_params = build(name, dtype, False, params=[p.copy() for p in saved_params])
         solo.load(path)
         run_pair(name, dtype, None, solo, 13, 24, P, RANK)
         run_pair(name, dtype, None, ref, 13, 24, P, RANK)
-        assert_same(solo_params, ref_params, f"{name} resumed in Adam")
+        assert_same(solo_params, ref_params, f"{name} resumed in one process")
         # P - 1 ranks (resharded) resume from the same file.
         sub = sub_communicator(P - 1)
         if sub is not None:
