@@ -373,3 +373,32 @@ def test_an_exception_on_one_rank_ends_the_job_under_the_readme_command():
     assert done.returncode != 0, done.stdout + done.stderr
     assert "RuntimeError: a user error on rank 1" in done.stderr, done.stderr
     assert "not reached" not in done.stdout
+
+
+def test_a_rule_without_a_hand_written_sharded_class_gets_one():
+    """A new rule's class (here a subclass standing in for one) is sharded with
+    its own arguments, positional ones included, and steps as the plain class."""
+    pytest.importorskip("mpi4py")
+    from mpi4py import MPI
+
+    import numadam.distributed
+    from numadam.distributed import sharded
+
+    assert sharded.sharded_class(numadam.SGD) is numadam.distributed.ShardedSGD
+
+    class NewRule(numadam.SGD):
+        pass
+
+    cls = sharded.sharded_class(NewRule)
+    assert cls.__name__ == "ShardedNewRule" and cls.plain is NewRule
+    x, y = np.ones(40), np.ones(40)
+    opt = cls([x], 0.1, 0.9, nesterov=False, comm=MPI.COMM_SELF, max_grad_norm=1.0)
+    ref = numadam.SGD([y], 0.1, 0.9)
+    for k in range(4):
+        g = np.linspace(-1, 1, 40) * 0.01 * (k + 1)       # norms below 1: no clipping
+        opt.step([g])
+        ref.step([g])
+    assert_bits_equal(x, y, "sharded twin")
+    assert opt.state_dict()["state"][0].keys() == {"momentum_buffer"}
+    with pytest.raises(TypeError):
+        cls([x], 0.1, bogus=1, comm=MPI.COMM_SELF)

@@ -40,6 +40,12 @@ def __getattr__(name):
     if name in __all__:
         from numadam.distributed import sharded
         return getattr(sharded, name)
+    from numadam.rules import CLASSES
+    if name.startswith("Sharded") and name[len("Sharded"):] in CLASSES:
+        # A registered rule's class without a hand-written sharded twin.
+        import numadam
+        from numadam.distributed import sharded
+        return sharded.sharded_class(getattr(numadam, name[len("Sharded"):]))
     raise AttributeError(f"module 'numadam.distributed' has no attribute {name!r}")
 
 

@@ -5,6 +5,7 @@ class it shards, and one thin class per rule."""
 import dataclasses
 import functools
 import hashlib
+import inspect
 import math
 import numbers
 import threading
@@ -572,6 +573,33 @@ class ShardedRMSprop(ShardedOptimizer):
                                 foreach=foreach, fused=fused, capturable=capturable,
                                 differentiable=differentiable),
                    check_finite, max_grad_norm, reduction, comm)
+
+
+@functools.lru_cache(maxsize=None)
+def sharded_class(plain):
+    """The sharded twin of the rule class ``plain``: the classes above for
+    the rules they name, else one made here, taking ``plain``'s arguments plus
+    ``max_grad_norm``, ``reduction`` and ``comm`` (keyword-only). A new rule
+    therefore has its sharded optimizer (``numadam.distributed.Sharded<Name>``)
+    without code of its own here."""
+    for cls in (ShardedAdam, ShardedAdamW, ShardedSGD, ShardedAdagrad, ShardedRMSprop):
+        if cls.plain is plain:
+            return cls
+    signature = inspect.signature(plain.__init__)
+
+    def __init__(self, params, *args, max_grad_norm=None, reduction="ordered", comm=None,
+                 **kwargs):
+        bound = signature.bind(self, params, *args, **kwargs)
+        given = {k: v for k, v in bound.arguments.items() if k not in ("self", "params")}
+        check_finite = given.pop("check_finite", None)
+        self._init(params, given, check_finite, max_grad_norm, reduction, comm)
+
+    doc = (f":class:`numadam.{plain.__name__}` with its state split over the ranks of "
+           "``comm``: its arguments, plus the keyword-only sharding options "
+           "``max_grad_norm``, ``reduction`` and ``comm`` (see :class:`ShardedOptimizer`).")
+    return type(f"Sharded{plain.__name__}", (ShardedOptimizer,),
+                {"plain": plain, "__init__": __init__, "__doc__": doc,
+                 "__module__": __name__})
 
 
 @functools.lru_cache(maxsize=None)
