@@ -299,6 +299,20 @@ def test_sgd_without_momentum_loads_a_momentum_buffer_and_uses_it_when_switched_
     assert_bits_equal(x, np.full(16, dtype(0.9) - dtype(0.1) * 2, dtype), "momentum step")
 
 
+def test_an_old_torch_sgd_state_dict_with_none_buffers_loads():
+    """torch < 2.0 wrote ``{"momentum_buffer": None}`` for every stepped
+    parameter of an SGD without momentum (its ``step`` stored the buffer list
+    unconditionally); torch 2.13 loads that and reads None as no buffer."""
+    x, y = np.ones(16), np.ones(4)
+    opt = numadam.SGD([x, y], lr=0.1)
+    sd = opt.state_dict()
+    sd["state"] = {0: {"momentum_buffer": None}, 1: {"momentum_buffer": None}}
+    opt.load_state_dict(sd)
+    assert len(opt.state) == 0 and opt.state_dict()["state"] == {}
+    opt.step([np.ones(16), np.ones(4)])
+    assert_bits_equal(x, np.full(16, 0.9), "a plain SGD step")
+
+
 # ------------------------------------------------------------ bad input
 def _bad_values(kind):
     common = [math.nan, math.inf, "0.1", None, [0.1]]

@@ -128,6 +128,9 @@ def _parse(opt, state_dict):
         bucket, row = opt._slots[index]
         if not isinstance(entry, Mapping):
             raise ValueError(f"{where} must be a dict, got {entry!r}")
+        # torch before 2.0 stored SGD's momentum_buffer as None without
+        # momentum; torch reads a None buffer as no buffer, so does this.
+        entry = {key: value for key, value in entry.items() if value is not None}
         rows = group_args[bucket.group_index][1].rows
         declared = tuple(s.name for s in opt.rule.state)
         known = (("step",) if opt.rule.keeps_step else ()) + declared
