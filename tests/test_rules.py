@@ -660,6 +660,25 @@ def test_rmsprop_alpha_above_one_is_accepted_as_in_torch(dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_rmsprop_centered_alpha_zero_is_nan_where_torchs_fused_residual_is_negative(dtype):
+    """With ``alpha = 0`` the first step has ``square_avg = round(g*g)`` and
+    ``grad_avg = g``; torch's ``addcmul(grad_avg, grad_avg, value=-1)`` is one
+    FMA, so the variance is the exact rounding error ``round(g*g) - g*g``, and
+    its square root is NaN wherever that is negative (torch 2.13.0 measured:
+    the same NaN mask, the same bits elsewhere). A separately rounded product
+    would give 0 everywhere, and no NaN."""
+    from fractions import Fraction
+    g = np.random.default_rng(7).standard_normal(64).astype(dtype)
+    x = np.zeros(64, dtype)
+    opt = numadam.RMSprop([x], lr=0.01, alpha=0.0, centered=True)
+    with np.errstate(invalid="ignore"):
+        opt.step([g.copy()])
+    residual = [Fraction(float(v * v)) - Fraction(float(v)) ** 2 for v in g]
+    assert_bits_equal(np.isnan(x), np.array([r < 0 for r in residual]), "NaN mask")
+    assert 0 < np.isnan(x).sum() < 64
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_adagrad_huge_lr_decay_stops_the_updates_without_nan(dtype):
     """``1 + (t - 1) * 1e308`` overflows to inf at step 3: the rate is 0, as
     torch's double arithmetic gives, not NaN."""
