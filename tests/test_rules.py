@@ -313,6 +313,37 @@ def test_an_old_torch_sgd_state_dict_with_none_buffers_loads():
     assert_bits_equal(x, np.full(16, 0.9), "a plain SGD step")
 
 
+@pytest.mark.parametrize("cls", CLASSES)
+def test_a_torch_state_dict_missing_some_entries_loads(cls):
+    """A torch state dict converted to NumPy (0-d float32 steps, torch's
+    implementation flags in the groups) that lacks the entries of parameters
+    torch never stepped: those start fresh, as they would in torch; the
+    others continue exactly. Adagrad, whose state torch makes at
+    construction, gives them step 0 and the constructor's initial sum."""
+    dtype = np.float32
+    src, _ = _make(cls, dtype)
+    _run(src, 1, 3, dtype, skip={(s, 1) for s in range(1, 4)})
+    sd = src.state_dict()
+    for entry in sd["state"].values():
+        if "step" in entry:
+            entry["step"] = np.array(entry["step"], np.float32)
+    sd["state"].pop(1, None)
+    for group in sd["param_groups"]:
+        group.update(foreach=None, fused=True, differentiable=False)
+    dst, params = _make(cls, dtype, lr=0.5)
+    for p, q in zip(params, _all_params(src)):
+        p[...] = q
+    dst.load_state_dict(sd)
+    if cls == "Adagrad":
+        assert dst.state[1]["step"] == 0
+        assert_bits_equal(dst.state[1]["sum"], np.full(SHAPES[1], 0.23, dtype), "fresh sum")
+    else:
+        assert 1 not in dst.state
+    _run(src, 4, 5, dtype)
+    _run(dst, 4, 5, dtype)
+    _assert_same(dst, _snapshot(src), "continued")
+
+
 # ------------------------------------------------------------ bad input
 def _bad_values(kind):
     common = [math.nan, math.inf, "0.1", None, [0.1]]
