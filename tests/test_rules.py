@@ -235,6 +235,24 @@ SWITCHED_OFF = [
 ]
 
 
+def test_an_unused_buffer_loaded_keeps_torchs_key_order():
+    """RMSprop without momentum but centered, loaded with a momentum_buffer
+    (torch keeps one after momentum is switched off): the rows put the used
+    grad_avg first, the state keys stay in torch's order."""
+    x = np.ones(16)
+    opt = numadam.RMSprop([x], lr=0.01, centered=True)
+    sd = opt.state_dict()
+    keys = ["step", "square_avg", "momentum_buffer", "grad_avg"]
+    sd["state"] = {0: {key: (3 if key == "step" else np.full(16, 0.5 + n))
+                       for n, key in enumerate(keys)}}
+    opt.load_state_dict(sd)
+    assert list(opt.state_dict()["state"][0]) == keys and list(opt.state[x]) == keys
+    assert_bits_equal(opt.state[x]["grad_avg"], np.full(16, 3.5), "grad_avg")
+    opt.step([np.ones(16)])
+    assert_bits_equal(opt.state[x]["momentum_buffer"], np.full(16, 2.5), "unused, unchanged")
+    assert opt.state[x]["step"] == 4
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("cls,on,off,key", SWITCHED_OFF)
 def test_a_buffer_switched_off_survives_state_dicts_checkpoints_and_copies(
