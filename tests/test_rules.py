@@ -226,6 +226,44 @@ def test_copies_continue_bit_for_bit(cls, dtype, how):
         _assert_same(twin, _snapshot(opt), "copy after steps")
 
 
+def _legal(hyper, draw):
+    """A random legal value of ``hyper``: zeros and flags both ways included."""
+    if hyper.kind == "flag":
+        return draw(st.booleans())
+    if hyper.kind == "betas":
+        return tuple(draw(st.floats(0.0, 0.999)) for _ in range(2))
+    if hyper.kind == "real":
+        return draw(st.sampled_from([0.0]) | st.floats(-2.0, 2.0))
+    high = 0.3 if hyper.name in ("lr", "weight_decay") else 5.0
+    return draw(st.sampled_from([0.0]) | st.floats(1e-8, high))
+
+
+@settings(max_examples=40, deadline=None)
+@given(cls=st.sampled_from(CLASSES), dtype=st.sampled_from(DTYPES), data=st.data())
+def test_random_legal_hyperparameters_resume_and_copy_bit_for_bit(cls, dtype, data):
+    rule = getattr(numadam, cls).rule
+    kwargs = {h.name: _legal(h, data.draw) for h in rule.hyper
+              if not (cls == "AdamW" and h.name == "decoupled_weight_decay")}
+    if cls == "SGD" and kwargs["nesterov"] and not (kwargs["momentum"] > 0
+                                                   and kwargs["dampening"] == 0):
+        kwargs["nesterov"] = False
+    k = data.draw(st.integers(0, 3))
+    straight = getattr(numadam, cls)(_params(dtype), **kwargs)
+    first = getattr(numadam, cls)(_params(dtype), **kwargs)
+    with np.errstate(all="ignore"):     # a huge lr or decay may overflow, as in torch
+        _run(straight, 1, k + 2, dtype)
+        _run(first, 1, k, dtype)
+        resumed = getattr(numadam, cls)(_params(dtype, seed=5), **FULL[cls][0])
+        for p, q in zip(_all_params(resumed), _all_params(first)):
+            p[...] = q
+        resumed.load_state_dict(first.state_dict())
+        twin = pickle.loads(pickle.dumps(first))
+        for opt in (resumed, twin):
+            _run(opt, k + 1, k + 2, dtype)
+    for opt in (resumed, twin):
+        _assert_same(opt, _snapshot(straight), f"{cls} {kwargs} after {k}")
+
+
 # A buffer torch keeps after its option is switched off.
 SWITCHED_OFF = [
     ("SGD", dict(momentum=0.9, dampening=0.0), dict(momentum=0.0), "momentum_buffer"),
