@@ -80,9 +80,15 @@ class BucketBase:
         """Parameter ``k``'s state as a plain dict of copies (for state_dict),
         in torch's key order."""
         out = {"step": int(self.table[k, STEP])} if self.rule.keeps_step else {}
-        for row, name in enumerate(self.rows):
-            out[name] = self.host_view(k, row).copy()
+        for name in self.keys():
+            out[name] = self.host_view(k, self.rows.index(name)).copy()
         return out
+
+    def keys(self):
+        """The names of the state rows in the rule's declared order, torch's
+        (the rows themselves put those the hyperparameters use first: after
+        a load, an unused RMSprop momentum_buffer follows grad_avg)."""
+        return tuple(s.name for s in self.rule.state if s.name in self.rows)
 
     def has_state(self, k):
         """Whether parameter ``k`` has state, as torch's ``state[p]`` is non-empty."""

@@ -7,6 +7,7 @@ everything else is here and is the same for every rule.
 """
 
 import copy
+import dataclasses
 import operator
 import threading
 from collections.abc import Mapping
@@ -200,6 +201,13 @@ class Optimizer:
         for key, value in values.items():
             if type(value) is tuple:     # betas: in-place edits cannot bypass the check
                 group[key] = value
+        init = {h.name: h.check(self.defaults[h.name]) for h in self.rule.hyper
+                if h.kind == "init"}
+        if init:
+            # torch initialises state from the constructor's value, whatever a
+            # group says (Adagrad: __init__ and _init_group read the argument
+            # and self.defaults, never group["initial_accumulator_value"]).
+            args = dataclasses.replace(args, values={**args.values, **init})
         return self._raw(group), args
 
     def _raw(self, group):

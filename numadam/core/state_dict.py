@@ -2,6 +2,7 @@
 
 import numbers
 from collections.abc import Hashable, Mapping
+from dataclasses import replace
 
 import numpy as np
 
@@ -63,7 +64,9 @@ def _merged_group(opt, saved, gi):
             # reproduces the old behaviour, as torch's __setstate__ fills it.
             group[key] = rule.hyper_by_name[key].default
         else:
-            raise ValueError(f"param_groups[{gi}] has no {key!r}")
+            raise ValueError(
+                f"param_groups[{gi}] has no {key!r}, which every {rule.name} group has "
+                f"({', '.join(rule.names)}): is this the state dict of another optimizer?")
     group.update(opt._forced)
     group.update((k, v) for k, v in saved.items()
                  if k not in group and k != "params" and k not in _TORCH_ONLY_KEYS)
@@ -125,18 +128,39 @@ def _parse(opt, state_dict):
         bucket, row = opt._slots[index]
         if not isinstance(entry, Mapping):
             raise ValueError(f"{where} must be a dict, got {entry!r}")
+        # torch before 2.0 stored SGD's momentum_buffer as None without
+        # momentum; torch reads a None buffer as no buffer, so does this.
+        entry = {key: value for key, value in entry.items() if value is not None}
         rows = group_args[bucket.group_index][1].rows
-        known = (("step",) if opt.rule.keeps_step else ()) + rows
+        declared = tuple(s.name for s in opt.rule.state)
+        known = (("step",) if opt.rule.keeps_step else ()) + declared
         unknown = set(entry) - set(known)
         if unknown:
             raise ValueError(
                 f"{where} has entries {sorted(map(str, unknown))}, which {opt.rule.name} "
-                f"under these hyperparameters does not keep (it keeps {list(known)})")
+                f"does not keep (it keeps {list(known)})")
+        # A buffer the hyperparameters no longer use (momentum or amsgrad
+        # switched off after it was made) stays, as torch keeps it.
+        rows = rows + tuple(key for key in declared if key in entry and key not in rows)
         _, shape, dtype = bucket.expected[row]   # NumPy terms for device arrays too
-        step = as_step(entry.get("step"), f"{where}['step']") if opt.rule.keeps_step else 0
-        entries[index] = (step, [_state_array(entry, key, shape, dtype, where)
-                                 for key in rows])
+        if opt.rule.keeps_step and "step" not in entry:
+            raise ValueError(f"{where} has no 'step'")
+        step = as_step(entry["step"], f"{where}['step']") if opt.rule.keeps_step else 0
+        entries[index] = (step, {key: _state_array(entry, key, shape, dtype, where)
+                                 for key in rows})
     return groups, group_args, entries
+
+
+def _rows(args, bucket, entries):
+    """The state rows of ``bucket`` after a load: those ``args`` uses, then
+    the unused ones that every loaded entry of the bucket has. The kernels
+    read rows by position, so the used ones must come first. Rows belong to
+    a whole bucket: an unused buffer only some of its parameters have is
+    dropped (the steps never read it)."""
+    loaded = [entries[index] for index in bucket.indices if index in entries]
+    extra = [key for key in (loaded[0][1] if loaded else ())
+             if key not in args.rows and all(key in e[1] for e in loaded)]
+    return args.rows + tuple(extra)
 
 
 def load(opt, state_dict):
@@ -151,19 +175,22 @@ def load(opt, state_dict):
         # the state dict lacks its initial state (torch would fail at its step).
         live = np.full(len(bucket.params), int(eager), np.int64)
         state = None
+        rows = _rows(args, bucket, entries)
         if eager or any(index in entries for index in bucket.indices):
-            state = bucket.initial_state(args, opt.rule.initial(args.values))
+            initial = opt.rule.initial(args.values)
+            state = bucket.initial_state(replace(args, rows=rows),
+                                         initial + [0.0] * (len(rows) - len(initial)))
             for row, index in enumerate(bucket.indices):
                 if index not in entries:
                     continue
                 step, arrays = entries[index]
                 steps[row], live[row] = step, 1
                 lo = bucket.table[row, OFFSET]
-                for r, array in enumerate(arrays):
-                    state[r, lo:lo + bucket.table[row, SIZE]] = array.reshape(-1)
+                for r, key in enumerate(rows):
+                    state[r, lo:lo + bucket.table[row, SIZE]] = arrays[key].reshape(-1)
             if bucket.on_device:
                 state = bucket.upload_state(state)   # before anything changes
-        installs.append((bucket, state, args.rows, steps, live))
+        installs.append((bucket, state, rows, steps, live))
     # Nothing below can fail: the optimizer changes all at once.
     for gi, group in enumerate(groups):
         opt.param_groups[gi].clear()

@@ -56,7 +56,7 @@ class ParamState(MutableMapping):
 
     def _keys(self):
         bucket = self._bucket
-        return (("step",) if bucket.rule.keeps_step else ()) + bucket.rows
+        return (("step",) if bucket.rule.keeps_step else ()) + bucket.keys()
 
     def __getitem__(self, key):
         if key == "step" and self._bucket.rule.keeps_step:

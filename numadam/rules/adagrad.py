@@ -117,7 +117,9 @@ class Adagrad(Optimizer):
     weight_decay : float, default 0
         L2 penalty added to the gradient (>= 0).
     initial_accumulator_value : float, default 0
-        The value every element of ``sum`` starts from (>= 0).
+        The value every element of ``sum`` starts from (>= 0). As in torch,
+        the constructor's value: a group's own entry is kept in
+        ``param_groups`` but initialises nothing.
     eps : float, default 1e-10
         Added to the denominator (>= 0).
     maximize : bool, default False
