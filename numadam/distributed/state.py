@@ -10,6 +10,7 @@ is therefore always either the previous checkpoint or the new complete one,
 whichever rank fails and wherever; and a shared file system is not needed.
 """
 
+import dataclasses
 import os
 
 import numpy as np
@@ -95,15 +96,20 @@ def _flatten(opt, state_dict):
         live = np.full(len(shard.params), int(rule.eager_state), np.int64)
         rows, full = None, None
         if rule.eager_state or any(int(i) in entries for i in shard.indices):
-            rows = args.rows
-            full = shard.bucket.initial_state(args, rule.initial(args.values))
+            # The rows the hyperparameters use, then the unused buffers every
+            # loaded entry of the bucket has, as the plain optimizer loads them.
+            rows = _state_dict._rows(args, shard.bucket, entries)
+            initial = rule.initial(args.values)
+            full = shard.bucket.initial_state(
+                dataclasses.replace(args, rows=rows),
+                initial + [0.0] * (len(rows) - len(initial)))
             for k, index in enumerate(shard.indices):
                 if int(index) in entries:
                     step, arrays = entries[int(index)]
                     steps[k], live[k] = step, 1
                     offset = shard.offsets[k]
-                    for row, array in enumerate(arrays):
-                        full[row, offset:offset + array.size] = array.reshape(-1)
+                    for row, key in enumerate(rows):
+                        full[row, offset:offset + arrays[key].size] = arrays[key].reshape(-1)
         fulls.append(full)
         buckets.append((rows, steps, live))
     plain_groups = [{key: value for key, value in group.items() if key != "params"}
