@@ -1,13 +1,21 @@
 """The CUDA backend under the simulator (run by tests/test_cuda_sim.py).
 
 Run only with ``NUMBA_ENABLE_CUDASIM=1``: numba reads it at import. The
-simulator runs the kernels as Python and the element math as the
-CPU-compiled ``adam_element`` (see ``numadam/cuda/kernels.py``), so these
-tests check the device plumbing (tables, addressing, launches, streams of
-work, state on the device, checkpoints, adapters and their errors) bit for
-bit against the CPU path; the device's own arithmetic is checked by
-``scripts/gpu_check.py`` on a GPU.
+simulator runs the kernels as Python and each rule's element math as its
+CPU-compiled ``element`` (see ``numadam/cuda/kernels.py``), so these tests
+check the device plumbing (tables, addressing, state rows, launches, streams
+of work, state on the device, checkpoints, adapters and their errors) bit for
+bit against the CPU path, for every rule; the device's own arithmetic is
+checked by ``scripts/gpu_check.py`` on a GPU.
+
+RMSprop's reference on the CPU is its rule with the correctly rounded square
+root (:func:`numadam.cuda.kernels.simulated_element`), which is the one CUDA
+computes; the CPU class emulates MKL's AVX512 root instead, and the two
+differ in the last bit for some elements (see
+``test_rmsprop_on_the_device_takes_cudas_square_root``).
 """
+
+import dataclasses
 
 import os
 import sys
@@ -24,6 +32,7 @@ import numadam  # noqa: E402
 import numadam.cuda  # noqa: E402
 import optim_configs as oc  # noqa: E402
 from helpers import assert_bits_equal, build, step_grads  # noqa: E402
+from numadam.cuda.kernels import simulated_element  # noqa: E402
 
 if not numba_config.ENABLE_CUDASIM:
     pytest.skip("needs NUMBA_ENABLE_CUDASIM=1 (run through tests/test_cuda_sim.py)",
@@ -32,7 +41,11 @@ if not numba_config.ENABLE_CUDASIM:
 STEPS = 8
 # The simulator evaluates the finiteness check g - g in NumPy, which warns.
 pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered")
-CASES = [(name, dtype) for name in oc.ADAM_CONFIGS for dtype in oc.DTYPES]
+CASES = [(name, dtype) for name in oc.CONFIGS for dtype in oc.DTYPES]
+# One configuration of each rule with every state row it can have.
+RULE_CASES = ["amsgrad_adamw_maximize", "sgd_nesterov_weight_decay", "sgd_plain",
+              "adagrad_lr_decay_initial_accumulator_weight_decay",
+              "rmsprop_centered_momentum_wd", "rmsprop_centered"]
 
 
 @pytest.fixture(autouse=True)
@@ -46,9 +59,27 @@ def _to_device(grads):
     return [None if g is None else cuda.to_device(g) for g in grads]
 
 
+class DeviceRootRMSprop(numadam.RMSprop):
+    """RMSprop on the CPU with the square root CUDA computes (correctly rounded)."""
+
+    rule = dataclasses.replace(numadam.RMSprop.rule, name="rmsprop_device_root",
+                               element=simulated_element(numadam.RMSprop.rule))
+
+
+def _reference(name, dtype, params=None):
+    """Configuration ``name`` on the CPU, as the device computes it."""
+    if oc.CONFIGS[name]["cls"] != "RMSprop":
+        return build(name, dtype, params=params)
+    if params is None:
+        params = oc.initial_params(oc.index(name), dtype)
+    groups = [dict(params=[params[k] for k in shapes], **over)
+              for shapes, over in oc.layout(oc.CONFIGS[name])]
+    return DeviceRootRMSprop(groups, **oc.CONFIGS[name]["kwargs"]), params
+
+
 def _pair(name, dtype):
     """The same configuration on the CPU and on the (simulated) device."""
-    cpu, host_params = build(name, dtype)
+    cpu, host_params = _reference(name, dtype)
     device_params = [cuda.to_device(p) for p in host_params]
     dev, _ = build(name, dtype, params=device_params)
     return cpu, host_params, dev, device_params
@@ -108,6 +139,7 @@ def test_owned_gradients_are_aligned_views_of_one_buffer(monkeypatch):
     from numadam.cuda import kernels as _cuda_kernels
     fills = _count_calls(monkeypatch, _cuda_kernels, "fill")
     vector = _count_calls(monkeypatch, _cuda_kernels, "_load_vec")
+    _fresh_kernels(monkeypatch)
     sizes = [5, 7, 13]
     dev = numadam.Adam([cuda.to_device(np.ones(n, np.float32)) for n in sizes], lr=0.1)
     bucket = dev._buckets[0]
@@ -238,6 +270,16 @@ def _count_calls(monkeypatch, module, name):
     return calls
 
 
+def _fresh_kernels(monkeypatch):
+    """Kernels built from now on (until the test ends) see the module's
+    functions as patched: each rule's are built with a copy of its globals."""
+    import functools
+
+    from numadam.cuda import kernels as _cuda_kernels
+    monkeypatch.setattr(_cuda_kernels, "kernels",
+                        functools.lru_cache(maxsize=None)(_cuda_kernels.kernels.__wrapped__))
+
+
 ODD_SIZES = [1, 5, 7, 13, 64, 11]
 
 
@@ -249,6 +291,7 @@ def test_odd_sizes_and_unaligned_views_match_the_cpu(dtype, monkeypatch):
     from numadam.cuda import kernels as _cuda_kernels
     vector = _count_calls(monkeypatch, _cuda_kernels, "_load_vec")
     element = _count_calls(monkeypatch, _cuda_kernels, "_load")
+    _fresh_kernels(monkeypatch)
     rng = np.random.default_rng(3)
     host = [rng.standard_normal(n).astype(dtype) for n in ODD_SIZES]
     base = cuda.to_device(np.concatenate([[0.0], host[-1]]).astype(dtype))
@@ -433,8 +476,9 @@ def driver_launch_on_the_simulator(monkeypatch):
     record = {"launches": 0, "uploads": 0}
 
     class Kernel:
-        def __init__(self, dtype):
-            self.signature = _cuda_kernels.step_signature(dtype)
+        def __init__(self, rule, dtype):
+            self.signature = _cuda_kernels.step_signature(rule, dtype)
+            self.step = _cuda_kernels.kernels(rule).step
 
         def handles(self, device):
             return 0, 0
@@ -462,9 +506,11 @@ def driver_launch_on_the_simulator(monkeypatch):
                     args.append(tuple(np.array(values, str(ty.dtype))))
                 else:
                     args.append(values[0])
+            args = _cuda_kernels.StepArgs(*args)
             assert stream_handle == 0
-            assert blocks * threads * _cuda_kernels.VEC >= args[2].shape[1]
-            _cuda_kernels.launch_step(*args, cuda.default_stream(), threads)
+            assert blocks * threads * _cuda_kernels.VEC >= args.state.shape[1]
+            _cuda_kernels.launch_step(self.driver_kernel.step, args, cuda.default_stream(),
+                                      threads)
 
     monkeypatch.setattr(_cuda_kernels, "SIMULATED", False)
     monkeypatch.setattr(_cuda_bucket, "_DEFAULT_HANDLE", [0])
@@ -491,7 +537,12 @@ def test_the_driver_launch_passes_the_arguments_numba_would(name, dtype,
     _run(cpu, name, dtype, 1, STEPS, False)
     _run(dev, name, dtype, 1, STEPS, True)
     _same(hp, dp, cpu, dev, name)
-    assert record["launches"] == STEPS * len(dev._buckets)
+    # One launch a step for each bucket that has a gradient at that step.
+    expected = sum(any(grads[i] is not None for i in bucket.indices)
+                   for grads in (step_grads(name, dtype, s) for s in range(1, STEPS + 1))
+                   for bucket in dev._buckets)
+    assert expected >= STEPS
+    assert record["launches"] == expected
     # At step 8 of the missing-gradient config, parameter 1 is a step behind.
     assert record["uploads"] >= len(dev._buckets) + ("missing" in name)
 
@@ -551,10 +602,10 @@ def test_a_kernel_that_cannot_be_made_changes_no_bucket(driver_launch_on_the_sim
     from numadam.cuda import bucket as _cuda_bucket
     make = _cuda_bucket._driver_kernel
 
-    def float32_only(dtype):
+    def float32_only(rule, dtype):
         if dtype == np.float64:
             raise RuntimeError("no float64 kernel")
-        return make(dtype)
+        return make(rule, dtype)
 
     monkeypatch.setattr(_cuda_bucket, "_driver_kernel", float32_only)
     host, grads = _mixed_problem()
@@ -569,6 +620,26 @@ def test_a_kernel_that_cannot_be_made_changes_no_bucket(driver_launch_on_the_sim
     assert driver_launch_on_the_simulator["launches"] == 0
 
 
+class CompileRecorder:
+    """A step kernel whose ``compile`` (which the simulator's kernels lack)
+    calls ``on_compile``; launches go to the simulated kernel ``real``."""
+
+    def __init__(self, real, on_compile):
+        self.real = real
+        self.compile = on_compile
+
+    def __getitem__(self, launch_config):
+        return self.real[launch_config]
+
+
+def _replace_step_kernel(monkeypatch, on_compile):
+    """Buckets made from now on get a :class:`CompileRecorder` step kernel."""
+    from numadam.cuda import kernels as _cuda_kernels
+    real = _cuda_kernels.kernels
+    monkeypatch.setattr(_cuda_kernels, "kernels", lambda rule: real(rule)._replace(
+        step=CompileRecorder(real(rule).step, on_compile)))
+
+
 def test_numbas_launcher_compiles_every_bucket_before_any_steps(
         driver_launch_on_the_simulator, monkeypatch):
     """With launcher = "numba" the kernel is compiled for each dtype (once a
@@ -577,13 +648,12 @@ def test_numbas_launcher_compiles_every_bucket_before_any_steps(
     from numadam.cuda import kernels as _cuda_kernels
     compiled = []
 
-    class Dispatcher:
-        def compile(self, signature):
-            if signature[2].dtype == nb_types.float64:
-                raise RuntimeError("NVVM failed on float64")
-            compiled.append(signature)
+    def compile(signature):
+        if signature[2].dtype == nb_types.float64:
+            raise RuntimeError("NVVM failed on float64")
+        compiled.append(signature)
 
-    monkeypatch.setattr(_cuda_kernels, "step_kernel", Dispatcher())
+    _replace_step_kernel(monkeypatch, compile)
     monkeypatch.setattr(_cuda_bucket, "_COMPILED", set())
     monkeypatch.setattr(numadam.cuda.config, "launcher", "numba")
     host, grads = _mixed_problem()
@@ -594,7 +664,7 @@ def test_numbas_launcher_compiles_every_bucket_before_any_steps(
     assert len(dev.state) == 0
     for p, h in zip(params, host):
         assert_bits_equal(p.copy_to_host(), h, "untouched")
-    assert compiled == [_cuda_kernels.step_signature(np.float32)]
+    assert compiled == [tuple(_cuda_kernels.step_signature(numadam.Adam.rule, np.float32))]
     only32 = numadam.Adam([cuda.to_device(host[0])], lr=0.1)
     only32.step(_to_device(grads[:1]))
     only32.step(_to_device(grads[:1]))
@@ -614,17 +684,14 @@ def test_the_default_launcher_is_numbas_and_never_touches_the_driver(monkeypatch
     def refuse(*args):
         raise AssertionError("the driver launch was used")
 
-    class Dispatcher:                  # the simulator's kernels cannot .compile()
-        def compile(self, signature):
-            compiled.append(signature)
 
-    def launch_step(*args):
-        launched.append(args[2].dtype)
-        real_launch_step(*args)
+    def launch_step(step, args, *rest):
+        launched.append(args.state.dtype)
+        real_launch_step(step, args, *rest)
 
     real_launch_step = _cuda_kernels.launch_step
     monkeypatch.setattr(_cuda_kernels, "SIMULATED", False)
-    monkeypatch.setattr(_cuda_kernels, "step_kernel", Dispatcher())
+    _replace_step_kernel(monkeypatch, compiled.append)
     monkeypatch.setattr(_cuda_kernels, "launch_step", launch_step)
     monkeypatch.setattr(_cuda_bucket, "_COMPILED", set())
     monkeypatch.setattr(_cuda_bucket, "_driver_kernel", refuse)
@@ -638,8 +705,8 @@ def test_the_default_launcher_is_numbas_and_never_touches_the_driver(monkeypatch
     for _ in range(2):
         cpu.step(grads)
         dev.step(_to_device(grads))
-    assert compiled == [_cuda_kernels.step_signature(np.float32),
-                        _cuda_kernels.step_signature(np.float64)]
+    assert compiled == [tuple(_cuda_kernels.step_signature(numadam.Adam.rule, dtype))
+                        for dtype in (np.float32, np.float64)]
     assert len(launched) == 4                       # two buckets, two steps
     _same([p for group in cpu.param_groups for p in group["params"]], params, cpu, dev,
           "default launcher")
@@ -654,8 +721,8 @@ def test_a_driver_launch_that_cannot_be_set_up_says_what_to_do(
     from numadam.cuda import kernels as _cuda_kernels
     make = _cuda_bucket._driver_kernel
 
-    def unloadable(dtype):
-        kernel = make(dtype)
+    def unloadable(rule, dtype):
+        kernel = make(rule, dtype)
 
         def handles(device):
             raise AttributeError("'CodeLibrary' object has no attribute 'get_cufunc'")
