@@ -35,7 +35,7 @@ device array reaches an optimizer.
 Under the CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``) the kernels run as
 Python: the helpers that take arrays run as their Python source, the element
 math runs as the rule's CPU-compiled ``element`` on scalars (with CUDA's
-square root, see :func:`simulated_element`), and loads and stores through
+square root, see :func:`device_element`), and loads and stores through
 the table's addresses go through ``ctypes``. The simulator therefore checks
 the kernels' indexing, addressing and launch logic, not the device's
 arithmetic.
@@ -57,7 +57,7 @@ from numadam.core.jitcache import CACHE
 from numadam.cpu.kernels import OFFSET, PTR_G, PTR_P, SIZE, _first_param
 
 __all__ = ["SIMULATED", "VEC", "VEC_BYTES", "kernels", "Kernels", "StepArgs", "step_signature",
-           "step_grid", "launch_step", "first_nonfinite", "fill", "simulated_element"]
+           "step_grid", "launch_step", "first_nonfinite", "fill", "device_element"]
 
 SIMULATED = bool(numba_config.ENABLE_CUDASIM)
 VEC = 4            # elements a thread updates
@@ -363,7 +363,7 @@ def kernels(rule):
     or :func:`step_signature`'s compile asks.
     """
     if numba_config.ENABLE_CUDASIM:    # not SIMULATED, which tests patch to reach the driver path
-        namespace = dict(globals(), element=simulated_element(rule),
+        namespace = dict(globals(), element=device_element(rule),
                          loop_scalars=rule.loop_scalars.py_func)
     else:
         namespace = dict(globals(), element=rule.element, loop_scalars=rule.loop_scalars)
@@ -375,16 +375,18 @@ def kernels(rule):
 
 
 @functools.lru_cache(maxsize=None)
-def simulated_element(rule):
-    """``rule.element`` as the simulator runs it: CPU code on scalars, with
-    the square root CUDA's ``sqrt`` gives.
+def device_element(rule):
+    """``rule.element`` as the CUDA target computes it, built for the CPU:
+    what the simulator runs on scalars, and the element of CPU references
+    for GPU results (``scripts/gpu_check.py``, ``tests/cuda/sim_backend.py``).
 
     RMSprop's ``torch_sqrt`` (:mod:`numadam.rules.rmsprop`) has a CPU overload
     that emulates MKL's AVX512 root and a generic one, the correctly rounded
     root, which is what the CUDA target compiles; a CPU build takes the
-    first. An element that calls it therefore runs here as a copy whose
-    ``torch_sqrt`` is the correctly rounded root (uncached: its bytecode is
-    the original's, which is what Numba's cache would key it by).
+    first. An element that calls it is therefore copied with ``torch_sqrt``
+    bound to the correctly rounded root (uncached: its bytecode is the
+    original's, which is what Numba's cache would key it by). Any other
+    element is the rule's own.
     """
     from numba import njit
     function = rule.element.py_func
