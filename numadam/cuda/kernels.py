@@ -265,8 +265,9 @@ else:
 def _templates(stamp):
     def _update_vector(address_p, address_g, state, nrows, i, j, sc, flags):
         """Elements ``j .. j+3`` of one parameter (state columns ``i ..``),
-        16-byte accesses. Rows beyond ``nrows`` are stood in for by the
-        gradient and never written, as in the CPU template."""
+        16-byte accesses. Rows beyond ``nrows`` do not exist: values already
+        loaded (the gradient, or row 0) stand in for them and they are never
+        written, as in the CPU template."""
         stamp  # noqa: B018 (the cache key)
         p = _load_vec(address_p, j, state)
         g = _load_vec(address_g, j, state)
@@ -336,7 +337,7 @@ def _templates(stamp):
 _BUILD = (("update_vector", dict(device=True)), ("update_element", dict(device=True)),
           ("step", dict(cache=CACHE)))
 
-Kernels = namedtuple("Kernels", [name for name, _ in _BUILD] + ["rule"])
+Kernels = namedtuple("Kernels", [name for name, _ in _BUILD])
 Kernels.__doc__ = "The compiled CUDA kernels of one rule (see :func:`kernels`)."
 
 # The arguments of the step kernel, by name (the driver launch sets them so).
@@ -359,8 +360,9 @@ def kernels(rule):
     """The CUDA kernels of ``rule`` (an :class:`~numadam.core.rule.UpdateRule`).
 
     They call the rule's own ``loop_scalars`` and ``element`` (Numba compiles
-    the CPU functions again for the device); nothing compiles until a launch
-    or :func:`step_signature`'s compile asks.
+    the CPU functions again for the device); nothing compiles until the first
+    launch, or :meth:`numadam.cuda.bucket.DeviceBucket.ready`, asks for the
+    signature of :func:`step_signature`.
     """
     if numba_config.ENABLE_CUDASIM:    # not SIMULATED, which tests patch to reach the driver path
         namespace = dict(globals(), element=device_element(rule),
@@ -371,7 +373,7 @@ def kernels(rule):
     built = {}
     for name, options in _BUILD:
         built[name] = namespace[name] = _instantiate(templates[name], namespace, **options)
-    return Kernels(rule=rule, **built)
+    return Kernels(**built)
 
 
 @functools.lru_cache(maxsize=None)
