@@ -405,11 +405,41 @@ def test_odd_sizes_and_unaligned_views_match_the_cpu(dtype, monkeypatch):
     assert len(element) == 4 * 2 * (1 + 1 + 3 + 1 + 11)
 
 
-@pytest.mark.parametrize("seed", range(12))
+def _random_rule(rng):
+    """A random optimizer class and random hyperparameters for it (every flag,
+    every state row; values that are not round numbers)."""
+    def maybe(value, p=0.5):
+        return float(value) if rng.random() < p else 0.0
+
+    lr, maximize = float(rng.uniform(1e-3, 0.1)), bool(rng.random() < 0.3)
+    cls = [numadam.Adam, numadam.AdamW, numadam.SGD, numadam.Adagrad,
+           numadam.RMSprop][rng.integers(0, 5)]
+    if cls in (numadam.Adam, numadam.AdamW):
+        kwargs = dict(betas=(float(rng.uniform(0.5, 0.95)), float(rng.uniform(0.9, 0.9999))),
+                      eps=float(rng.uniform(1e-9, 1e-6)), amsgrad=bool(rng.random() < 0.5),
+                      weight_decay=maybe(rng.uniform(0, 0.1)))
+    elif cls is numadam.SGD:
+        momentum = maybe(rng.uniform(0.1, 0.95), 0.7)
+        nesterov = momentum > 0 and rng.random() < 0.5    # torch: nesterov needs dampening 0
+        kwargs = dict(momentum=momentum, nesterov=bool(nesterov),
+                      dampening=0.0 if nesterov else maybe(rng.uniform(0, 0.5)),
+                      weight_decay=maybe(rng.uniform(0, 0.1)))
+    elif cls is numadam.Adagrad:
+        kwargs = dict(lr_decay=maybe(rng.uniform(0, 0.05)), weight_decay=maybe(rng.uniform(0, 0.1)),
+                      initial_accumulator_value=maybe(rng.uniform(0, 0.5)),
+                      eps=float(rng.uniform(1e-11, 1e-6)))
+    else:
+        kwargs = dict(alpha=float(rng.uniform(0.8, 0.999)), eps=float(rng.uniform(1e-9, 1e-6)),
+                      weight_decay=maybe(rng.uniform(0, 0.1)),
+                      momentum=maybe(rng.uniform(0.1, 0.95)), centered=bool(rng.random() < 0.5))
+    return cls, dict(lr=lr, maximize=maximize, **kwargs)
+
+
+@pytest.mark.parametrize("seed", range(24))
 def test_random_layouts_match_the_cpu(seed):
     """Random shapes (empty and 0-d included), dtypes, offsets into a buffer
-    (aligned or not), hyperparameters and missing gradients: every bit of
-    parameters and state equals the CPU's."""
+    (aligned or not), rules, hyperparameters and missing gradients: every bit
+    of parameters and state equals the CPU's."""
     rng = np.random.default_rng(1000 + seed)
     dtype = rng.choice(oc.DTYPES)
     shapes = [() if rng.random() < 0.1 else tuple(rng.integers(0, 9, rng.integers(1, 3)))
@@ -420,10 +450,9 @@ def test_random_layouts_match_the_cpu(seed):
         shift = int(rng.integers(0, 4))             # 0: aligned, else an element path
         buffer = cuda.to_device(np.concatenate([np.zeros(shift, dtype), h.reshape(-1)]))
         device.append(buffer[shift:].reshape(h.shape))
-    kwargs = dict(lr=float(rng.uniform(1e-3, 0.1)), amsgrad=bool(rng.random() < 0.5),
-                  weight_decay=float(rng.choice([0.0, 0.01])), maximize=bool(rng.random() < 0.3))
-    cls = numadam.AdamW if rng.random() < 0.5 else numadam.Adam
-    cpu, dev = cls(host, **kwargs), cls(device, **kwargs)
+    cls, kwargs = _random_rule(rng)
+    reference = DeviceRootRMSprop if cls is numadam.RMSprop else cls
+    cpu, dev = reference(host, **kwargs), cls(device, **kwargs)
     for _ in range(5):
         grads = [None if rng.random() < 0.2 else rng.standard_normal(s).astype(dtype)
                  for s in shapes]
