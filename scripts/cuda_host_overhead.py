@@ -31,8 +31,8 @@ from numadam.cuda import bucket as _cuda_bucket, kernels as _cuda_kernels, launc
 
 
 class _StubKernel:
-    def __init__(self, dtype):
-        self.signature = _cuda_kernels.step_signature(dtype)
+    def __init__(self, rule, dtype):
+        self.signature = _cuda_kernels.step_signature(rule, dtype)
 
     def handles(self, device):
         return 0, 0
@@ -44,7 +44,7 @@ COUNTS = {"launches": 0, "uploads": 0}
 class _StubLaunchArgs(_cuda_launch.LaunchArgs):
     """LaunchArgs with the driver calls left out."""
 
-    def set_array(self, position, array):
+    def set_array(self, name, array):
         pass    # a simulator array has no device pointer; done once, not per step
 
     def launch(self, blocks, threads, stream_handle):

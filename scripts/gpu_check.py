@@ -10,16 +10,22 @@ for the command, including the numpy 2.4 wheel that numba-cuda 0.30.4 needs):
 (tests/test_cuda_sim.py does, so the script cannot rot between GPU sessions).
 
 Checks (any failure exits 1, after the table):
-  * PTX: every multiply is mul.rn, the FMAs are exactly adam_element's.
+  * PTX: every rule's step kernel, float32 and float64: every multiply is
+    mul.rn, so the only FMAs are the element's explicit ones
+    (tests/cuda/ptx_check.py).
   * launchers: Numba's launcher (the default) and the opt-in driver launch
     (ctypes cuLaunchKernel, which reads a numba-cuda internal) each run the
     parity and adapter checks below; the driver launch is probed first, and
     where it fails the run goes on with Numba's launcher alone. The last
     "launch" row says whether the driver launch passed everything (the
     condition for making it the default).
-  * parity: every configuration of tests/optim_configs.py, float32 and float64,
-    on fresh random data, GPU bit-identical to numadam's CPU update (params
-    and every state array, each step's result compared after the last step).
+  * parity: every configuration of tests/optim_configs.py (every rule: Adam,
+    AdamW, AMSGrad, SGD, Adagrad, RMSprop), float32 and float64, on fresh
+    random data, GPU bit-identical to numadam's CPU update (params and every
+    state array, each step's result compared after the last step). RMSprop's
+    CPU reference takes the correctly rounded square root, which is CUDA's;
+    how far the RMSprop class itself (MKL's root on an AVX512 CPU) is from
+    the GPU is reported beside it, not failed.
   * adapters: Numba device arrays (aligned, unaligned), CuPy (on a non-default
     stream), torch CUDA tensors (on a side stream), a raw
     __cuda_array_interface__ object, and numadam.cuda.flat_parameters; each
@@ -30,7 +36,8 @@ Timings (printed against the issue's targets; a miss is reported, not failed):
     effective TB/s (28 B/element; 36 with AMSGrad) against a device-to-device
     copy measured in the same run, the element path (unaligned) for
     comparison, and streaming kernels with Adam's traffic and no arithmetic
-    (scalar; 16-byte; two 16-byte groups a thread): the ceiling.
+    (scalar; 16-byte; two 16-byte groups a thread): the ceiling. step() of
+    the other rules (their traffic: 12 B/element plus 8 per state row).
   * a 10-element step from Python: microseconds per call of step([g]) and
     step(), Numba / CuPy / torch arrays, driver and Numba launchers.
   * 200 arrays of 1e2..1e6 elements: numadam (torch tensors, owned grads,
@@ -174,12 +181,43 @@ def groups_of(config, params):
                  **{k: v for k, v in g.items() if k != "shapes"}) for g in layout]
 
 
+def reference_class(cls):
+    """The CPU class that computes what ``cls`` computes on a GPU: ``cls``
+    itself, but for RMSprop, whose CPU square root emulates MKL's (on AVX512)
+    where CUDA's is correctly rounded: its rule with the device's element."""
+    import dataclasses
+
+    from numadam.cuda.kernels import device_element
+    element = device_element(cls.rule)
+    if element is cls.rule.element:
+        return cls
+    rule = dataclasses.replace(cls.rule, name=cls.rule.name + "_device_root", element=element)
+    return type(cls.__name__ + "DeviceRoot", (cls,), {"rule": rule})
+
+
+def compare(cpu, gpu, host, dev):
+    """``(differing elements, worst ulps)`` of parameters and every state array."""
+    pairs = [(d.copy_to_host(), h) for d, h in zip(dev, host)]
+    sc, sg = cpu.state_dict()["state"], gpu.state_dict()["state"]
+    bad = 0
+    for i, entry in sc.items():
+        if entry.keys() != sg[i].keys():
+            bad += 1
+        for key, value in entry.items():
+            if key != "step":
+                pairs.append((sg[i][key], value))
+            elif sg[i][key] != value:
+                bad += 1
+    bad += sum(differing(a, e) for a, e in pairs)
+    return bad, max(ulps(a, e) for a, e in pairs)
+
+
 def check_parity(launcher_name):
     steps = SCALE["parity_steps"]
     seed = int(time.time())
     print(f"parity seed {seed}", flush=True)
     rng = np.random.default_rng(seed)
-    for name in oc.ADAM_CONFIGS:
+    for name in oc.CONFIGS:
         config = dict(oc.CONFIGS[name])
         if "groups" in config:          # the registry's groups index its 3 shapes
             config["groups"] = [dict(g) for g in config["groups"]]
@@ -188,10 +226,14 @@ def check_parity(launcher_name):
         for dtype in oc.DTYPES:
             params, grads = random_problem(rng, dtype, steps)
             cls = getattr(numadam, config["cls"])
+            reference = reference_class(cls)
             host = [p.copy() for p in params]
             dev = [cuda.to_device(p) for p in params]
-            cpu = cls(groups_of(config, host), **config["kwargs"])
+            cpu = reference(groups_of(config, host), **config["kwargs"])
             gpu = cls(groups_of(config, dev), **config["kwargs"])
+            if reference is not cls:
+                own = [p.copy() for p in params]
+                cpu_class = cls(groups_of(config, own), **config["kwargs"])
             layout = config.get("groups") or [dict(shapes=range(len(SCALE["shapes"])))]
             order = [k for g in layout for k in g["shapes"]]
             every = config.get("skip_every")
@@ -200,22 +242,23 @@ def check_parity(launcher_name):
                       for k in order]
                 cpu.step(gs)
                 gpu.step([None if g is None else cuda.to_device(g) for g in gs])
-            pairs = [(d.copy_to_host(), h) for d, h in zip(dev, host)]
-            sc, sg = cpu.state_dict()["state"], gpu.state_dict()["state"]
-            bad = 0
-            for i, entry in sc.items():
-                for key, value in entry.items():
-                    if key != "step":
-                        pairs.append((sg[i][key], value))
-                    elif sg[i][key] != value:
-                        bad += 1
-            bad += sum(differing(a, e) for a, e in pairs)
-            worst = max(ulps(a, e) for a, e in pairs)
+                if reference is not cls:
+                    cpu_class.step(gs)
+            bad, worst = compare(cpu, gpu, host, dev)
             total = sum(p.size for p in params)
             record("parity", f"{name} {dtype}, {launcher_name} launcher",
                    "bit-exact" if bad == 0 else
                    f"{bad} of {total} elements differ, at most {worst} ulp",
-                   f"{steps} steps", ok=bad == 0)
+                   f"{steps} steps" + ("" if reference is cls else
+                                       ", CPU reference with the correctly rounded sqrt"),
+                   ok=bad == 0)
+            if reference is not cls:
+                bad, worst = compare(cpu_class, gpu, own, dev)
+                record("sqrt", f"{name} {dtype}, {launcher_name} launcher, against the "
+                       f"{cls.__name__} class on this CPU",
+                       "bit-exact" if bad == 0 else
+                       f"{bad} of {total} elements differ, at most {worst} ulp",
+                       "MKL's AVX512 root on the CPU, CUDA's correctly rounded one")
 
 
 # ---------------------------------------------------------------- adapters
@@ -368,10 +411,13 @@ def time_bandwidth(amsgrad=False):
     label = "amsgrad" if amsgrad else "adam"
     config = numadam.cuda.config
 
+    args = _cuda_kernels.StepArgs(table=bucket._table_d, scal=bucket._scal_d,
+                                  state=bucket.state, uniform=True, s=bucket._scalars,
+                                  flags=(amsgrad, False, False))
+
     def kernel_only():
-        _cuda_kernels.launch_step(bucket._table_d, bucket._scal_d, bucket.state, True,
-                                  bucket._scalars, amsgrad, False, False,
-                                  cuda.default_stream(), config.threads_per_block)
+        _cuda_kernels.launch_step(bucket.kernels.step, args, cuda.default_stream(),
+                                  config.threads_per_block)
 
     results = []
     for threads in (128, 256, 512):
@@ -394,6 +440,25 @@ def time_bandwidth(amsgrad=False):
         tbs = per * (n - 1) / ms / 1e9
         record("bandwidth", f"adam {n - 1} f32 unaligned (element path)", f"{tbs:.2f} TB/s",
                f"{ms:.3f} ms, {tbs / copy_tbs:.0%} of copy")
+
+
+def time_rules_bandwidth():
+    """step() of SGD, Adagrad and RMSprop with every state row they can have,
+    2^28 float32: effective TB/s over their traffic."""
+    n, reps = SCALE["n"], SCALE["reps"]
+    p = cuda.to_device(np.full(n, 0.5, np.float32))
+    g = cuda.to_device(np.full(n, 0.25, np.float32))
+    for label, make in (("sgd momentum", lambda: numadam.SGD([p], lr=1e-4, momentum=0.9)),
+                        ("adagrad", lambda: numadam.Adagrad([p], lr=1e-4)),
+                        ("rmsprop centered momentum", lambda: numadam.RMSprop(
+                            [p], lr=1e-4, centered=True, momentum=0.9))):
+        opt = make()
+        opt.step([g])
+        ms = event_ms(lambda: opt.step([g]), reps)
+        per = 4 * (3 + 2 * len(opt._buckets[0].rows))
+        record("bandwidth", f"{label} {n} f32 opt.step([g])",
+               f"{per * n / ms / 1e9:.2f} TB/s", f"{ms:.3f} ms, {per} B/element")
+        opt = None     # free its state before the next one allocates
 
 
 def _stream_kernels():
@@ -595,8 +660,10 @@ def time_first_step():
     kernel in Numba's disk cache (the step kernel is cache=True)."""
     import glob
     import subprocess
-    for path in glob.glob(os.path.join(ROOT, "numadam", "__pycache__", "_cuda_kernels*.nb*")):
-        os.remove(path)
+    for folder in ("cuda", "cpu"):      # the step kernel, and the scalars' prepare_uniform
+        for path in glob.glob(os.path.join(ROOT, "numadam", folder, "__pycache__",
+                                           "kernels*.nb*")):
+            os.remove(path)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [ROOT] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
     for label in ("cold cache", "warm cache"):
@@ -644,7 +711,8 @@ def main():
     record("time", "checks", f"{time.perf_counter() - started:.0f} s")
     if not options.quick:
         for section in (time_first_step, time_bandwidth, time_stream_kernels,
-                        lambda: time_bandwidth(amsgrad=True), time_small_step,
+                        lambda: time_bandwidth(amsgrad=True), time_rules_bandwidth,
+                        time_small_step,
                         time_many_arrays):
             try:
                 section()

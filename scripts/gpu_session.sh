@@ -9,7 +9,8 @@
 #     --platform manylinux2014_x86_64 -d .whl "numpy==2.4.*"
 # Then the device tool's run, with carry [".whl"] and timeout_s 540:
 #   bash scripts/gpu_session.sh
-# Results: $OUT/gpu_check.log and $OUT/gpu_check.json. Both launchers are checked (Numba's,
+# Results: $OUT/gpu_check.log and $OUT/gpu_check.json. Every rule (Adam/AdamW/AMSGrad, SGD,
+# Adagrad, RMSprop) is checked for exactness in the one run. Both launchers are checked (Numba's,
 # the default, and the opt-in driver launch); the "driver launch, overall" row says whether
 # the driver launch passed everything, the condition for making it the default. Extra
 # arguments go to gpu_check.py (--quick: checks without timings; --smoke: tiny sizes, for the

@@ -87,13 +87,19 @@ def test_gpu_check_script_runs_under_the_simulator(tmp_path):
     assert "all checks passed" in result.stdout
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     rows = report["rows"]
-    assert {row[0] for row in rows} >= {"launch", "parity", "adapter", "bandwidth", "latency"}
+    assert {row[0] for row in rows} >= {"launch", "parity", "adapter", "bandwidth", "latency",
+                                        "sqrt"}
+    # every rule's configurations are checked, RMSprop's also against its class
+    assert {oc.CONFIGS[r[1].split()[0]]["cls"] for r in rows if r[0] == "parity"} == {
+        config["cls"] for config in oc.CONFIGS.values()}
+    rmsprop = [name for name, config in oc.CONFIGS.items() if config["cls"] == "RMSprop"]
+    assert sum(r[0] == "sqrt" for r in rows) == 2 * len(oc.DTYPES) * len(rmsprop)
     assert not report["failures"] and "error" not in json.dumps(rows)
     # both launchers get every parity and adapter check (the simulator runs
     # Numba's launcher for both, but every line of the driver's loop runs)
     for launcher in ("numba", "driver"):
         assert sum(r[0] == "parity" and r[1].endswith(f", {launcher} launcher")
-                   for r in rows) == len(oc.DTYPES) * len(oc.ADAM_CONFIGS), launcher
+                   for r in rows) == len(oc.DTYPES) * len(oc.CONFIGS), launcher
         assert any(r[0] == "adapter" and f"{launcher} launcher" in r[1] for r in rows)
     assert ["launch", "driver launch, overall",
             "passed every parity and adapter check, as Numba's launcher did", ""] in rows

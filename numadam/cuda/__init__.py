@@ -1,8 +1,9 @@
 """The GPU backend's public helpers: launch settings and flat parameter buffers.
 
-``numadam.Adam`` / ``AdamW`` take device arrays directly (CuPy, Numba device
-arrays, torch CUDA tensors, anything with ``__cuda_array_interface__``); this
-module only adds what device code needs beyond that. Importing it does not
+Every optimizer (``numadam.Adam``, ``AdamW``, ``SGD``, ``Adagrad``, ``RMSprop``)
+takes device arrays directly (CuPy, Numba device arrays, torch CUDA tensors,
+anything with ``__cuda_array_interface__``); this module only adds what device
+code needs beyond that. Importing it does not
 import ``numba.cuda``; :func:`flat_parameters` does.
 """
 

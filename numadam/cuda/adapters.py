@@ -173,7 +173,7 @@ def inspect(obj, where, *, writeable=True):
         if key not in face:
             raise ValueError(f"{where}: its __cuda_array_interface__ has no {key!r}")
     if face.get("mask") is not None:
-        raise ValueError(f"{where} is a masked array; Adam updates dense arrays only")
+        raise ValueError(f"{where} is a masked array; numadam updates dense arrays only")
     shape = tuple(int(n) for n in face["shape"])
     dtype = _DTYPES.get(face["typestr"]) or np.dtype(face["typestr"])
     _check_dtype(dtype, where)

@@ -1,10 +1,12 @@
 """A bucket of device arrays: :class:`numadam.cpu.bucket.Bucket`'s interface on a GPU.
 
 The host keeps the int64 ``table`` (so step counts, offsets and live flags
-read exactly as on the CPU, and ``_cpu._prepare`` builds the scalars with the
-same float64 arithmetic). The device keeps a copy of the table, uploaded only
-when a gradient address changes, and the state array, padded so that every
-parameter's state starts at a multiple of the kernel's vector width.
+read exactly as on the CPU, and the rule's CPU ``prepare_uniform`` builds the
+scalars with the same float64 arithmetic). The device keeps a copy of the
+table, uploaded only when a gradient address changes, and the state array
+(one row per state array of the rule that exists, as on the host), padded so
+that every parameter's state starts at a multiple of the kernel's vector
+width.
 
 A step, in the usual case (every parameter at the same step, gradient
 addresses as last time), copies nothing to the device: the scalars travel as
@@ -28,30 +30,30 @@ import weakref
 import numpy as np
 from numba import cuda
 
+from numadam.core.bucket import BucketBase
 from numadam.cpu import kernels as _cpu
-from numadam.cuda import kernels as _cuda_kernels
-from numadam.cpu.bucket import STATE_KEYS, BucketBase
-from numadam.cpu.kernels import OFFSET, PTR_G, SIZE, STEP
-from numadam.cuda.adapters import (FIXED, TORCH, _on_device, _torch_stream, device_address,
-                             fill_zero, gradient_info, inspect, interface_stream, memory_kind,
-                             stream_for, zeros_like)
-from numadam.core.math import NSCALARS
+from numadam.cpu.kernels import LIVE, OFFSET, PTR_G, SIZE, STEP
 from numadam.cuda import config
+from numadam.cuda import kernels as _cuda_kernels
+from numadam.cuda.adapters import (FIXED, TORCH, _on_device, _torch_stream, device_address,
+                                   fill_zero, gradient_info, inspect, interface_stream,
+                                   memory_kind, stream_for, zeros_like)
 
-_DRIVER_KERNELS = {}     # dtype -> DriverKernel of the step kernel
-_COMPILED = set()        # (dtype, device) the step kernel is loaded for (Numba's launcher)
+_DRIVER_KERNELS = {}     # (rule, dtype) -> DriverKernel of the rule's step kernel
+_COMPILED = set()        # (rule, dtype, device) the step kernel is loaded for (Numba's launcher)
 
 
 def _threads():
     return config.threads_per_block
 
 
-def _driver_kernel(dtype):
+def _driver_kernel(rule, dtype):
     from numadam.cuda.launch import DriverKernel
-    found = _DRIVER_KERNELS.get(dtype)
+    found = _DRIVER_KERNELS.get((rule, dtype))
     if found is None:
-        found = DriverKernel(_cuda_kernels.step_kernel, _cuda_kernels.step_signature(dtype))
-        _DRIVER_KERNELS[dtype] = found
+        found = DriverKernel(_cuda_kernels.kernels(rule).step,
+                             _cuda_kernels.step_signature(rule, dtype))
+        _DRIVER_KERNELS[rule, dtype] = found
     return found
 
 
@@ -88,17 +90,20 @@ def _still_valid(grad, last):
 
 
 class DeviceBucket(BucketBase):
-    """Device parameters ``params`` (infos ``infos``) of group ``group_index``."""
+    """Device parameters ``params`` (infos ``infos``, global indices
+    ``indices``) of group ``group_index`` under ``rule``."""
 
     on_device = True
 
-    def __init__(self, params, infos, indices, group_index):
+    def __init__(self, rule, params, infos, indices, group_index):
         self.infos = list(infos)
-        super().__init__(params, indices, group_index, self.infos[0].dtype,
+        super().__init__(rule, params, indices, group_index, self.infos[0].dtype,
                          [info.address for info in self.infos],
                          [info.shape for info in self.infos], align=_cuda_kernels.VEC)
         self.device = self.infos[0].device
-        self.like = np.empty((1, 0), self.dtype)  # carries the dtype into _prepare
+        self.like = np.empty((0, 0), self.dtype)  # carries the dtype into prepare_uniform
+        self.kernels = _cuda_kernels.kernels(rule)   # compiled at ready() or first launch
+        self._prepare_uniform = _cpu.kernels(rule).prepare_uniform
         self._grad_streams = ()
         self._grad_column = None       # the gradient addresses the table holds
         self._seen_grads = [None] * len(self.params)   # see gradient_addresses
@@ -107,7 +112,7 @@ class DeviceBucket(BucketBase):
         self._stream_handle = None
         self._numba_param = type(params[0]).__module__.startswith("numba.cuda")
         self._torch_param = memory_kind(params[0]) == TORCH
-        self._scalars = np.empty(NSCALARS, self.dtype)   # the uniform scalars of a step
+        self._scalars = np.empty(rule.nscalars, self.dtype)   # the uniform scalars of a step
         self._was_live = np.empty(len(self.params), np.int64)   # see step
         self._launch = None            # LaunchArgs of the driver path, made by ready()
         self.unready = True            # ready() has not run yet
@@ -115,7 +120,7 @@ class DeviceBucket(BucketBase):
         self._grid_for = (-1, -1, 0, 0)   # (total, threads) -> (blocks, threads)
         with _on_device(self.device):
             self._table_d = cuda.device_array(self.table.shape, np.int64)
-            self._scal_d = cuda.device_array((len(self.params), NSCALARS), self.dtype)
+            self._scal_d = cuda.device_array((len(self.params), rule.nscalars), self.dtype)
             # For the finiteness check: the dtype, and the row it finds. A host
             # array here would be copied to the device at every launch.
             self._like_d = cuda.device_array(0, self.dtype)
@@ -144,12 +149,21 @@ class DeviceBucket(BucketBase):
         stream_for(self._stream_handle).synchronize()
 
     # ------------------------------------------------------------------ state
-    def allocate(self, amsgrad):
+    def allocate(self, args, live=False):
+        """Create the state under kernel args ``args`` on the device: each row
+        filled with its initial value (zeros at the first step, as torch
+        creates the state lazily; the rule's initial values at construction,
+        ``live``, where torch creates it eagerly, as Adagrad's ``sum``)."""
         stream = self._current_stream()
+        values = self.rule.initial(args.values)
         with _on_device(self.device):
-            self.state = cuda.device_array((self.rows_for(amsgrad), self.total), self.dtype,
-                                           stream=stream)
-            _cuda_kernels.fill(self.state.reshape(-1), 0, stream, _threads())
+            state = cuda.device_array((len(args.rows), self.total), self.dtype, stream=stream)
+            for row, value in enumerate(values):
+                _cuda_kernels.fill(state[row], value, stream, _threads())
+        self.state = state
+        self.rows = args.rows
+        if live:
+            self.table[:, LIVE] = 1
 
     def view(self, k, row):
         """Parameter ``k``'s slice of state row ``row``: a Numba device array view."""
@@ -157,12 +171,17 @@ class DeviceBucket(BucketBase):
         return self.state[row, offset:offset + self.table[k, SIZE]].reshape(
             self.infos[k].shape)
 
+    def host_view(self, k, row):
+        """A host copy of :meth:`view` (call :meth:`synchronize` first)."""
+        return self.view(k, row).copy_to_host()
+
     def param_state(self, k):
-        """Parameter ``k``'s state as host copies (waits for this bucket's stream)."""
+        """Parameter ``k``'s state as host copies, in torch's key order
+        (waits for this bucket's stream)."""
         self.synchronize()
-        out = {"step": int(self.table[k, STEP])}
-        for row in range(self.state.shape[0]):
-            out[STATE_KEYS[row]] = self.view(k, row).copy_to_host()
+        out = {"step": int(self.table[k, STEP])} if self.rule.keeps_step else {}
+        for row, name in enumerate(self.rows):
+            out[name] = self.host_view(k, row)
         return out
 
     def upload_state(self, host_state):
@@ -276,32 +295,32 @@ class DeviceBucket(BucketBase):
             if config.launcher == "driver":
                 if self._launch is None:
                     self._driver_args()
-            elif (self.dtype, self.device) not in _COMPILED:
+            elif (self.rule, self.dtype, self.device) not in _COMPILED:
                 with _on_device(self.device):   # compile() loads it into the current context
-                    _cuda_kernels.step_kernel.compile(
-                        _cuda_kernels.step_signature(self.dtype))
-                _COMPILED.add((self.dtype, self.device))
+                    self.kernels.step.compile(
+                        tuple(_cuda_kernels.step_signature(self.rule, self.dtype)))
+                _COMPILED.add((self.rule, self.dtype, self.device))
         self.unready = False
 
     def step(self, args):
-        """Enqueue one update of the whole bucket with validated ``args``.
+        """Enqueue one update of the whole bucket with validated kernel args
+        ``args`` (:class:`~numadam.core.rule.KernelArgs`).
 
         If the enqueue fails (a driver error), the step counts are taken back:
         the kernel did not run, and a later step must not skip a step's bias
         correction.
         """
-        lr, beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled = args
-        scal, mode = _cpu.prepare_uniform(self.table, self.like, self._scalars,
-                                          self._was_live, lr, beta1, beta2, eps, weight_decay)
+        scal, mode = self._prepare_uniform(self.table, self.like, self._scalars,
+                                           self._was_live, args.hyp)
         if mode == 0:                  # no gradient at all: nothing to launch
             return
         try:
-            self._enqueue(scal, mode, amsgrad, maximize, decoupled)
+            self._enqueue(scal, mode, args.flags)
         except BaseException:
             _cpu.undo_prepare(self.table, self._was_live)
             raise
 
-    def _enqueue(self, scal, mode, amsgrad, maximize, decoupled):
+    def _enqueue(self, scal, mode, flags):
         handle = self._stream_handle = self._read_stream_handle()
         others = [h for h in self._grad_streams if h != handle] if self._grad_streams else ()
         if _cuda_kernels.SIMULATED or config.launcher != "driver":
@@ -311,9 +330,12 @@ class DeviceBucket(BucketBase):
                 self._upload_table(stream)
                 if mode == 2:
                     self._scal_d.copy_to_device(scal, stream=stream)
-                _cuda_kernels.launch_step(self._table_d, self._scal_d, self.state, mode == 1,
-                                          self._scalars, amsgrad, maximize, decoupled, stream,
-                                          _threads())
+                _cuda_kernels.launch_step(
+                    self.kernels.step,
+                    _cuda_kernels.StepArgs(table=self._table_d, scal=self._scal_d,
+                                           state=self.state, uniform=mode == 1,
+                                           s=self._scalars, flags=flags),
+                    stream, _threads())
             return
         launch = self._launch or self._driver_args()   # made by ready() as a rule
         if others:
@@ -326,13 +348,12 @@ class DeviceBucket(BucketBase):
         if mode == 2:
             launch.upload(self._scal_address, scal, raw)
         if self.state is not self._launched_state:     # allocated, or loaded
-            launch.set_array(2, self.state)
+            launch.set_array("state", self.state)
             self._launched_state = self.state
         fields = launch.fields
-        fields[3][0].value = mode == 1
-        fields[5][0].value = amsgrad
-        fields[6][0].value = maximize
-        fields[7][0].value = decoupled
+        fields.uniform[0].value = mode == 1
+        for field, flag in zip(fields.flags, flags):
+            field.value = flag
         if self._grid_for[:2] != (self.total, config.threads_per_block):
             self._grid_for = (self.total, config.threads_per_block,
                               *_cuda_kernels.step_grid(self.total, config.threads_per_block))
@@ -347,11 +368,11 @@ class DeviceBucket(BucketBase):
         own, and the error says how to do without it.
         """
         from numadam.cuda import launch as _cuda_launch
-        kernel = _driver_kernel(self.dtype)
+        kernel = _driver_kernel(self.rule, self.dtype)
         try:
             launch = _cuda_launch.LaunchArgs(kernel, self.device)
-            launch.set_array(0, self._table_d)
-            launch.set_array(1, self._scal_d)
+            launch.set_array("table", self._table_d)
+            launch.set_array("scal", self._scal_d)
         except Exception as error:
             raise RuntimeError(
                 f"numadam could not set up its direct driver launch on device "
@@ -363,7 +384,7 @@ class DeviceBucket(BucketBase):
         self._scal_address = device_address(self._scal_d)
         # From now on prepare_uniform writes the scalars straight into the
         # launch's argument buffer.
-        view = launch.values_view(4, self.dtype)
+        view = launch.values_view("s", self.dtype)
         view[:] = self._scalars
         self._scalars = view
         self._launch = launch

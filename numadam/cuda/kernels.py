@@ -1,14 +1,16 @@
-"""CUDA kernels: one launch updates every array of a bucket.
+"""CUDA kernels: one launch updates every array of a bucket, for any rule.
 
-The layout is the CPU backend's (see :mod:`numadam.cpu.kernels`): an int64 ``table``
-with one row per parameter (addresses of the user's parameter and gradient,
-offset and size in the bucket's state, step, live flag) and a 2-D ``state``
-of shape ``(2 or 3, total)``. The scalars are built on the host by the very
-function the CPU kernels call (``_cpu._prepare``), so the bias corrections
-are the same float64 ``pow`` rounded once. The element math is
-:func:`numadam.core.math.adam_element`, the one definition both targets compile;
-its products are ``mul_rn`` and its fused multiply-adds ``fma``, so the
-GPU's arithmetic is the CPU's, operation for operation.
+The twin of :mod:`numadam.cpu.kernels`, with the same layout: an int64
+``table`` with one row per parameter (addresses of the user's parameter and
+gradient, offset and size in the bucket's state, step, live flag) and a 2-D
+``state`` of shape ``(rows, total)``, one row per state array of the rule
+that exists (none for SGD without momentum). The kernels of a rule are made
+by :func:`kernels` from templates in this module that call the rule's own
+``loop_scalars`` and ``element`` (:mod:`numadam.core.rule`), which Numba
+compiles again for the device; their products are ``mul_rn`` and their fused
+multiply-adds ``fma`` (:mod:`numadam.core.math`), so the GPU's arithmetic is
+the CPU's, operation for operation. The scalars are built on the host by the
+CPU kernels' ``prepare_uniform``, the same float64 arithmetic rounded once.
 
 One thread updates ``VEC`` = 4 consecutive elements of the concatenated
 parameter space and finds their parameter by binary search over the offsets
@@ -32,13 +34,18 @@ device array reaches an optimizer.
 
 Under the CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``) the kernels run as
 Python: the helpers that take arrays run as their Python source, the element
-math runs as the CPU-compiled :func:`adam_element` on scalars, and loads and
-stores through the table's addresses go through ``ctypes``. The simulator
-therefore checks the kernels' indexing, addressing and launch logic, not the
-device's arithmetic.
+math runs as the rule's CPU-compiled ``element`` on scalars (with CUDA's
+square root, see :func:`device_element`), and loads and stores through
+the table's addresses go through ``ctypes``. The simulator therefore checks
+the kernels' indexing, addressing and launch logic, not the device's
+arithmetic.
 """
 
 import ctypes
+import functools
+import math
+import types as pytypes
+from collections import namedtuple
 
 import numpy as np
 from llvmlite import ir
@@ -46,12 +53,11 @@ from numba import cuda, types
 from numba.core import config as numba_config
 from numba.extending import intrinsic
 
-from numadam.cpu.kernels import NCOLS, OFFSET, PTR_G, PTR_P, SIZE, _first_param
 from numadam.core.jitcache import CACHE
-from numadam.core.math import NSCALARS, adam_element, loop_scalars
+from numadam.cpu.kernels import OFFSET, PTR_G, PTR_P, SIZE, _first_param
 
-__all__ = ["SIMULATED", "VEC", "VEC_BYTES", "step_signature", "step_kernel", "step_grid",
-           "launch_step", "first_nonfinite", "fill", "NCOLS"]
+__all__ = ["SIMULATED", "VEC", "VEC_BYTES", "kernels", "Kernels", "StepArgs", "step_signature",
+           "step_grid", "launch_step", "first_nonfinite", "fill", "device_element"]
 
 SIMULATED = bool(numba_config.ENABLE_CUDASIM)
 VEC = 4            # elements a thread updates
@@ -240,78 +246,165 @@ if SIMULATED:
     _load, _store = _simulated_load, _simulated_store
     _load_vec, _store_vec = _simulated_load_vec, _simulated_store_vec
     _row_load_vec, _row_store_vec = _simulated_row_load_vec, _simulated_row_store_vec
-    _find, _scalars = _first_param.py_func, loop_scalars.py_func
+    _find = _first_param.py_func
 else:
     _load, _store = _device_load, _device_store
     _load_vec, _store_vec = _device_load_vec, _device_store_vec
     _row_load_vec, _row_store_vec = _device_row_load_vec, _device_row_store_vec
-    _find, _scalars = _first_param, loop_scalars
+    _find = _first_param
 
 
-# ------------------------------------------------------------------- kernels
-@cuda.jit(device=True)
-def _lane(p, g, m, v, vmax, sc, amsgrad, decoupled):
-    (neg_step, bc2_sqrt, eps, wd, lerp_w, lerp_small, c2, beta2, decay, sign) = sc
-    return adam_element(p, g, m, v, vmax, neg_step, bc2_sqrt, eps, wd, lerp_w, lerp_small,
-                        c2, beta2, decay, sign, amsgrad, decoupled)
+# ------------------------------------------------------------------ templates
+#
+# The twins of numadam.cpu.kernels' templates, compiled once per rule by
+# :func:`kernels` with a globals dict of their own (``element``,
+# ``loop_scalars`` and the device functions they call); the closure holds only
+# the rule's cache stamp, which keys each rule's build apart in Numba's disk
+# cache (see numadam.cpu.kernels).
+
+def _templates(stamp):
+    def _update_vector(address_p, address_g, state, nrows, i, j, sc, flags):
+        """Elements ``j .. j+3`` of one parameter (state columns ``i ..``),
+        16-byte accesses. Rows beyond ``nrows`` do not exist: values already
+        loaded (the gradient, or row 0) stand in for them and they are never
+        written, as in the CPU template."""
+        stamp  # noqa: B018 (the cache key)
+        p = _load_vec(address_p, j, state)
+        g = _load_vec(address_g, j, state)
+        a = _row_load_vec(state, 0, i) if nrows > 0 else g
+        b = _row_load_vec(state, 1, i) if nrows > 1 else a
+        c = _row_load_vec(state, 2, i) if nrows > 2 else a
+        p0, a0, b0, c0 = element(p[0], g[0], a[0], b[0], c[0], sc, flags)
+        p1, a1, b1, c1 = element(p[1], g[1], a[1], b[1], c[1], sc, flags)
+        p2, a2, b2, c2 = element(p[2], g[2], a[2], b[2], c[2], sc, flags)
+        p3, a3, b3, c3 = element(p[3], g[3], a[3], b[3], c[3], sc, flags)
+        if nrows > 0:
+            _row_store_vec(state, 0, i, (a0, a1, a2, a3))
+        if nrows > 1:
+            _row_store_vec(state, 1, i, (b0, b1, b2, b3))
+        if nrows > 2:
+            _row_store_vec(state, 2, i, (c0, c1, c2, c3))
+        _store_vec(address_p, j, (p0, p1, p2, p3), state)
+
+    def _update_element(address_p, address_g, state, nrows, i, j, sc, flags):
+        """Element ``j`` of one parameter (state column ``i``)."""
+        stamp  # noqa: B018
+        p = _load(address_p, j, state)
+        g = _load(address_g, j, state)
+        a = state[0, i] if nrows > 0 else g
+        b = state[1, i] if nrows > 1 else a
+        c = state[2, i] if nrows > 2 else a
+        p, a, b, c = element(p, g, a, b, c, sc, flags)
+        if nrows > 0:
+            state[0, i] = a
+        if nrows > 1:
+            state[1, i] = b
+        if nrows > 2:
+            state[2, i] = c
+        _store(address_p, j, p, state)
+
+    def _step(table, scal, state, uniform, s, flags):
+        """One update of a bucket: ``VEC`` elements a thread. ``s``: the
+        scalars when ``uniform``, else row ``k`` of ``scal`` is parameter
+        ``k``'s."""
+        stamp  # noqa: B018
+        i = cuda.grid(1) * VEC
+        if i >= state.shape[1]:
+            return
+        k = _find(table, i)
+        address_g = table[k, PTR_G]
+        j = i - table[k, OFFSET]
+        size = table[k, SIZE]
+        if address_g == 0 or j >= size:     # no gradient, or the padding after a parameter
+            return
+        address_p = table[k, PTR_P]
+        nrows = state.shape[0]
+        if uniform:
+            sc = loop_scalars(s, flags)
+        else:
+            sc = loop_scalars(scal[k], flags)
+        if j + VEC <= size and (address_p | address_g) % VEC_BYTES == 0:
+            update_vector(address_p, address_g, state, nrows, i, j, sc, flags)
+        else:
+            for q in range(min(VEC, size - j)):
+                update_element(address_p, address_g, state, nrows, i + q, j + q, sc, flags)
+
+    return dict(update_vector=_update_vector, update_element=_update_element, step=_step)
 
 
-@cuda.jit(device=True)
-def _update_vector(address_p, address_g, state, i, j, sc, amsgrad, decoupled):
-    """Elements ``j .. j+3`` of one parameter (state columns ``i ..``), 16-byte accesses."""
-    p = _load_vec(address_p, j, state)
-    g = _load_vec(address_g, j, state)
-    m = _row_load_vec(state, 0, i)
-    v = _row_load_vec(state, 1, i)
-    x = _row_load_vec(state, 2, i) if amsgrad else v
-    p0, m0, v0, x0 = _lane(p[0], g[0], m[0], v[0], x[0], sc, amsgrad, decoupled)
-    p1, m1, v1, x1 = _lane(p[1], g[1], m[1], v[1], x[1], sc, amsgrad, decoupled)
-    p2, m2, v2, x2 = _lane(p[2], g[2], m[2], v[2], x[2], sc, amsgrad, decoupled)
-    p3, m3, v3, x3 = _lane(p[3], g[3], m[3], v[3], x[3], sc, amsgrad, decoupled)
-    _row_store_vec(state, 0, i, (m0, m1, m2, m3))
-    _row_store_vec(state, 1, i, (v0, v1, v2, v3))
-    if amsgrad:
-        _row_store_vec(state, 2, i, (x0, x1, x2, x3))
-    _store_vec(address_p, j, (p0, p1, p2, p3), state)
+# name -> options of the compiled function; device functions first (a
+# template's globals must hold the compiled functions it calls).
+_BUILD = (("update_vector", dict(device=True)), ("update_element", dict(device=True)),
+          ("step", dict(cache=CACHE)))
+
+Kernels = namedtuple("Kernels", [name for name, _ in _BUILD])
+Kernels.__doc__ = "The compiled CUDA kernels of one rule (see :func:`kernels`)."
+
+# The arguments of the step kernel, by name (the driver launch sets them so).
+StepArgs = namedtuple("StepArgs", "table scal state uniform s flags")
 
 
-@cuda.jit(device=True)
-def _update_element(address_p, address_g, state, i, j, sc, amsgrad, decoupled):
-    """Element ``j`` of one parameter (state column ``i``)."""
-    p = _load(address_p, j, state)
-    g = _load(address_g, j, state)
-    x = state[2, i] if amsgrad else state[1, i]
-    p, m, v, x = _lane(p, g, state[0, i], state[1, i], x, sc, amsgrad, decoupled)
-    state[0, i] = m
-    state[1, i] = v
-    if amsgrad:
-        state[2, i] = x
-    _store(address_p, j, p, state)
+def _instantiate(function, namespace, **options):
+    """``function`` compiled for CUDA with ``namespace`` as its globals."""
+    name = function.__name__.lstrip("_")
+    clone = pytypes.FunctionType(function.__code__, namespace, name,
+                                 function.__defaults__, function.__closure__)
+    clone.__qualname__ = function.__qualname__
+    clone.__doc__ = function.__doc__
+    clone.__module__ = function.__module__
+    return cuda.jit(**options)(clone)
 
 
-@cuda.jit(cache=CACHE)
-def _step_kernel(table, scal, state, uniform, s, amsgrad, maximize, decoupled):
-    i = cuda.grid(1) * VEC
-    if i >= state.shape[1]:
-        return
-    k = _find(table, i)
-    address_g = table[k, PTR_G]
-    j = i - table[k, OFFSET]
-    size = table[k, SIZE]
-    if address_g == 0 or j >= size:       # no gradient, or the padding after a parameter
-        return
-    address_p = table[k, PTR_P]
-    if uniform:
-        sc = _scalars(s, maximize)
+@functools.lru_cache(maxsize=None)
+def kernels(rule):
+    """The CUDA kernels of ``rule`` (an :class:`~numadam.core.rule.UpdateRule`).
+
+    They call the rule's own ``loop_scalars`` and ``element`` (Numba compiles
+    the CPU functions again for the device); nothing compiles until the first
+    launch, or :meth:`numadam.cuda.bucket.DeviceBucket.ready`, asks for the
+    signature of :func:`step_signature`.
+    """
+    if numba_config.ENABLE_CUDASIM:    # not SIMULATED, which tests patch to reach the driver path
+        namespace = dict(globals(), element=device_element(rule),
+                         loop_scalars=rule.loop_scalars.py_func)
     else:
-        sc = _scalars(scal[k], maximize)
-    if j + VEC <= size and (address_p | address_g) % VEC_BYTES == 0:
-        _update_vector(address_p, address_g, state, i, j, sc, amsgrad, decoupled)
-    else:
-        for q in range(min(VEC, size - j)):
-            _update_element(address_p, address_g, state, i + q, j + q, sc, amsgrad, decoupled)
+        namespace = dict(globals(), element=rule.element, loop_scalars=rule.loop_scalars)
+    templates = _templates(rule.stamp())
+    built = {}
+    for name, options in _BUILD:
+        built[name] = namespace[name] = _instantiate(templates[name], namespace, **options)
+    return Kernels(**built)
 
 
+@functools.lru_cache(maxsize=None)
+def device_element(rule):
+    """``rule.element`` as the CUDA target computes it, built for the CPU:
+    what the simulator runs on scalars, and the element of CPU references
+    for GPU results (``scripts/gpu_check.py``, ``tests/cuda/sim_backend.py``).
+
+    RMSprop's ``torch_sqrt`` (:mod:`numadam.rules.rmsprop`) has a CPU overload
+    that emulates MKL's AVX512 root and a generic one, the correctly rounded
+    root, which is what the CUDA target compiles; a CPU build takes the
+    first. An element that calls it is therefore copied with ``torch_sqrt``
+    bound to the correctly rounded root (uncached: its bytecode is the
+    original's, which is what Numba's cache would key it by). Any other
+    element is the rule's own.
+    """
+    from numba import njit
+    function = rule.element.py_func
+    if "torch_sqrt" not in function.__code__.co_names:
+        return rule.element
+    namespace = dict(function.__globals__, torch_sqrt=njit(cache=False)(_correct_sqrt))
+    clone = pytypes.FunctionType(function.__code__, namespace, function.__name__,
+                                 function.__defaults__, function.__closure__)
+    return njit(cache=False, error_model="numpy", inline="always")(clone)
+
+
+def _correct_sqrt(x):
+    return math.sqrt(x)
+
+
+# ---------------------------------------------------------- bucket-wide kernels
 @cuda.jit
 def _nonfinite_kernel(table, like, total, out):
     i = cuda.grid(1)
@@ -338,14 +431,14 @@ def _grid(n, threads):
     return max(1, (n + threads - 1) // threads), threads
 
 
-def step_signature(dtype):
-    """The one signature of the step kernel for ``dtype`` (what every launch uses)."""
+def step_signature(rule, dtype):
+    """The one signature of ``rule``'s step kernel for ``dtype`` (what every
+    launch uses), as :class:`StepArgs` of Numba types."""
     element = types.float32 if np.dtype(dtype) == np.float32 else types.float64
-    return (types.int64[:, ::1], element[:, ::1], element[:, ::1], types.boolean,
-            types.UniTuple(element, NSCALARS), types.boolean, types.boolean, types.boolean)
-
-
-step_kernel = _step_kernel
+    nflags = sum(h.kind == "flag" for h in rule.hyper)
+    return StepArgs(table=types.int64[:, ::1], scal=element[:, ::1], state=element[:, ::1],
+                    uniform=types.boolean, s=types.UniTuple(element, rule.nscalars),
+                    flags=types.UniTuple(types.boolean, nflags))
 
 
 def step_grid(total, threads):
@@ -353,12 +446,12 @@ def step_grid(total, threads):
     return _grid((total + VEC - 1) // VEC, threads)
 
 
-def launch_step(table, scal, state, uniform, s, amsgrad, maximize, decoupled, stream,
-                threads):
-    """Launch one update through Numba's launcher (``s``: NumPy scalars of the dtype)."""
-    blocks, threads = step_grid(state.shape[1], threads)
-    _step_kernel[blocks, threads, stream](table, scal, state, bool(uniform), tuple(s),
-                                          bool(amsgrad), bool(maximize), bool(decoupled))
+def launch_step(step, args, stream, threads):
+    """Launch the step kernel ``step`` through Numba's launcher with
+    :class:`StepArgs` ``args`` (``s``: NumPy scalars of the dtype)."""
+    blocks, threads = step_grid(args.state.shape[1], threads)
+    step[blocks, threads, stream](args.table, args.scal, args.state, bool(args.uniform),
+                                  tuple(args.s), tuple(bool(f) for f in args.flags))
 
 
 def first_nonfinite(table, like, flag, total, stream, threads):

@@ -99,11 +99,15 @@ def _function_in_context(handle):
 
 
 class DriverKernel:
-    """One compiled signature of a ``@cuda.jit`` kernel, launched through the driver."""
+    """One compiled signature of a ``@cuda.jit`` kernel, launched through the driver.
+
+    ``signature``: the argument types as a namedtuple (such as
+    :class:`numadam.cuda.kernels.StepArgs`), whose names the launch's fields take.
+    """
 
     def __init__(self, dispatcher, signature):
-        self.signature = tuple(signature)
-        self.kernel = dispatcher.compile(self.signature)
+        self.signature = signature
+        self.kernel = dispatcher.compile(tuple(signature))
         self._handles = {}       # device ordinal -> (context handle, kernel handle)
 
     def handles(self, device):
@@ -124,7 +128,8 @@ class LaunchArgs:
 
     The values live in one buffer, each at its natural alignment, and
     ``params`` points at them; the driver copies them at every launch, so
-    they may change as soon as :meth:`launch` returns.
+    they may change as soon as :meth:`launch` returns. ``fields`` holds,
+    under each argument's name, ctypes views of its fields.
     """
 
     def __init__(self, driver_kernel, device):
@@ -139,32 +144,34 @@ class LaunchArgs:
             offsets.append(end)
             end += size
         self.buffer = (ctypes.c_char * max(end, 1))()
-        self._offsets = []         # per argument: offsets of its fields
-        self.fields = []           # per argument: ctypes views of its fields
+        offsets_by_argument, fields = [], []
         flat = iter(offsets)
         for ks in kinds:
             where = [next(flat) for _ in ks]
-            self._offsets.append(where)
-            self.fields.append([k.from_buffer(self.buffer, o) for k, o in zip(ks, where)])
+            offsets_by_argument.append(where)
+            fields.append([k.from_buffer(self.buffer, o) for k, o in zip(ks, where)])
+        make = type(driver_kernel.signature)._make
+        self._offsets = make(offsets_by_argument)
+        self.fields = make(fields)
         base = ctypes.addressof(self.buffer)
         self.params = (ctypes.c_void_p * len(offsets))(*[base + o for o in offsets])
         self._lib = _driver()
         self._current = ctypes.c_void_p()
 
-    def set_array(self, position, array):
-        """Argument ``position`` is the Numba device array ``array``."""
+    def set_array(self, name, array):
+        """Argument ``name`` is the Numba device array ``array``."""
         from numadam.cuda.adapters import device_address
         values = [0, 0, array.size, array.dtype.itemsize, device_address(array),
                   *array.shape, *array.strides]
-        for field, value in zip(self.fields[position], values, strict=True):
+        for field, value in zip(getattr(self.fields, name), values, strict=True):
             field.value = value
 
-    def values_view(self, position, dtype):
-        """A NumPy array over the fields of argument ``position`` (a tuple of
+    def values_view(self, name, dtype):
+        """A NumPy array over the fields of argument ``name`` (a tuple of
         ``dtype``): writing it sets the next launch's values, with no call."""
         import numpy as np
-        count = len(self.fields[position])
-        return np.frombuffer(self.buffer, dtype, count, self._offsets[position][0])
+        count = len(getattr(self.fields, name))
+        return np.frombuffer(self.buffer, dtype, count, getattr(self._offsets, name)[0])
 
     def launch(self, blocks, threads, stream_handle):
         """Enqueue the kernel on the stream with raw handle ``stream_handle`` (int)."""
