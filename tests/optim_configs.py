@@ -92,10 +92,6 @@ CONFIGS.update({
         skip_every=5),
 })
 
-# The configurations of the rules every test runs today; the SGD and Adagrad
-# ones above have golden vectors but no optimizer class yet.
-ADAM_CONFIGS = [name for name, config in CONFIGS.items() if config["cls"] in ("Adam", "AdamW")]
-
 
 def _splitmix64(x):
     x = x + np.uint64(0x9E3779B97F4A7C15)

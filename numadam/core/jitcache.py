@@ -26,8 +26,9 @@ def _probe():
     """A function of this package's directory for Numba's locators to place.
 
     Every locator picks the directory from the source file's folder alone, and
-    all of numadam's kernels live in this one folder, so the answer for this
-    function is the answer for all of them."""
+    numadam's kernels live in the folders of one package, installed together
+    with the same permissions, so the answer for this function is the answer
+    for all of them."""
 
 
 def _can_cache():
