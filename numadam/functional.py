@@ -420,16 +420,21 @@ class _Functional:
         """True when every array is a C-contiguous ndarray like ``param``,
         the state arrays writeable, an unused one possibly empty: the common
         case."""
-        if type(param) is not np.ndarray or param.dtype not in _validation.SUPPORTED_DTYPES \
-                or not param.flags.writeable or not param.flags.c_contiguous:
+        # ``flags`` is read once per array: each read builds a new object.
+        if type(param) is not np.ndarray or param.dtype not in _validation.SUPPORTED_DTYPES:
+            return False
+        flags_of = param.flags
+        if not (flags_of.writeable and flags_of.c_contiguous):
             return False
         dtype, shape = param.dtype, param.shape
         if type(grad) is not np.ndarray or grad.dtype != dtype or grad.shape != shape \
                 or not grad.flags.c_contiguous:
             return False
         for array, (kind, index) in zip(states, self.when):
-            if type(array) is not np.ndarray or array.dtype != dtype \
-                    or not array.flags.c_contiguous or not array.flags.writeable:
+            if type(array) is not np.ndarray or array.dtype != dtype:
+                return False
+            flags_of = array.flags
+            if not (flags_of.c_contiguous and flags_of.writeable):
                 return False
             if array.shape != shape and not (
                     array.size == 0 and (kind == _FLAG and not flags[index]
