@@ -5,12 +5,10 @@ own the state arrays and the step counter, and the arithmetic is the same
 compiled code (the rule's element function driven by the CPU backend's span
 loop), so the results agree with the classes bit for bit.
 
-=================  ==========================================
-:func:`adam_update`     :class:`numadam.Adam`, :class:`numadam.AdamW`
-:func:`sgd_update`      :class:`numadam.SGD`
-:func:`adagrad_update`  :class:`numadam.Adagrad`
-:func:`rmsprop_update`  :class:`numadam.RMSprop`
-=================  ==========================================
+- :func:`adam_update`: :class:`numadam.Adam`, :class:`numadam.AdamW`
+- :func:`sgd_update`: :class:`numadam.SGD`
+- :func:`adagrad_update`: :class:`numadam.Adagrad`
+- :func:`rmsprop_update`: :class:`numadam.RMSprop`
 
 Every function takes ``param, grad``, the rule's state arrays in its
 declared order (torch's names), ``step`` (the count after the increment),
@@ -282,7 +280,7 @@ def rmsprop_update(param, grad, square_avg, momentum_buffer, grad_avg, step, lr,
 
 @njit(cache=CACHE, error_model="numpy")
 def _sgd_check(hyp, flags):
-    lr, momentum, dampening, weight_decay = hyp
+    momentum, dampening = hyp[1], hyp[2]
     if flags[0] and (momentum <= 0 or dampening != 0):
         raise ValueError("sgd_update: nesterov=True requires a momentum > 0 and zero "
                          "dampening (as in torch)")

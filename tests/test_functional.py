@@ -1,6 +1,9 @@
 """numadam.functional: every rule's update, bit-identical to the classes, from
 Python and from inside @njit, and every bad input refused before any write."""
 
+import inspect
+import json
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -145,6 +148,41 @@ def test_every_golden_config_replayed_array_by_array_gives_torchs_bits(name, dty
             position += 1
 
 
+CASE_FILES = [(f"cases_{family}" if rule == "adam" else f"cases_{rule}_{family}", dtype)
+              for rule in RULES for family in ("random_hyper", "nonfinite")
+              for dtype in oc.DTYPES]
+
+
+@pytest.mark.parametrize("caller", ["python", "njit"])
+@pytest.mark.parametrize("name,dtype", CASE_FILES)
+def test_torchs_random_hyperparameter_and_nonfinite_cases(name, dtype, caller):
+    """torch's own cases: no round numbers (every host-side scalar must round
+    as torch's), every flag, and NaN and Inf in the gradients. A NaN need only
+    meet a NaN, as in tests/test_golden.py."""
+    expected = golden(name, dtype)
+    grads = expected["grads"]
+    hypers = json.loads(str(expected["hyper"]))
+    for c, hyper in enumerate(hypers):
+        kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in hyper.items()
+                  if k != "cls"}
+        opt = getattr(numadam, hyper["cls"])([np.zeros(1, dtype)], **kwargs)
+        group = {k: v for k, v in opt.param_groups[0].items() if k != "params"}
+        rule = CLASSES[hyper["cls"]]
+        param = expected["initial"][c].copy()
+        steps = grads.shape[1]
+        with np.errstate(invalid="ignore"):
+            state = replay(rule, caller, param, grads[c], np.ones(steps, bool),
+                           np.full(steps, group["lr"]), group)
+        what = f"{name} case {c} {hyper}"
+        assert_bits_equal(param, expected["param"][c], f"{what}: param", nan_bits=False)
+        used = rule_of(rule).validate(group)[1].rows
+        for key, array in zip(RULES[rule][1], state):
+            if key in used:
+                assert_bits_equal(array, expected[key][c], f"{what}: {key}", nan_bits=False)
+            else:
+                assert array.size == 0
+
+
 def random_group(rule, rng):
     """Hyperparameters of ``rule`` drawn at random, every flag included."""
     def some(low, high, zero=0.3):
@@ -249,14 +287,15 @@ def bad_cases(rule):
     """(label, index of the argument, its bad value or a function of the
     arguments, {caller: (error, words)})."""
     function, names, _ = RULES[rule]
-    params = list(__import__("inspect").signature(function).parameters)
+    params = list(inspect.signature(function).parameters)
     spec = rule_of(rule)
     f = function.__name__
     cases = [("grad shape", 1, lambda a: np.zeros(5),
               dict(python=(ValueError, "grad has shape (5,)"),
                    njit=(ValueError, f"{f}: grad must have the shape of param"))),
              ("step 0", 2 + len(names), 0,
-              dict(python=(ValueError, "step must be >= 1"), njit=(ValueError, "step must be >= 1"))),
+              dict(python=(ValueError, "step must be >= 1"),
+                   njit=(ValueError, "step must be >= 1"))),
              ("step float", 2 + len(names), 1.0,
               dict(python=(TypeError, "step must be an integer"),
                    njit=(TypingError, "step must be an integer")))]
@@ -298,10 +337,10 @@ def bad_cases(rule):
                                njit=(TypingError, f"{name} must be a bool"))))
             continue
         bad = dict(nonneg=-0.5, real=np.nan, unit=1.0)[kind]
-        cases += [(f"{name} {bad}", at, bad,
-                   dict(python=(ValueError, f"{name} must be"), njit=(ValueError, f"{name} must be"))),
-                  (f"{name} inf", at, np.inf,
-                   dict(python=(ValueError, f"{name} must be"), njit=(ValueError, f"{name} must be"))),
+        out_of_range = dict(python=(ValueError, f"{name} must be"),
+                            njit=(ValueError, f"{f}: {name} must be"))
+        cases += [(f"{name} {bad}", at, bad, out_of_range),
+                  (f"{name} inf", at, np.inf, out_of_range),
                   (f"{name} str", at, "0.1",
                    dict(python=(ValueError, f"{name} must be a real number"),
                         njit=(TypingError, f"{name} must be a real number")))]
@@ -338,7 +377,7 @@ def test_bad_input_raises_a_clear_error_before_any_write(rule, case, caller):
 
 
 def params_of(rule):
-    return list(__import__("inspect").signature(RULES[rule][0]).parameters)
+    return list(inspect.signature(RULES[rule][0]).parameters)
 
 
 @pytest.mark.parametrize("caller", ["python", "njit"])
