@@ -96,13 +96,10 @@ def adam_update(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, beta
     Raises
     ------
     TypeError, ValueError
-        Before anything is touched; see :ref:`the checks <functional-checks>`
-        in the module notes below.
+        Before anything is touched; see Notes.
 
     Notes
     -----
-    .. _functional-checks:
-
     The checks, the same for every ``*_update`` function:
 
     * From Python, arrays that do not fit ``param`` (shape, dtype,
@@ -167,7 +164,7 @@ def sgd_update(param, grad, momentum_buffer, step, lr, momentum, dampening, weig
     Raises
     ------
     TypeError, ValueError
-        Before anything is touched, as for :func:`adam_update`.
+        Before anything is touched; see the Notes of :func:`adam_update`.
 
     Examples
     --------
@@ -207,7 +204,7 @@ def adagrad_update(param, grad, sum, step, lr, lr_decay, weight_decay, eps, maxi
     Raises
     ------
     TypeError, ValueError
-        Before anything is touched, as for :func:`adam_update`.
+        Before anything is touched; see the Notes of :func:`adam_update`.
 
     Examples
     --------
@@ -255,7 +252,7 @@ def rmsprop_update(param, grad, square_avg, momentum_buffer, grad_avg, step, lr,
     Raises
     ------
     TypeError, ValueError
-        Before anything is touched, as for :func:`adam_update`.
+        Before anything is touched; see the Notes of :func:`adam_update`.
 
     Examples
     --------

@@ -531,3 +531,16 @@ def test_rmsprop_sharing_is_refused_exactly_when_np_shares_memory_says_so(starts
         assert_bits_equal(buf, before, "the buffer")
     else:
         assert not bad
+
+
+@pytest.mark.parametrize("caller", ["python", "njit"])
+@pytest.mark.parametrize("rule", RULES)
+def test_a_read_only_gradient_is_fine(rule, caller):
+    args = full_call(rule)
+    same = [np.array(a, copy=True) if isinstance(a, np.ndarray) else a for a in args]
+    args[1] = _read_only(args[1])
+    call(rule, caller, args)
+    call(rule, caller, same)
+    for a, b in zip(args, same):
+        if isinstance(a, np.ndarray):
+            assert_bits_equal(a, b, "an array")
