@@ -28,24 +28,33 @@ def record_iterates():
     return seen, callback
 
 
+ADAM = dict(lr=0.05, betas=(0.8, 0.99), eps=1e-6)
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("method,cls,kwargs", [
-    ("adam", numadam.Adam, dict(weight_decay=0.0)),
-    ("adam", numadam.Adam, dict(weight_decay=0.1)),
-    ("adamw", numadam.AdamW, dict(weight_decay=0.05)),
-    ("amsgrad", numadam.Adam, dict(weight_decay=0.0, amsgrad=True)),
+@pytest.mark.parametrize("method,cls,options,fixed", [
+    ("adam", "Adam", dict(ADAM, weight_decay=0.0), {}),
+    ("adam", "Adam", dict(ADAM, weight_decay=0.1), {}),
+    ("adamw", "AdamW", dict(ADAM, weight_decay=0.05), {}),
+    ("amsgrad", "Adam", dict(ADAM, weight_decay=0.0), dict(amsgrad=True)),
+    ("sgd", "SGD", dict(lr=0.03), {}),
+    ("sgd", "SGD", dict(lr=0.02, momentum=0.8, dampening=0.1, weight_decay=0.01), {}),
+    ("sgd", "SGD", dict(lr=0.02, momentum=0.7, nesterov=True), {}),
+    ("adagrad", "Adagrad", dict(lr=0.3, lr_decay=0.01, weight_decay=0.02,
+                                initial_accumulator_value=0.1, eps=1e-8), {}),
+    ("rmsprop", "RMSprop", dict(lr=0.01, alpha=0.9), {}),
+    ("rmsprop", "RMSprop", dict(lr=0.005, alpha=0.95, eps=1e-6, weight_decay=0.01,
+                                momentum=0.5, centered=True), {}),
 ])
-def test_iterates_are_bit_identical_to_the_class(dtype, method, cls, kwargs):
+def test_iterates_are_bit_identical_to_the_class(dtype, method, cls, options, fixed):
     x0 = np.linspace(-1, 1, 4).astype(dtype)
     seen, callback = record_iterates()
-    options = dict(lr=0.05, betas=(0.8, 0.99), eps=1e-6, maxiter=40, gtol=0.0,
-                   weight_decay=kwargs["weight_decay"])
     res = numadam.minimize(quadratic, x0, jac=True, method=method, callback=callback,
-                           options=options)
+                           options=dict(options, maxiter=40, gtol=0.0))
     assert res.nit == 40 and len(seen) == 40 and res.status == 1
 
     x = x0.copy()
-    opt = cls([x], lr=0.05, betas=(0.8, 0.99), eps=1e-6, **kwargs)
+    opt = getattr(numadam, cls)([x], **options, **fixed)
     for k in range(40):
         opt.step([quadratic(x)[1]])
         assert_bits_equal(seen[k].x, x, f"iterate {k + 1}")
@@ -239,6 +248,32 @@ def never_called(x):
     (dict(options=dict(gtol=-1)), ValueError, "gtol must be a number >= 0"),
     (dict(options=dict(lr=-0.1)), ValueError, "lr"),
     (dict(options=dict(betas=(0.9, 1.0))), ValueError, "betas[1]"),
+    (dict(method="sgd", options=dict(betas=(0.9, 0.99))), ValueError,
+     "unknown option(s) ['betas'] for method 'sgd'"),
+    (dict(method="adam", options=dict(momentum=0.9)), ValueError,
+     "unknown option(s) ['momentum'] for method 'adam'"),
+    (dict(method="amsgrad", options=dict(amsgrad=False)), ValueError,
+     "unknown option(s) ['amsgrad']"),
+    (dict(method="adamw", options=dict(decoupled_weight_decay=False)), ValueError,
+     "unknown option(s) ['decoupled_weight_decay']"),
+    (dict(method="rmsprop", options=dict(maximize=True)), ValueError,
+     "unknown option(s) ['maximize']"),
+    (dict(method="adagrad", options=dict(momentum=0.5)), ValueError,
+     "its options are ['eps', 'initial_accumulator_value', 'lr', 'lr_decay', 'weight_decay']"),
+    (dict(method="sgd", options=dict(momentum=-0.5)), ValueError, "momentum"),
+    (dict(method="sgd", options=dict(momentum=0.5, dampening=0.1, nesterov=True)), ValueError,
+     "nesterov=True requires a momentum > 0 and zero dampening"),
+    (dict(method="sgd", options=dict(nesterov=1)), ValueError,
+     "nesterov must be True or False"),
+    (dict(method="adagrad", options=dict(lr_decay=np.inf)), ValueError, "lr_decay"),
+    (dict(method="adagrad", options=dict(initial_accumulator_value=-1.0)), ValueError,
+     "initial_accumulator_value"),
+    (dict(method="rmsprop", options=dict(alpha="0.9")), ValueError,
+     "alpha must be a real number"),
+    (dict(method="rmsprop", options=dict(centered=None)), ValueError,
+     "centered must be True or False"),
+    (dict(method="sgd", options=dict(momentum=1.0, ftol=1e-6)), ValueError,
+     "give options['patience']"),
     (dict(tol="small"), ValueError, "tol must be"),
     (dict(jac=None), ValueError, "needs the gradient"),
     (dict(jac="2-point"), ValueError, "jac must be True or a callable"),
@@ -267,6 +302,44 @@ def test_method_names_are_case_insensitive_and_adamw_defaults_to_its_decay():
                          options=dict(maxiter=5, weight_decay=0.0))
     assert_bits_equal(a.x, b.x, "x")
     assert not np.array_equal(a.x, c.x)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("method,options", [
+    ("adam", dict(lr=0.1)),
+    ("adamw", dict(lr=0.1, weight_decay=0.0)),
+    ("amsgrad", dict(lr=0.1)),
+    ("sgd", dict(lr=0.2)),
+    ("sgd", dict(lr=0.05, momentum=0.9, nesterov=True)),
+    ("adagrad", dict(lr=1.0)),
+    ("rmsprop", dict(lr=0.01, momentum=0.5, centered=True)),
+])
+def test_every_method_converges_on_a_small_problem(method, options, dtype):
+    res = numadam.minimize(quadratic, np.zeros(4, dtype), jac=True, method=method,
+                           options=dict(options, maxiter=5000, gtol=1e-3))
+    assert res.success and "gtol" in res.message, res.message
+    np.testing.assert_allclose(res.x, TARGET, atol=1e-3)
+    assert res.x.dtype == np.dtype(dtype)
+
+
+@pytest.mark.parametrize("method,options,window", [
+    ("sgd", dict(momentum=0.95), 40),
+    ("rmsprop", dict(momentum=0.0), 10),
+    ("adagrad", {}, 10),
+    ("adam", dict(betas=(0.975, 0.999)), 80),
+])
+def test_the_default_patience_follows_the_methods_momentum(method, options, window,
+                                                          monkeypatch):
+    seen = []
+    original = _minimize_support.ValueTrend.__init__
+
+    def spy(self, ftol, patience):
+        seen.append(patience)
+        original(self, ftol, patience)
+    monkeypatch.setattr(_minimize_support.ValueTrend, "__init__", spy)
+    numadam.minimize(quadratic, np.zeros(4), jac=True, method=method,
+                     options=dict(options, ftol=1e-9, maxiter=1))
+    assert seen == [window]
 
 
 def test_rosenbrock():

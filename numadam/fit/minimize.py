@@ -1,4 +1,4 @@
-"""``numadam.minimize``: Adam in the shape of ``scipy.optimize.minimize``."""
+"""``numadam.minimize``: numadam's update rules in the shape of ``scipy.optimize.minimize``."""
 
 import inspect
 import math
@@ -9,13 +9,25 @@ import numpy as np
 
 from numadam.fit.support import (AGREEMENT, Progress, ValueTrend, make_box, make_result,
                                 projected_gradient)
-from numadam.rules.adam import Adam, AdamW
+from numadam import rules as _rules
 
 __all__ = ["minimize"]
 
-METHODS = ("adam", "adamw", "amsgrad")
-DEFAULT_OPTIONS = dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=None,
-                       maxiter=1000, disp=False, gtol=1e-5, ftol=None, patience=None)
+# method -> (rule, the hyperparameters the method fixes, its own defaults).
+# Every other hyperparameter of the rule is an option, with the class's default.
+METHODS = {
+    "adam": ("adam", dict(amsgrad=False, decoupled_weight_decay=False), {}),
+    "adamw": ("adam", dict(amsgrad=False, decoupled_weight_decay=True),
+              dict(weight_decay=1e-2)),
+    "amsgrad": ("adam", dict(amsgrad=True, decoupled_weight_decay=False), {}),
+    "sgd": ("sgd", {}, {}),
+    "adagrad": ("adagrad", {}, {}),
+    "rmsprop": ("rmsprop", {}, {}),
+}
+# minimize minimises: no method takes ``maximize``.
+FIXED = dict(maximize=False)
+# The options of the loop, whatever the method.
+LOOP_OPTIONS = dict(maxiter=1000, disp=False, gtol=1e-5, ftol=None, patience=None)
 
 # status codes of the result
 CONVERGED, MAXITER, BAD_FUN, NONFINITE, CALLBACK_STOP = 0, 1, 2, 3, 99
@@ -27,11 +39,12 @@ class _Failure(Exception):
 
 def minimize(fun, x0, args=(), *, jac=None, method="adam", bounds=None, tol=None,
              callback=None, options=None):
-    r"""Minimise a differentiable function with Adam, AdamW or AMSGrad.
+    r"""Minimise a differentiable function with one of numadam's update rules.
 
-    A drop-in for ``scipy.optimize.minimize`` where the method is Adam: for
-    noisy objectives (minibatches, Monte Carlo estimates) and for problems
-    too large or too rough for quasi-Newton methods.
+    A drop-in for ``scipy.optimize.minimize`` where the method is Adam (or
+    SGD, Adagrad, RMSprop): for noisy objectives (minibatches, Monte Carlo
+    estimates) and for problems too large or too rough for quasi-Newton
+    methods.
 
     Parameters
     ----------
@@ -46,14 +59,16 @@ def minimize(fun, x0, args=(), *, jac=None, method="adam", bounds=None, tol=None
         Extra arguments passed to ``fun`` and ``jac``.
     jac : True or callable
         Required (the default ``None`` raises ``ValueError`` before ``fun``
-        is called, as scipy's Newton-CG does): Adam needs gradients, so there
+        is called, as scipy's Newton-CG does): the methods need gradients, so there
         is no finite-difference default. ``True``: ``fun`` returns
         ``(value, gradient)``. A callable: ``jac(x, *args)`` returns the
         gradient. The gradient must have the shape of ``x0`` (its dtype is
         converted).
-    method : {"adam", "adamw", "amsgrad"}, default "adam"
-        ``numadam.Adam``, ``numadam.AdamW`` or ``Adam(amsgrad=True)``; the
-        iterates are bit-identical to those classes' ``step()``.
+    method : {"adam", "adamw", "amsgrad", "sgd", "adagrad", "rmsprop"}, default "adam"
+        ``numadam.Adam``, ``numadam.AdamW``, ``Adam(amsgrad=True)``,
+        ``numadam.SGD``, ``numadam.Adagrad`` or ``numadam.RMSprop``
+        (case-insensitive); the iterates are bit-identical to that class's
+        ``step()`` with the hyperparameters of ``options``.
     bounds : sequence of (min, max) pairs, or scipy.optimize.Bounds, optional
         One pair per element of ``x0`` (in C order; ``None`` for no bound),
         or an object with ``lb`` and ``ub`` that broadcast to ``x0``. ``x0``
@@ -72,16 +87,26 @@ def minimize(fun, x0, args=(), *, jac=None, method="adam", bounds=None, tol=None
         other signature is called as ``callback(x)``. Raising
         ``StopIteration`` ends the run (``status`` 99, ``success`` False).
     options : dict, optional
-        ``lr`` (1e-3), ``betas`` ((0.9, 0.999)), ``eps`` (1e-8),
-        ``weight_decay`` (0; 1e-2 for ``"adamw"``), ``maxiter`` (1000 steps;
+        The method's hyperparameters, named and defaulted as in its class
+        (all but ``maximize``, and for the Adam methods ``amsgrad`` and
+        ``decoupled_weight_decay``, which the method fixes): ``lr`` (1e-3),
+        ``betas`` ((0.9, 0.999)), ``eps`` (1e-8), ``weight_decay`` (0; 1e-2
+        for ``"adamw"``) for the Adam methods; ``lr`` (1e-3), ``momentum``,
+        ``dampening``, ``weight_decay`` (0) and ``nesterov`` (False) for
+        ``"sgd"``; ``lr`` (1e-2), ``lr_decay``, ``weight_decay``,
+        ``initial_accumulator_value`` (0) and ``eps`` (1e-10) for
+        ``"adagrad"``; ``lr`` (1e-2), ``alpha`` (0.99), ``eps`` (1e-8),
+        ``weight_decay``, ``momentum`` (0) and ``centered`` (False) for
+        ``"rmsprop"``. Then the loop's: ``maxiter`` (1000 steps;
         any real number >= 0, as in scipy: the run stops once
         ``nit >= maxiter``, so 100.1 allows 101 steps and ``inf`` no limit),
         ``disp`` (False: a progress bar with the current and best values,
         through tqdm when it is installed, else a line a second, then a
         summary), ``gtol`` (1e-5), ``ftol`` (None: off) and ``patience``
-        (the smallest window of the ``ftol`` test; default ``2 / (1 - beta1)``
-        rounded, at least 10: 20 for the default betas). Unknown keys raise
-        ``ValueError``.
+        (the smallest window of the ``ftol`` test; default ``2 / (1 - mu)``
+        rounded, at least 10, with ``mu`` the momentum: ``beta1``, SGD's or
+        RMSprop's ``momentum``, 0 for Adagrad; 20 for Adam's default betas).
+        Keys the method does not take raise ``ValueError``.
 
     Returns
     -------
@@ -101,7 +126,7 @@ def minimize(fun, x0, args=(), *, jac=None, method="adam", bounds=None, tol=None
     Notes
     -----
     Each iteration evaluates ``fun`` (and the gradient) at the current point,
-    then takes one Adam step and projects onto ``bounds``. After each
+    then takes one step of the method and projects onto ``bounds``. After each
     evaluation the run stops with
 
     * ``status 0`` (success) when the projected gradient's max-norm
@@ -167,24 +192,24 @@ def minimize(fun, x0, args=(), *, jac=None, method="adam", bounds=None, tol=None
         args = (args,)
     evaluate = _evaluator(fun, jac, args)
     x = _initial_point(x0)
-    method, opts = _settings(method, tol, options)
+    cls, hyper, opts = _settings(method, tol, options)
     box = make_box(bounds, x)
     if box is not None:
         np.clip(x, *box, out=x)
-    cls = AdamW if method == "adamw" else Adam
-    weight_decay = opts["weight_decay"]
-    if weight_decay is None:
-        weight_decay = 1e-2 if method == "adamw" else 0.0
-    optimizer = cls([x], lr=opts["lr"], betas=opts["betas"], eps=opts["eps"],
-                    weight_decay=weight_decay, amsgrad=method == "amsgrad")
+    optimizer = cls([x], **hyper)
     if opts["patience"] is None:
-        # The momentum averages gradients over about 1 / (1 - beta1) steps and
+        # The momentum averages gradients over about 1 / (1 - mu) steps and
         # its overshoots last a few of those: shorter windows judge the swing,
         # not the trend (by the value alone, windows of 10 took a 25-step climb
-        # on 50-D Rosenbrock at lr 0.1 for a stall; twice the time constant
-        # did not, for beta1 = 0.5, 0.9 and 0.99).
-        beta1 = float(optimizer.param_groups[0]["betas"][0])
-        opts["patience"] = max(10, round(2.0 / (1.0 - beta1)))
+        # on 50-D Rosenbrock at Adam's lr 0.1 for a stall; twice the time
+        # constant did not, for beta1 = 0.5, 0.9 and 0.99).
+        group = optimizer.param_groups[0]
+        mu = float(group["betas"][0] if "betas" in group else group.get("momentum", 0.0))
+        if mu < 1.0:
+            opts["patience"] = max(10, round(2.0 / (1.0 - mu)))
+        elif opts["ftol"] is not None:
+            raise ValueError(f"with momentum {mu} >= 1 the momentum never forgets, so the "
+                             "ftol test has no natural window: give options['patience']")
     notify = _wrap_callback(callback)
     progress = Progress(opts["maxiter"], opts["disp"])
     try:
@@ -329,19 +354,30 @@ def _initial_point(x0):
 
 
 def _settings(method, tol, options):
-    """Validated ``(method, options)`` with the defaults filled in."""
+    """``(class, hyperparameters, loop options)`` of the run, the defaults
+    filled in; the hyperparameters are validated by the class."""
     if not isinstance(method, str) or method.lower() not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        raise ValueError(f"method must be one of {tuple(METHODS)}, got {method!r}")
+    method = method.lower()
+    name, fixed, defaults = METHODS[method]
+    fixed = {**FIXED, **fixed}
+    module = _rules.module(name)
+    cls = getattr(module, _rules.REGISTRY[name][1][0])
+    hyper = {key: value for key, value in module.RULE.defaults(**defaults).items()
+             if key not in fixed}
     options = {} if options is None else dict(options)
-    unknown = sorted(set(options) - set(DEFAULT_OPTIONS), key=str)
+    unknown = sorted(set(options) - set(hyper) - set(LOOP_OPTIONS), key=str)
     if unknown:
-        raise ValueError(f"unknown option(s) {unknown}; the options are "
-                         f"{sorted(DEFAULT_OPTIONS)}")
+        raise ValueError(f"unknown option(s) {unknown} for method {method!r}; its options "
+                         f"are {sorted(hyper)} and {sorted(LOOP_OPTIONS)}")
     if tol is not None:
         tol = _nonnegative("tol", tol)
         options.setdefault("gtol", tol)
         options.setdefault("ftol", tol)
-    opts = {**DEFAULT_OPTIONS, **options}
+    for key in hyper:
+        if key in options:
+            hyper[key] = options.pop(key)
+    opts = {**LOOP_OPTIONS, **options}
     opts["maxiter"] = _limit(opts["maxiter"])
     if opts["patience"] is not None:
         opts["patience"] = _count("patience", opts["patience"], 1)
@@ -351,7 +387,7 @@ def _settings(method, tol, options):
     if not isinstance(opts["disp"], (bool, np.bool_, int)):
         raise ValueError(f"disp must be True or False, got {opts['disp']!r}")
     opts["disp"] = bool(opts["disp"])
-    return method.lower(), opts
+    return cls, {**hyper, **fixed}, opts
 
 
 def _nonnegative(name, value):
