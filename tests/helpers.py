@@ -6,7 +6,7 @@ import os
 import numpy as np
 
 import numadam
-from numadam.cpu import kernels as _cpu
+from internals import cpu_kernels as _cpu
 import optim_configs as oc
 
 GOLDEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "golden")

@@ -143,8 +143,8 @@ def test_repr_lists_groups():
 
 
 def test_docstring_examples():
-    import numadam.rules.adam
-    for module in (numadam, numadam.rules.adam):
+    from internals import rules
+    for module in (numadam, *(rules.module(name) for name in rules.REGISTRY)):
         failed, attempted = doctest.testmod(module)
         assert attempted > 0 and failed == 0, module
 

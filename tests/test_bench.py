@@ -108,7 +108,7 @@ def _row(contender, stream_fraction=None, spread=None):
 
 
 def test_implausible_baselines_and_noisy_samples_are_flagged():
-    from numadam.bench import warnings_for
+    from internals import warnings_for
     # A streaming-kernel sample slowed down by other processes once made
     # numadam look 519x faster than memory allows; that must not pass silently.
     flagged = warnings_for([_row("numadam", stream_fraction=518.76)])

@@ -426,7 +426,7 @@ def test_a_torch_file_says_how_to_convert_it(tmp_path, legacy):
 def test_a_temporary_removed_before_its_writer_locks_it_is_made_again(tmp_path, monkeypatch):
     """A cleaner can lock and remove a temporary in the instant between its
     creation and its writer's lock; the writer notices and starts again."""
-    from numadam.core import checkpoint_file as _checkpoint_file
+    from internals import core_checkpoint_file as _checkpoint_file
     opt, _ = _trained()
     real_lock = _checkpoint_file._lock
     raced = []
@@ -515,7 +515,7 @@ def test_a_fifo_named_like_a_temporary_does_not_block_the_save(tmp_path):
     """Opening a FIFO for reading waits for a writer: the cleaner must neither
     wait nor remove anything that is not a regular file."""
     import threading
-    from numadam.core import checkpoint_file as _checkpoint_file
+    from internals import core_checkpoint_file as _checkpoint_file
     opt, _ = _trained()
     fifo = tmp_path / (_checkpoint_file._prefix("c.npz") + "0123abcd.tmp")
     os.mkfifo(fifo)

@@ -50,7 +50,7 @@ def test_every_kernel_is_cacheable(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "Cannot cache" not in proc.stderr
     compiled = {line.split("[")[0] for line in proc.stdout.splitlines()}
-    from numadam import rules
+    from internals import rules
     for rule in rules.REGISTRY:
         assert {f"{rule}.step_serial", f"{rule}.prepare_step", f"{rule}.step_task"} <= compiled
     assert {"address", "nonfinite_task"} <= compiled

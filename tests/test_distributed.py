@@ -22,14 +22,13 @@ import pytest
 import numadam
 import optim_configs as oc
 from helpers import assert_bits_equal, build, step_grads
-from numadam.cpu.kernels import NCOLS, OFFSET, PTR_G, SIZE, address
-from numadam.distributed.agree import describe, raise_agreed
-from numadam.distributed.kernels import (NBINS, NONFINITE, OVERFLOW, bins_to_sum,
-                                          ordered_mean, ordered_mean_parallel,
-                                          ordered_mean_serial, square_bins,
-                                          square_bins_parallel, square_bins_serial)
-from numadam.distributed.layout import (LocalShard, bytes_per_step, first_difference,
-                                         layout_signature, shard_bounds, shard_pieces)
+from internals import NCOLS, OFFSET, PTR_G, SIZE, address
+from internals import describe, raise_agreed
+from internals import (NBINS, NONFINITE, OVERFLOW, bins_to_sum, ordered_mean,
+                       ordered_mean_parallel, ordered_mean_serial, square_bins,
+                       square_bins_parallel, square_bins_serial)
+from internals import (LocalShard, bytes_per_step, first_difference, layout_signature,
+                       shard_bounds, shard_pieces)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -382,7 +381,7 @@ def test_a_rule_without_a_hand_written_sharded_class_gets_one():
     from mpi4py import MPI
 
     import numadam.distributed
-    from numadam.distributed import sharded
+    from internals import distributed_sharded as sharded
 
     assert sharded.sharded_class(numadam.SGD) is numadam.distributed.ShardedSGD
 

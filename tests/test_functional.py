@@ -15,7 +15,7 @@ import numadam
 import optim_configs as oc
 from helpers import assert_bits_equal, build, golden, step_grads
 from numadam.functional import adagrad_update, adam_update, rmsprop_update, sgd_update
-from numadam.rules import CLASSES, rule as rule_of
+from internals import CLASSES, rule as rule_of
 
 
 # rule -> (function, its state arrays, the function's hyperparameters from a

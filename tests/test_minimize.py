@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import numadam
-from numadam.fit import support as _minimize_support
+from internals import fit_support as _minimize_support
 from helpers import assert_bits_equal
 
 TARGET = np.array([1.0, -2.0, 0.5, 3.0])

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import numadam
-from numadam.fit.support import AGREEMENT, NOISE_Z, ValueTrend, projected_gradient
+from internals import AGREEMENT, NOISE_Z, ValueTrend, projected_gradient
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 import numadam
-from numadam.cpu import kernels as _cpu
-from numadam.cpu.pool import TASKS_PER_THREAD
+from internals import cpu_kernels as _cpu
+from internals import TASKS_PER_THREAD
 import optim_configs as oc
 from helpers import assert_bits_equal, build, run, step_grads
 from naive import DEFAULTS, NAIVE
@@ -128,7 +128,7 @@ def test_thread_count_and_task_split_do_not_change_a_bit(dtype, amsgrad, monkeyp
 
 def test_bias_corrections_in_the_kernel_match_python_pow():
     """The kernels compute 1 - beta**t with libm's pow, as torch and Python do."""
-    from numadam.rules.adam import BC2_SQRT, NEG_STEP, NSCALARS, scalars_into
+    from internals import BC2_SQRT, NEG_STEP, NSCALARS, scalars_into
     out = np.empty(NSCALARS)
     for beta1, beta2 in [(0.9, 0.999), (0.3, 0.9), (0.95, 0.99999)]:
         for t in [1, 2, 3, 10, 97, 1000, 12345, 10**6]:

@@ -14,9 +14,9 @@ import pytest
 
 import numadam
 from helpers import assert_bits_equal, patch_kernel
-from numadam.cpu import kernels as _cpu
-from numadam.cpu import pool as _pool
-from numadam.distributed.kernels import ordered_mean_parallel, ordered_mean_serial
+from internals import cpu_kernels as _cpu
+from internals import cpu_pool as _pool
+from internals import ordered_mean_parallel, ordered_mean_serial
 
 
 @pytest.fixture

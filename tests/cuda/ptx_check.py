@@ -24,10 +24,13 @@ every rule of the registry and both dtypes:
 Used by tests/test_cuda_sim.py and scripts/gpu_check.py.
 """
 
+import os
 import re
 import sys
 from collections import Counter
 from types import SimpleNamespace
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 SKIP = 77
 
@@ -36,7 +39,7 @@ def compile_step(rule, dtype_name):
     """``(ptx, Counter of instructions)`` of ``rule``'s step kernel for ``dtype_name``."""
     from numba.cuda import compile_ptx
 
-    from numadam.cuda import kernels as _cuda_kernels
+    from internals import cuda_kernels as _cuda_kernels
 
     sig = tuple(_cuda_kernels.step_signature(rule, dtype_name))
     ptx, _ = compile_ptx(_cuda_kernels.kernels(rule).step.py_func, sig, cc=(9, 0))
@@ -65,8 +68,8 @@ def source_calls(function, name):
 def check(rule, name, width, ptx, counts):
     import ctypes
 
-    from numadam.cuda import kernels as _cuda_kernels
-    from numadam.cuda.launch import ctypes_fields
+    from internals import cuda_kernels as _cuda_kernels
+    from internals import ctypes_fields
 
     failures = []
     f = f"f{width}"
@@ -122,7 +125,7 @@ def main():
         numba.cuda.get_current_device()
     except Exception:
         dispatcher.get_current_device = lambda: SimpleNamespace(compute_capability=(9, 0))
-    from numadam.rules import REGISTRY, rule as rule_named
+    from internals import REGISTRY, rule as rule_named
     failures = []
     for rule in map(rule_named, REGISTRY):
         for name, width in (("float32", 32), ("float64", 64)):

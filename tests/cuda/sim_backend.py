@@ -32,7 +32,7 @@ import numadam  # noqa: E402
 import numadam.cuda  # noqa: E402
 import optim_configs as oc  # noqa: E402
 from helpers import assert_bits_equal, build, step_grads  # noqa: E402
-from numadam.cuda.kernels import device_element  # noqa: E402
+from internals import device_element  # noqa: E402
 
 if not numba_config.ENABLE_CUDASIM:
     pytest.skip("needs NUMBA_ENABLE_CUDASIM=1 (run through tests/test_cuda_sim.py)",
@@ -136,7 +136,7 @@ def test_owned_gradients_and_zero_grad():
 def test_owned_gradients_are_aligned_views_of_one_buffer(monkeypatch):
     """opt.grads on the device: views into one buffer per bucket, laid out as
     the state (so 16-byte aligned for the vector path); zero_grad is one fill."""
-    from numadam.cuda import kernels as _cuda_kernels
+    from internals import cuda_kernels as _cuda_kernels
     fills = _count_calls(monkeypatch, _cuda_kernels, "fill")
     vector = _count_calls(monkeypatch, _cuda_kernels, "_load_vec")
     _fresh_kernels(monkeypatch)
@@ -219,7 +219,7 @@ def test_rmsprop_on_the_device_takes_cudas_square_root():
     runs the element with the correctly rounded root and matches the CPU
     rule built with it, bit for bit; on an AVX512 host it differs from the
     CPU class somewhere (the difference the README states)."""
-    from numadam.rules import rmsprop
+    from internals import rules_rmsprop as rmsprop
     assert device_element(numadam.Adam.rule) is numadam.Adam.rule.element
     assert device_element(rmsprop.RULE) is not rmsprop.RULE.element
     rng = np.random.default_rng(11)
@@ -370,7 +370,7 @@ def _fresh_kernels(monkeypatch):
     functions as patched: each rule's are built with a copy of its globals."""
     import functools
 
-    from numadam.cuda import kernels as _cuda_kernels
+    from internals import cuda_kernels as _cuda_kernels
     monkeypatch.setattr(_cuda_kernels, "kernels",
                         functools.lru_cache(maxsize=None)(_cuda_kernels.kernels.__wrapped__))
 
@@ -383,7 +383,7 @@ def test_odd_sizes_and_unaligned_views_match_the_cpu(dtype, monkeypatch):
     """Partial vector groups, padding between parameters, and arrays that are
     not 16-byte aligned (a view one element in) take the element path; the
     rest the 16-byte path; every bit matches the CPU either way."""
-    from numadam.cuda import kernels as _cuda_kernels
+    from internals import cuda_kernels as _cuda_kernels
     vector = _count_calls(monkeypatch, _cuda_kernels, "_load_vec")
     element = _count_calls(monkeypatch, _cuda_kernels, "_load")
     _fresh_kernels(monkeypatch)
@@ -524,7 +524,7 @@ def test_a_gradient_seen_at_the_last_step_is_not_validated_again(monkeypatch, on
     import gc
     import weakref
 
-    from numadam.cuda import bucket as _cuda_bucket
+    from internals import cuda_bucket as _cuda_bucket
     checked = _count_calls(monkeypatch, _cuda_bucket, "gradient_info")
     host = [np.ones(6), np.ones(3)]
     cpu = numadam.Adam([h.copy() for h in host], lr=0.1)
@@ -563,7 +563,7 @@ def test_the_stream_of_an_array(monkeypatch):
     """Version 3 reports a stream; torch (version 2) means torch's current stream."""
     import types
 
-    from numadam.cuda.adapters import interface_stream
+    from internals import interface_stream
 
     class Tensor:
         device = types.SimpleNamespace(index=0)
@@ -592,10 +592,10 @@ def driver_launch_on_the_simulator(monkeypatch):
     finds; an upload copies host memory."""
     import ctypes
 
-    from numadam.cuda import bucket as _cuda_bucket
-    from numadam.cuda import kernels as _cuda_kernels
-    from numadam.cuda import launch as _cuda_launch
-    from numadam.cuda.adapters import device_address
+    from internals import cuda_bucket as _cuda_bucket
+    from internals import cuda_kernels as _cuda_kernels
+    from internals import cuda_launch as _cuda_launch
+    from internals import device_address
 
     record = {"launches": 0, "uploads": 0}
 
@@ -683,8 +683,8 @@ def test_a_failed_launch_takes_its_step_back(launcher, driver_launch_on_the_simu
                                              monkeypatch):
     """A launch the driver refuses leaves the step counts (and everything
     else) as they were, so that the retry is the step it should have been."""
-    from numadam.cuda import kernels as _cuda_kernels
-    from numadam.cuda import launch as _cuda_launch
+    from internals import cuda_kernels as _cuda_kernels
+    from internals import cuda_launch as _cuda_launch
     if launcher == "numba":
         monkeypatch.setattr(numadam.cuda.config, "launcher", "numba")
         monkeypatch.setattr(_cuda_kernels, "SIMULATED", True)
@@ -723,7 +723,7 @@ def test_a_kernel_that_cannot_be_made_changes_no_bucket(driver_launch_on_the_sim
     """Kernels are compiled and launches built for every bucket before any
     bucket steps: the float64 kernel failing must not leave the float32
     parameters a step ahead."""
-    from numadam.cuda import bucket as _cuda_bucket
+    from internals import cuda_bucket as _cuda_bucket
     make = _cuda_bucket._driver_kernel
 
     def float32_only(rule, dtype):
@@ -758,7 +758,7 @@ class CompileRecorder:
 
 def _replace_step_kernel(monkeypatch, on_compile):
     """Buckets made from now on get a :class:`CompileRecorder` step kernel."""
-    from numadam.cuda import kernels as _cuda_kernels
+    from internals import cuda_kernels as _cuda_kernels
     real = _cuda_kernels.kernels
     monkeypatch.setattr(_cuda_kernels, "kernels", lambda rule: real(rule)._replace(
         step=CompileRecorder(real(rule).step, on_compile)))
@@ -768,8 +768,8 @@ def test_numbas_launcher_compiles_every_bucket_before_any_steps(
         driver_launch_on_the_simulator, monkeypatch):
     """With launcher = "numba" the kernel is compiled for each dtype (once a
     process) before any bucket steps; a failing compile changes nothing."""
-    from numadam.cuda import bucket as _cuda_bucket
-    from numadam.cuda import kernels as _cuda_kernels
+    from internals import cuda_bucket as _cuda_bucket
+    from internals import cuda_kernels as _cuda_kernels
     compiled = []
 
     def compile(signature):
@@ -800,9 +800,9 @@ def test_the_default_launcher_is_numbas_and_never_touches_the_driver(monkeypatch
     """Until scripts/gpu_check.py has passed on a GPU, the ctypes driver launch
     (which reads a numba-cuda internal) is opt-in: a default step on a real
     device (SIMULATED false) compiles and launches through Numba alone."""
-    from numadam.cuda import bucket as _cuda_bucket
-    from numadam.cuda import kernels as _cuda_kernels
-    from numadam.cuda import launch as _cuda_launch
+    from internals import cuda_bucket as _cuda_bucket
+    from internals import cuda_kernels as _cuda_kernels
+    from internals import cuda_launch as _cuda_launch
     compiled, launched = [], []
 
     def refuse(*args):
@@ -841,8 +841,8 @@ def test_a_driver_launch_that_cannot_be_set_up_says_what_to_do(
     """Loading the kernel for the driver launch fails (say a numba-cuda whose
     internals moved): a RuntimeError naming the way out, nothing changed, and
     Numba's launcher then steps as usual."""
-    from numadam.cuda import bucket as _cuda_bucket
-    from numadam.cuda import kernels as _cuda_kernels
+    from internals import cuda_bucket as _cuda_bucket
+    from internals import cuda_kernels as _cuda_kernels
     make = _cuda_bucket._driver_kernel
 
     def unloadable(rule, dtype):
@@ -921,7 +921,7 @@ FakeTorchTensor.__module__ = "torch"
 def fake_torch(monkeypatch):
     import types
 
-    from numadam.cuda import adapters as _cuda_adapters
+    from internals import cuda_adapters as _cuda_adapters
     monkeypatch.setitem(sys.modules, "torch", types.SimpleNamespace(
         float32="torch.float32", float64="torch.float64",
         cuda=types.SimpleNamespace(
@@ -961,7 +961,7 @@ def test_torch_tensors_are_read_through_torch_not_the_interface(fake_torch, one_
 def test_a_torch_gradient_is_rechecked_cheaply(monkeypatch, fake_torch, one_device):
     """The same torch tensor is trusted only while its data pointer, dtype and
     contiguity are those it was checked with: its storage can be swapped."""
-    from numadam.cuda import bucket as _cuda_bucket
+    from internals import cuda_bucket as _cuda_bucket
     checked = _count_calls(monkeypatch, _cuda_bucket, "gradient_info")
     host = np.ones(6)
     cpu = numadam.Adam([host], lr=0.1)
@@ -1022,7 +1022,7 @@ class InterfaceOnly:
 
 @pytest.fixture
 def one_device(monkeypatch):
-    from numadam.cuda import adapters as _cuda_adapters
+    from internals import cuda_adapters as _cuda_adapters
     monkeypatch.setattr(_cuda_adapters, "_device_of_pointer", lambda address: 0)
 
 
@@ -1039,7 +1039,7 @@ def test_interface_only_objects_are_updated_in_place(one_device):
 
 
 def test_interface_errors(one_device):
-    from numadam.cuda import adapters as _cuda_adapters
+    from internals import cuda_adapters as _cuda_adapters
     a = np.zeros((3, 4), np.float32)
     with pytest.raises(ValueError, match="read-only"):
         numadam.Adam([InterfaceOnly(a, readonly=True)])
@@ -1055,7 +1055,7 @@ def test_interface_errors(one_device):
 
 
 def test_two_devices_in_a_group_is_an_error(monkeypatch):
-    from numadam.cuda import adapters as _cuda_adapters
+    from internals import cuda_adapters as _cuda_adapters
     a, b = np.zeros(3), np.zeros(3)
     monkeypatch.setattr(_cuda_adapters, "_device_of_pointer",
                         lambda address: 0 if address == a.ctypes.data else 1)
