@@ -6,12 +6,12 @@ import time
 import numpy as np
 
 import numadam
-from numadam.bench import contenders
+from numadam.bench import rules
 
 from .common import MAX_SIZE, SIZES, arrays
 
-RULES = {"SGD": ("sgd", contenders.SGD_HYPER), "Adagrad": ("adagrad", contenders.ADAGRAD_HYPER),
-         "RMSprop": ("rmsprop", contenders.RMSPROP_HYPER)}
+RULES = {"SGD": ("sgd", rules.SGD_HYPER), "Adagrad": ("adagrad", rules.ADAGRAD_HYPER),
+         "RMSprop": ("rmsprop", rules.RMSPROP_HYPER)}
 
 
 class TimeRuleStep:
@@ -44,7 +44,7 @@ class TrackRuleBandwidth:
     timeout = 300
 
     def setup(self, size, cls):
-        rule = contenders.RULES[RULES[cls][0]]
+        rule = rules.RULES[RULES[cls][0]]
         self.step = rule.contenders[0].setup([size], "float32", False)
         self.stream = rule.stream.setup([size], "float32", False)
         for fn in (self.step, self.stream, self.step, self.stream):

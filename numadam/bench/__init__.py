@@ -41,6 +41,7 @@ import numpy as np
 import numadam
 
 from numadam.bench import contenders as bc
+from numadam.bench import rules as br
 from numadam.cpu.pool import thread_count
 
 __all__ = ["add_arguments", "main"]
@@ -56,7 +57,7 @@ TINY = ("numadam", "numadam step() owned grads", "torch fused", "optax adam jit"
 # table shows what numadam adds to a user's loop beyond its own step (and,
 # as a control, what the same loop adds to a NumPy Adam's step).
 FIT = ("numadam loop", "NumPy Adam loop", "gradient only", "numadam", "NumPy Adam step")
-SECTIONS = ("sweep", "big", "tiny", "mixed", "fit") + tuple(bc.RULES)
+SECTIONS = ("sweep", "big", "tiny", "mixed", "fit") + tuple(br.RULES)
 # A contender at more than this multiple of the streaming kernel's speed (or
 # an in-process kernel past it) means a sample of the baseline was hit by
 # other work on the machine, not that numadam outran memory.
@@ -231,7 +232,7 @@ def _plan(args):
         for n in args.sizes:
             plan.append(("fit", f"{n:.0e} x1", [bc.CONTENDERS[x] for x in FIT], [n],
                          "numadam loop"))
-    for name, rule in bc.RULES.items():
+    for name, rule in br.RULES.items():
         if name not in args.sections:
             continue
         baseline = rule.contenders[0].name
