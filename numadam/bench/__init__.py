@@ -406,7 +406,8 @@ def add_arguments(parser):
                         help="fewer sizes and rounds; well under a minute")
     parser.add_argument("--sizes", type=_size_list, help="comma-separated sizes, e.g. 1e3,1e6")
     parser.add_argument("--big", type=lambda s: int(float(s)),
-                        help="size of the one-big-array scenario (default 1e8; 1e7 with --quick)")
+                        help="size of the one-big-array scenario, also timed for each rule "
+                        "(default 1e8; 1e7 with --quick)")
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     parser.add_argument("--amsgrad", action="store_true")
     parser.add_argument("--rounds", type=int, help="interleaved rounds (median over them)")
