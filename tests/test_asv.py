@@ -57,12 +57,14 @@ def test_asv_suite_imports_and_runs_once():
                 "bench_fit.TrackFitLoop.track_vs_numpy_loop",
                 "bench_fit.TrackFitLoop.track_vs_parts",
                 "bench_fit.TrackFitLoop.track_numpy_vs_parts",
-                "bench_compile.timeraw_import_numadam"}
+                "bench_compile.timeraw_import_numadam",
+                "bench_rules.TimeRuleStep.time_step",
+                "bench_rules.TrackRuleBandwidth.track_stream_fraction"}
     got = {name: next((result for shown, result in status.items() if name.endswith(shown)),
                       None) for name in expected}
     assert got == dict.fromkeys(expected, "ok"), output[-3000:]
     for name in ("track_vs_numpy_loop", "track_vs_parts", "track_numpy_vs_parts",
-                 "track_stream_fraction",
+                 "track_stream_fraction", "TrackRuleBandwidth.track_stream_fraction",
                  "track_max_difference"):
         values = _table_values(output, name)
         assert values, f"no figures for {name}"

@@ -43,7 +43,8 @@ def test_table_is_well_formed(bench):
 def test_every_scenario_and_contender_is_reported(bench):
     proc, data = bench
     rows = data["rows"]
-    assert {r["section"] for r in rows} == {"sweep", "big", "tiny", "mixed", "fit"}
+    assert {r["section"] for r in rows} == {"sweep", "big", "tiny", "mixed", "fit", "sgd",
+                                            "adagrad", "rmsprop"}
     sweep = {(r["elements"], r["contender"]) for r in rows if r["section"] == "sweep"}
     for n in (1000, 40000):
         for name in ("numadam", "stream 4r/3w kernel", "NumPy naive", "NumPy in-place",
@@ -75,6 +76,39 @@ def test_every_scenario_and_contender_is_reported(bench):
     assert isinstance(data["warnings"], list)
 
 
+RULE_CONTENDERS = {
+    "sgd": ("numadam SGD", "stream 3r/2w kernel", "NumPy in-place SGD", "torch fused SGD"),
+    "adagrad": ("numadam Adagrad", "stream 3r/2w kernel", "NumPy in-place Adagrad",
+                "torch fused Adagrad"),
+    "rmsprop": ("numadam RMSprop", "stream 3r/2w kernel", "NumPy in-place RMSprop",
+                "torch for-loop RMSprop", "torch foreach RMSprop")}
+
+
+@pytest.mark.parametrize("section", sorted(RULE_CONTENDERS))
+def test_every_rule_is_timed_against_its_streaming_kernel(bench, section):
+    _, data = bench
+    rows = [r for r in data["rows"] if r["section"] == section]
+    names = RULE_CONTENDERS[section]
+    # The sweep's sizes and --big (the same here), then the 10-element step.
+    assert [(r["elements"], r["contender"]) for r in rows] == (
+        [(n, name) for n in (1000, 40000) for name in names]
+        + [(10, name) for name in names if not name.startswith(("stream", "NumPy"))])
+    stream = {r["elements"]: r["seconds"] for r in rows if r["contender"] == names[1]}
+    for r in rows:
+        if r["skipped"]:
+            continue
+        # 3 reads and 2 writes per float32 element: 20 bytes.
+        assert math.isclose(r["gbps"], 20 * r["elements"] / r["seconds"] / 1e9)
+        if r["elements"] == 10:
+            assert r["per_call"] and r["stream_fraction"] is None
+        else:
+            assert "per_call" not in r
+            assert math.isclose(r["stream_fraction"], stream[r["elements"]] / r["seconds"])
+        numadam = next(x["seconds"] for x in rows if x["elements"] == r["elements"]
+                       and x["contender"] == names[0])
+        assert math.isclose(r["vs_numadam"], r["seconds"] / numadam)
+
+
 def test_rows_hold_numbers_or_a_reason(bench):
     _, data = bench
     for r in data["rows"]:
@@ -83,14 +117,17 @@ def test_rows_hold_numbers_or_a_reason(bench):
         else:
             assert r["seconds"] > 0
             assert r["vs_numadam"] > 0
-            if r["contender"] == ("numadam loop" if r["section"] == "fit" else "numadam"):
+            if r["contender"] == {"fit": "numadam loop", "sgd": "numadam SGD",
+                                  "adagrad": "numadam Adagrad",
+                                  "rmsprop": "numadam RMSprop"}.get(r["section"], "numadam"):
                 assert r["vs_numadam"] == 1.0
             assert math.isfinite(r["seconds"]) and math.isfinite(r["vs_numadam"])
             if r["section"] == "fit":     # loop iterations, not passes over memory
                 assert r["gbps"] is None and r["stream_fraction"] is None
             else:
                 assert math.isfinite(r["gbps"]) and r["gbps"] > 0
-            if r["section"] in ("sweep", "big"):
+            if r["section"] in ("sweep", "big") or (r["section"] in RULE_CONTENDERS
+                                                    and not r.get("per_call")):
                 assert math.isfinite(r["stream_fraction"]) and r["stream_fraction"] > 0
     assert data["environment"]["versions"]["numadam"]
 

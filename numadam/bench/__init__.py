@@ -8,10 +8,11 @@ favouring one. Scenarios too big to keep every contender in memory at once
 build each contender afresh in every round instead. The table reports
 medians over rounds.
 
-Effective bandwidth counts the traffic of an ideal single pass: 7 array
-accesses per element (4 reads, 3 writes; 9 with AMSGrad), 28 bytes per
-float32 element. "% stream" compares with the in-process streaming kernel
-that moves exactly that traffic, at the same size and in the same run; a
+Effective bandwidth counts the traffic of an ideal single pass: for Adam 7
+array accesses per element (4 reads, 3 writes; 9 with AMSGrad), 28 bytes per
+float32 element; for SGD with momentum, Adagrad and RMSprop 5 (3 reads, 2
+writes). "% stream" compares with the in-process streaming kernel that moves
+exactly that traffic, at the same size and in the same run; a
 figure that no step can reach (a baseline slowed down by other processes) or
 samples spread widely are flagged with a warning under the table.
 
@@ -20,6 +21,11 @@ a matrix product on NumPy's threaded BLAS (see
 :func:`numadam.bench.contenders.fit_gradient`): with numadam, with a NumPy
 Adam, and the gradient and numadam's step alone, so that it shows whether
 numadam's threads slow the user's own code down.
+
+The "sgd", "adagrad" and "rmsprop" scenarios time one rule each, at the
+sweep's sizes and ``--big``, against the 3-read, 2-write streaming kernel, an
+in-place NumPy loop and torch (fused where torch has a fused kernel), and a
+10-element step of numadam and torch.
 """
 
 import gc
@@ -28,12 +34,14 @@ import os
 import platform
 import sys
 import time
+from collections import namedtuple
 
 import numpy as np
 
 import numadam
 
 from numadam.bench import contenders as bc
+from numadam.bench import rules as br
 from numadam.cpu.pool import thread_count
 
 __all__ = ["add_arguments", "main"]
@@ -49,7 +57,7 @@ TINY = ("numadam", "numadam step() owned grads", "torch fused", "optax adam jit"
 # table shows what numadam adds to a user's loop beyond its own step (and,
 # as a control, what the same loop adds to a NumPy Adam's step).
 FIT = ("numadam loop", "NumPy Adam loop", "gradient only", "numadam", "NumPy Adam step")
-SECTIONS = ("sweep", "big", "tiny", "mixed", "fit")
+SECTIONS = ("sweep", "big", "tiny", "mixed", "fit") + tuple(br.RULES)
 # A contender at more than this multiple of the streaming kernel's speed (or
 # an in-process kernel past it) means a sample of the baseline was hit by
 # other work on the machine, not that numadam outran memory.
@@ -170,9 +178,10 @@ def _spread(samples):
 
 # ---------------------------------------------------------------- scenarios
 def _rows(section, sizes, dtype, amsgrad, results, baseline, stream_name="stream 4r/3w kernel",
-          stream_time=None):
+          stream_time=None, accesses=None, per_call=False):
     n = sum(sizes)
-    nbytes = bc.stream_traffic(np.dtype(dtype).itemsize, amsgrad) * n
+    itemsize = np.dtype(dtype).itemsize
+    nbytes = (accesses * itemsize if accesses else bc.stream_traffic(itemsize, amsgrad)) * n
     base = results.get(baseline, (None,))[0]
     if section == "fit":    # iterations of a loop, not a pass over memory
         nbytes = 0
@@ -187,11 +196,20 @@ def _rows(section, sizes, dtype, amsgrad, results, baseline, stream_name="stream
             stream_fraction=(stream_time / seconds if seconds and stream_time and nbytes
                              else None),
             vs_numadam=seconds / base if seconds and base else None))
+        if per_call:    # the fixed cost of a call, not a pass over memory
+            rows[-1]["per_call"] = True
     return rows
 
 
+# One measurement of the plan: its contenders timed together at ``sizes``;
+# ``stream`` names the streaming kernel that "% stream" compares with and
+# ``accesses`` the array accesses per element (None: Adam's).
+_Measurement = namedtuple("_Measurement", "section label contenders sizes baseline stream "
+                          "accesses per_call", defaults=("stream 4r/3w kernel", None, False))
+
+
 def _plan(args):
-    """(section, label, contenders, sizes, baseline) for every measurement."""
+    """A :data:`_Measurement` for every measurement."""
     pick = [bc.CONTENDERS[name] for name in SWEEP if name in args.contenders]
     plan = []
     if "sweep" in args.sections:
@@ -214,17 +232,26 @@ def _plan(args):
         for n in args.sizes:
             plan.append(("fit", f"{n:.0e} x1", [bc.CONTENDERS[x] for x in FIT], [n],
                          "numadam loop"))
-    return plan
+    for name, rule in br.RULES.items():
+        if name not in args.sections:
+            continue
+        baseline = rule.contenders[0].name
+        for n in dict.fromkeys([*args.sizes, args.big]):
+            plan.append((name, f"{n:.0e} x1", list(rule.contenders), [n], baseline,
+                         rule.stream.name, rule.accesses))
+        plan.append((name, "10 x1", list(rule.tiny), [10], baseline, rule.stream.name,
+                     rule.accesses, True))
+    return [_Measurement(*m) for m in plan]
 
 
 def run(args, out=sys.stdout, err=sys.stderr):
     plan = _plan(args)
-    steps = sum(len(c) + 1 if _fits(c, s, args.dtype) else 3 * len(c)
-                for _, _, c, s, _ in plan)
+    steps = sum(len(m.contenders) + 1 if _fits(m.contenders, m.sizes, args.dtype)
+                else 3 * len(m.contenders) for m in plan)
     progress = _Progress(steps, err)
     rows = []
     flat_numadam = None
-    for section, label, contenders, sizes, baseline in plan:
+    for section, label, contenders, sizes, baseline, stream, accesses, per_call in plan:
         results = measure(contenders, sizes, args.dtype, args.amsgrad, args.rounds,
                           args.target, progress, f"{section} {label}")
         if section == "mixed" and len(sizes) > 1:
@@ -232,7 +259,8 @@ def run(args, out=sys.stdout, err=sys.stderr):
         if section == "mixed" and len(sizes) == 1:
             results = {f"{k} (one flat array)": v for k, v in results.items()}
             baseline = "numadam (one flat array)"
-        rows.extend(_rows(section, sizes, args.dtype, args.amsgrad, results, baseline))
+        rows.extend(_rows(section, sizes, args.dtype, args.amsgrad, results, baseline,
+                          stream_name=stream, accesses=accesses, per_call=per_call))
     progress.close()
     _fit_summary(rows)
     if flat_numadam:
@@ -310,7 +338,7 @@ def format_table(rows):
             body.append((r["section"], str(r["elements"]), str(r["arrays"]), r["contender"],
                          "skipped: " + r["skipped"], "", "", ""))
             continue
-        small = r["section"] in ("tiny", "fit")
+        small = r["section"] in ("tiny", "fit") or r.get("per_call")
         body.append((r["section"], str(r["elements"]), str(r["arrays"]), r["contender"],
                      _fmt_time(r["seconds"]), "-" if small else _fmt(r["gbps"], ".1f"),
                      "-" if small else _fmt(r["stream_fraction"] and
@@ -378,7 +406,8 @@ def add_arguments(parser):
                         help="fewer sizes and rounds; well under a minute")
     parser.add_argument("--sizes", type=_size_list, help="comma-separated sizes, e.g. 1e3,1e6")
     parser.add_argument("--big", type=lambda s: int(float(s)),
-                        help="size of the one-big-array scenario (default 1e8; 1e7 with --quick)")
+                        help="size of the one-big-array scenario, also timed for each rule "
+                        "(default 1e8; 1e7 with --quick)")
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     parser.add_argument("--amsgrad", action="store_true")
     parser.add_argument("--rounds", type=int, help="interleaved rounds (median over them)")
@@ -411,10 +440,11 @@ def main(args):
     start = time.perf_counter()
     rows = run(args)
     print(format_table(rows))
-    print("GB/s: effective, at 7 accesses of the dtype per element (9 with AMSGrad). "
-          "% stream: against the 4r/3w streaming kernel at the same size, this run. "
-          "x numadam: time / numadam's time (mixed: against the same layout; fit: against "
-          "the numadam loop).")
+    print("GB/s: effective, at 7 accesses of the dtype per element for Adam (9 with "
+          "AMSGrad), 5 for sgd, adagrad and rmsprop. % stream: against the streaming kernel "
+          "with the same traffic (4r/3w; 3r/2w for sgd, adagrad, rmsprop) at the same size, "
+          "this run. x numadam: time / numadam's time (mixed: against the same layout; fit: "
+          "against the numadam loop; sgd, adagrad, rmsprop: against numadam's same rule).")
     for r in rows:
         if "vs_flat_numadam" in r:
             print(f"mixed: {r['contender']} over {r['arrays']} arrays takes "

@@ -1,4 +1,4 @@
-"""The contenders of ``python -m numadam bench``: one Adam step, many ways.
+"""The contenders of ``python -m numadam bench``: one optimizer step, many ways.
 
 Each contender is a :class:`Contender` whose ``setup`` allocates its arrays
 and returns a zero-argument callable that performs one complete optimizer
@@ -8,7 +8,10 @@ contender whose library is missing raises :class:`Unavailable`.
 
 The in-process streaming kernel reads 4 arrays and writes 3 (5 and 4 with
 AMSGrad), exactly the traffic of an Adam step, with a trivial body: it is the
-yardstick of "the machine's streaming bandwidth" in the table.
+yardstick of "the machine's streaming bandwidth" in the table. SGD with
+momentum, Adagrad and RMSprop (without momentum or centering) each read 3
+arrays and write 2; their yardstick is the 3-read, 2-write kernel (their
+contenders are in :mod:`numadam.bench.rules`).
 """
 
 import functools
@@ -22,7 +25,8 @@ from numadam.core.jitcache import CACHE
 
 __all__ = ["Contender", "Unavailable", "make_arrays", "stream_traffic", "CONTENDERS",
            "numadam_step", "numadam_owned", "numadam_flat", "stream", "noop_call",
-           "fit_gradient", "fit_numadam", "fit_numpy", "fit_gradient_only", "fit_numpy_step"]
+           "fit_gradient", "fit_numadam", "fit_numpy", "fit_gradient_only", "fit_numpy_step",
+           "stream_3r2w"]
 
 LR, BETA1, BETA2, EPS = 1e-3, 0.9, 0.999, 1e-8
 
@@ -122,6 +126,20 @@ def _stream_body_ams(p, g, m, v, w, a, b, nthreads):
             ww[i] = max(ww[i], vi)
 
 
+def _stream_body_3r2w(p, g, m, a, b, nthreads):
+    # The traffic of SGD with momentum, Adagrad and plain RMSprop.
+    n = p.size
+    chunk = ((n + nthreads - 1) // nthreads + 15) // 16 * 16
+    for task in prange(nthreads):
+        lo = min(task * chunk, n)
+        hi = min(lo + chunk, n)
+        pp, gg, mm = p[lo:hi], g[lo:hi], m[lo:hi]
+        for i in range(pp.size):
+            gi = gg[i]
+            pp[i] = pp[i] + a * gi
+            mm[i] = mm[i] * b + gi
+
+
 _STREAM = {(parallel, ams): njit(parallel=parallel, cache=CACHE, error_model="numpy")(
     _stream_body_ams if ams else _stream_body)
     for parallel in (False, True) for ams in (False, True)}
@@ -136,6 +154,20 @@ def _stream(sizes, dtype, amsgrad):
 
 
 stream = Contender("stream 4r/3w kernel", _stream, 4)
+
+_STREAM_3R2W = {parallel: njit(parallel=parallel, cache=CACHE, error_model="numpy")(
+    _stream_body_3r2w) for parallel in (False, True)}
+
+
+def _stream_3r2w(sizes, dtype, amsgrad):
+    n = sum(sizes)
+    arrays = make_arrays([n] * 3, dtype, 3)
+    parallel = n >= numadam.config.serial_below
+    return functools.partial(_STREAM_3R2W[parallel], *arrays, dtype.type(1e-7),
+                             dtype.type(0.5), get_num_threads() if parallel else 1)
+
+
+stream_3r2w = Contender("stream 3r/2w kernel", _stream_3r2w, 3)
 
 
 # --------------------------------------------------------------------- NumPy
@@ -330,4 +362,4 @@ noop_call = Contender("bare njit call (no-op)", _noop_call, 2)
 CONTENDERS = {c.name: c for c in (
     numadam_step, numadam_owned, numadam_flat, stream, numpy_naive, numpy_inplace, torch_loop,
     torch_foreach, torch_fused, optax_jit, noop_call, fit_numadam, fit_numpy,
-    fit_gradient_only, fit_numpy_step)}
+    fit_gradient_only, fit_numpy_step, stream_3r2w)}
