@@ -7,24 +7,30 @@ import numpy as np
 
 import numadam
 from numadam.bench import rules
+from numadam.rules import CLASSES
 
 from .common import MAX_SIZE, SIZES, arrays
 
 RULES = {"SGD": ("sgd", rules.SGD_HYPER), "Adagrad": ("adagrad", rules.ADAGRAD_HYPER),
          "RMSprop": ("rmsprop", rules.RMSPROP_HYPER)}
+# Every registered rule's class but Adam's (bench_step.py times those), with
+# the settings above where there are some and its defaults otherwise: a new
+# rule is timed here as soon as it is registered.
+STEP_CLASSES = [cls for cls in CLASSES if cls not in ("Adam", "AdamW")]
+HYPER = {cls: hyper for cls, (_, hyper) in RULES.items()}
 
 
 class TimeRuleStep:
     """One step on one flat array (10 elements: the fixed cost of a call)."""
 
-    params = (SIZES, ["float32", "float64"], list(RULES))
+    params = (SIZES, ["float32", "float64"], STEP_CLASSES)
     param_names = ["size", "dtype", "cls"]
     timeout = 300
 
     def setup(self, size, dtype, cls):
         params = arrays([size], dtype, 1)
         self.grads = arrays([size], dtype, 2)
-        self.opt = getattr(numadam, cls)(params, **RULES[cls][1])
+        self.opt = getattr(numadam, cls)(params, **HYPER.get(cls, {}))
         self.opt.step(self.grads)   # compiles (or loads from cache) and allocates the state
         self.opt.step(self.grads)
 
