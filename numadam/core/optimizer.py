@@ -225,8 +225,7 @@ class Optimizer:
         """The validated kernel arguments of every group, re-validating edits.
 
         The common case, every entry the very object last validated, costs
-        one identity test each and returns the list of the previous call.
-        Otherwise an entry equal to the validated one and of the same type is
+        one identity test each. Otherwise an entry equal to the validated one and of the same type is
         kept (a schedule writing the same rate again); anything else is
         validated again: ``group["amsgrad"] = 0`` compares equal to
         ``False`` but is not a bool.
@@ -401,8 +400,8 @@ class Optimizer:
         into the bucket tables.
 
         Writing while checking, rather than collecting per-bucket lists for
-        :meth:`Bucket.use_gradients`, saves a 10-element ``step([g])`` 1,500
-        instructions (callgrind). The tables are the optimizer's own and
+        :meth:`Bucket.use_gradients`, saves a 10-element ``step([g])`` 2,900
+        of its 23,500 instructions (callgrind). The tables are the optimizer's own and
         every step writes each gradient word again before a kernel reads it,
         so a gradient refused half-way leaves nothing to undo.
         """

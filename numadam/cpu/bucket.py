@@ -25,8 +25,8 @@ class Bucket(BucketBase):
                          [_cpu.address(p) for p in params], [p.shape for p in params])
         self.like = np.empty(0, self.dtype)  # carries the dtype into kernels
         # The table's words, for writing one gradient address: an item
-        # assignment through a memoryview costs a third of NumPy's
-        # ``table[0, PTR_G] = a`` (callgrind).
+        # assignment through a memoryview costs 1,100 instructions against
+        # 1,460 for NumPy's ``table[0, PTR_G] = a`` (callgrind).
         self.words = memoryview(self.table).cast("B").cast("q")
         self.grad_buffer = None
         self.kernels = _cpu.kernels(rule)   # compiled at their first call
