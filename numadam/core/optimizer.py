@@ -505,7 +505,9 @@ class Optimizer:
             buckets = self._buckets
             if grads is None:
                 for bucket in buckets:
-                    if not bucket.uses_owned_grads:
+                    # A device bucket's call also forgets the streams of the
+                    # gradients that a refused step(grads) checked.
+                    if not bucket.uses_owned_grads or bucket.on_device:
                         bucket.use_gradients(None)
             elif per_bucket is not None:
                 k = 0
