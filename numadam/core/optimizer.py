@@ -506,10 +506,12 @@ class Optimizer:
                         "parameters are updated in place")
             buckets = self._buckets
             if grads is None:
+                # With device buckets (no _host_grads) every bucket is called: a
+                # device bucket's call also forgets the streams of the gradients
+                # that a refused step(grads) checked.
+                every = self._host_grads is None
                 for bucket in buckets:
-                    # A device bucket's call also forgets the streams of the
-                    # gradients that a refused step(grads) checked.
-                    if not bucket.uses_owned_grads or bucket.on_device:
+                    if every or not bucket.uses_owned_grads:
                         bucket.use_gradients(None)
             elif per_bucket is not None:
                 k = 0
