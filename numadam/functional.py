@@ -642,8 +642,8 @@ def _compile(spec, rule, check):
         STATE_PARAM=f"{f}: the state arrays must not share memory with param or grad",
         GRAD_PARAM=f"{f}: grad overlaps param without being param itself")
     templates = _templates(rule.stamp())
-    namespace["present"] = _instantiate(templates["present"], namespace, inline="always")
-    return _instantiate(templates["update"], namespace)
+    namespace["present"] = _instantiate(templates["present"], namespace, rule, inline="always")
+    return _instantiate(templates["update"], namespace, rule)
 
 
 # ------------------------------------------------------ the njit overloads

@@ -6,7 +6,7 @@ subclass adds travel as they are.
 """
 
 from numadam.cpu.kernels import LIVE, STEP
-from numadam.core.groups import STALE
+from numadam.core.groups import STALE, Validated
 
 __all__ = ["values", "restore"]
 
@@ -50,7 +50,7 @@ def restore(opt, state):
         infos, extents = opt._check_params(params, gi)
         # Validated again at the first step (the group may hold an edit
         # that step() will refuse, as the original would).
-        opt._install_group(group, params, infos, extents, (STALE, None))
+        opt._install_group(group, params, infos, extents, Validated(STALE, None))
     saved = state["buckets"]
     if len(saved) != len(opt._buckets):
         raise ValueError("the pickled optimizer's buckets do not match its parameters")

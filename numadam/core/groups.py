@@ -1,8 +1,18 @@
-"""Parameter-group bookkeeping: the marker of a group not yet validated, and
-the ``params`` list that refuses changes."""
+"""Parameter-group bookkeeping: the marker of a group not yet validated, the
+records kept per group and per parameter, and the ``params`` list that
+refuses changes."""
 
-__all__ = ["STALE", "ParamList"]
+from collections import namedtuple
 
+__all__ = ["STALE", "ParamList", "Validated", "Slot"]
+
+
+# A group's validation, kept per group: the entries compared by identity at
+# every step (``raw``) and the kernel arguments they gave (``args``).
+Validated = namedtuple("Validated", "raw args")
+
+# Where a parameter lives: its bucket and its row of the bucket's table.
+Slot = namedtuple("Slot", "bucket row")
 
 # Matches no group: a group installed with it is validated at the next step.
 # Longer than any rule's list of entries.

@@ -16,7 +16,7 @@ import numpy as np
 from numadam.core import copying as _copying
 from numadam.core import state_dict as _state_dict
 from numadam.core import validation as _validation
-from numadam.core.groups import STALE, ParamList
+from numadam.core.groups import ParamList, Slot, Validated
 from numadam.core.state_view import StateView
 from numadam.cpu.bucket import Bucket
 from numadam.cpu.kernels import NCOLS, PTR_G, address
@@ -91,7 +91,7 @@ class Optimizer:
         self.skipped_steps = skipped_steps
         self.param_groups = []
         self._buckets = []          # every bucket of every group, in group order
-        self._slots = []            # global parameter index -> (bucket, row)
+        self._slots = []            # global parameter index -> Slot(bucket, row)
         self._index_of = {}         # id(array) -> global parameter index
         self._param_lists = []      # per group: the list its buckets were built from
         self._group_args = []       # per group: (raw hyperparameters, kernel args)
@@ -176,14 +176,14 @@ class Optimizer:
                 buckets.append(DeviceBucket(self.rule, [params[k] for k in rows],
                                             [infos[k] for k in rows],
                                             [first + k for k in rows], gi))
-        if self.rule.eager_state and validated[1] is not None:
+        if self.rule.eager_state and validated.args is not None:
             # torch creates this rule's state at construction (Adagrad's sum).
             for bucket in buckets:
-                bucket.allocate(validated[1], live=True)
+                bucket.allocate(validated.args, live=True)
         slots = [None] * len(params)
         for bucket in buckets:
             for row, index in enumerate(bucket.indices):
-                slots[index - first] = (bucket, row)
+                slots[index - first] = Slot(bucket, row)
 
         self.param_groups.append(group)
         self._last_group = gi
@@ -223,7 +223,7 @@ class Optimizer:
             # group says (Adagrad: __init__ and _init_group read the argument
             # and self.defaults, never group["initial_accumulator_value"]).
             args = dataclasses.replace(args, values={**args.values, **init})
-        return self._raw(group), args
+        return Validated(self._raw(group), args)
 
     def _raw(self, group):
         """The objects :meth:`_kernel_args` compares by identity."""
@@ -267,19 +267,19 @@ class Optimizer:
         try:
             for gi, group in enumerate(self.param_groups):
                 cached = self._group_args[gi]
-                raw = cached[0]
+                raw = cached.raw
                 if not self._unchanged(group, raw):
                     now = self._raw(group)
                     if _same_as_validated(now, raw):
-                        cached = (now, cached[1])
+                        cached = Validated(now, cached.args)
                     else:
                         self._check_params_kept(group, gi)
                         cached = self._validate_group(group, gi)
                         for bucket in self._buckets:
                             if bucket.group_index == gi:
-                                bucket.check_rows(cached[1].rows, f"param_groups[{gi}]")
+                                bucket.check_rows(cached.args.rows, f"param_groups[{gi}]")
                     self._group_args[gi] = cached
-                out.append(cached[1])
+                out.append(cached.args)
         except (KeyError, IndexError):  # a deleted entry, an added group
             self._check_groups()
             raise
@@ -394,7 +394,7 @@ class Optimizer:
                 elif g is None:
                     append(0)
                 else:
-                    param = self._slots[i][0].params[self._slots[i][1]]
+                    param = self._slots[i].bucket.params[self._slots[i].row]
                     error = _validation.gradient_error(g, param, f"grads[{i}]")
                     if error is not None:
                         raise error
@@ -428,7 +428,7 @@ class Optimizer:
             elif g is None:
                 words[word] = 0
             else:
-                param = self._slots[i][0].params[self._slots[i][1]]
+                param = self._slots[i].bucket.params[self._slots[i].row]
                 error = _validation.gradient_error(g, param, f"grads[{i}]")
                 if error is not None:
                     raise error
@@ -503,10 +503,10 @@ class Optimizer:
                 # the common case, tested here rather than in _kernel_args (its
                 # calls cost a 10-element step 800 instructions, callgrind).
                 same = len(groups) == 1 == len(validated) and self._unchanged(
-                    groups[0], validated[0][0])
+                    groups[0], validated[0].raw)
             except KeyError:            # a deleted entry: _kernel_args says which
                 same = False
-            args = (validated[0][1],) if same else self._kernel_args()
+            args = (validated[0].args,) if same else self._kernel_args()
             for param in self._host_params:
                 if not param.flags.writeable:
                     raise ValueError(

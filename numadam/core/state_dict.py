@@ -131,7 +131,7 @@ def _parse(opt, state_dict):
         # torch before 2.0 stored SGD's momentum_buffer as None without
         # momentum; torch reads a None buffer as no buffer, so does this.
         entry = {key: value for key, value in entry.items() if value is not None}
-        rows = group_args[bucket.group_index][1].rows
+        rows = group_args[bucket.group_index].args.rows
         declared = tuple(s.name for s in opt.rule.state)
         known = (("step",) if opt.rule.keeps_step else ()) + declared
         unknown = set(entry) - set(known)
@@ -169,7 +169,7 @@ def load(opt, state_dict):
     installs = []
     eager = opt.rule.eager_state
     for bucket in opt._buckets:
-        args = group_args[bucket.group_index][1]
+        args = group_args[bucket.group_index].args
         steps = np.zeros(len(bucket.params), np.int64)
         # A rule whose state exists from construction gives every parameter
         # the state dict lacks its initial state (torch would fail at its step).

@@ -44,7 +44,7 @@ class StateView(Mapping):
     def __reduce__(self):
         # A copy or pickle is a snapshot: plain dicts holding copies.
         slots = self._opt._slots
-        return dict, ({i: slots[i][0].param_state(slots[i][1]) for i in self},)
+        return dict, ({i: slots[i].bucket.param_state(slots[i].row) for i in self},)
 
 
 class ParamState(MutableMapping):

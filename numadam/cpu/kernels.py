@@ -275,12 +275,21 @@ Kernels = namedtuple("Kernels", [name for name, _ in _BUILD])
 Kernels.__doc__ = "The compiled CPU kernels of one rule (see :func:`kernels`)."
 
 
-def _instantiate(function, namespace, **options):
-    """``function`` compiled with ``namespace`` as its globals."""
+def _instantiate(function, namespace, rule, **options):
+    """``function`` compiled with ``namespace`` as its globals, for ``rule``.
+
+    The qualified name carries the rule's name, which gives each rule its own
+    cache index file. Numba updates an index by reading it, adding an entry
+    and writing it back, without a lock: two processes compiling different
+    entries of one index at once (MPI ranks at different rules, say) can
+    leave one entry's key pointing at the other's code. Within one rule the
+    entries differ by signature only, so such a race cannot hand a rule
+    another rule's kernel.
+    """
     name = function.__name__.lstrip("_")
     clone = pytypes.FunctionType(function.__code__, namespace, name,
                                  function.__defaults__, function.__closure__)
-    clone.__qualname__ = function.__qualname__
+    clone.__qualname__ = f"{function.__qualname__}.{rule.name}"
     clone.__doc__ = function.__doc__
     clone.__module__ = function.__module__
     return njit(cache=CACHE, error_model="numpy", **options)(clone)
@@ -299,7 +308,8 @@ def kernels(rule):
     templates = _templates(rule.stamp())
     built = {}
     for name, options in _BUILD:
-        built[name] = namespace[name] = _instantiate(templates[name], namespace, **options)
+        built[name] = namespace[name] = _instantiate(templates[name], namespace, rule,
+                                                     **options)
     return Kernels(**built)
 
 

@@ -123,7 +123,7 @@ class ShardedOptimizer:
                                                  ("max_grad_norm", max_grad_norm),
                                                  ("reduction", reduction)))
             shards = [Shard(bucket, rule, self.rank, self.size,
-                            inner._group_args[bucket.group_index][1], reduction == "ordered")
+                            inner._group_args[bucket.group_index].args, reduction == "ordered")
                       for bucket in inner._buckets]
         except Exception as exc:  # shared with every rank below, then raised
             error = exc

@@ -91,7 +91,7 @@ def _flatten(opt, state_dict):
     rule = opt.rule
     fulls, buckets = [], []
     for shard in opt._shards:
-        args = group_args[shard.bucket.group_index][1]
+        args = group_args[shard.bucket.group_index].args
         steps = np.zeros(len(shard.params), np.int64)
         live = np.full(len(shard.params), int(rule.eager_state), np.int64)
         rows, full = None, None

@@ -362,7 +362,7 @@ def _settings(method, tol, options):
     name, fixed, defaults = METHODS[method]
     fixed = {**FIXED, **fixed}
     module = _rules.module(name)
-    cls = getattr(module, _rules.REGISTRY[name][1][0])
+    cls = getattr(module, _rules.REGISTRY[name].classes[0])
     hyper = {key: value for key, value in module.RULE.defaults(**defaults).items()
              if key not in fixed}
     options = {} if options is None else dict(options)

@@ -7,26 +7,29 @@ is never used costs nothing at ``import numadam``. How to add a rule:
 """
 
 import importlib
+from collections import namedtuple
 
-__all__ = ["REGISTRY", "CLASSES", "rule", "module"]
+__all__ = ["REGISTRY", "CLASSES", "Registration", "rule", "module"]
 
-# rule name -> (module, its public classes)
+Registration = namedtuple("Registration", "module classes")
+
+# rule name -> its module and public classes
 REGISTRY = {
-    "adam": ("numadam.rules.adam", ("Adam", "AdamW")),
-    "sgd": ("numadam.rules.sgd", ("SGD",)),
-    "adagrad": ("numadam.rules.adagrad", ("Adagrad",)),
-    "rmsprop": ("numadam.rules.rmsprop", ("RMSprop",)),
+    "adam": Registration("numadam.rules.adam", ("Adam", "AdamW")),
+    "sgd": Registration("numadam.rules.sgd", ("SGD",)),
+    "adagrad": Registration("numadam.rules.adagrad", ("Adagrad",)),
+    "rmsprop": Registration("numadam.rules.rmsprop", ("RMSprop",)),
 }
 
 # class name -> rule name
-CLASSES = {cls: name for name, (_, classes) in REGISTRY.items() for cls in classes}
+CLASSES = {cls: name for name, entry in REGISTRY.items() for cls in entry.classes}
 
 
 def module(name):
     """The module of rule ``name`` (imported on first use)."""
     if name not in REGISTRY:
         raise ValueError(f"unknown update rule {name!r}; numadam has {sorted(REGISTRY)}")
-    return importlib.import_module(REGISTRY[name][0])
+    return importlib.import_module(REGISTRY[name].module)
 
 
 def rule(name):
