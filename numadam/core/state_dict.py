@@ -131,6 +131,10 @@ def _parse(opt, state_dict):
         # torch before 2.0 stored SGD's momentum_buffer as None without
         # momentum; torch reads a None buffer as no buffer, so does this.
         entry = {key: value for key, value in entry.items() if value is not None}
+        if not entry and not opt.rule.keeps_step:
+            # Nothing left: no state yet, so SGD's next momentum step starts
+            # the buffer from the gradient, as torch's does from a None buffer.
+            continue
         rows = group_args[bucket.group_index][1].rows
         declared = tuple(s.name for s in opt.rule.state)
         known = (("step",) if opt.rule.keeps_step else ()) + declared

@@ -1,0 +1,33 @@
+"""Attacks on the step path and state dicts: sequences a user or a hostile
+caller can produce, each compared bit for bit with an optimizer that never
+saw the attack (whose own bits the golden tests pin to torch)."""
+
+import numpy as np
+
+import numadam
+
+
+def _bits(a):
+    return a.view(np.uint32 if a.dtype == np.float32 else np.uint64)
+
+
+def test_sgd_loads_a_none_momentum_buffer_as_no_buffer():
+    # torch before 2.0 wrote momentum_buffer=None; torch's SGD reads None as
+    # "no buffer yet" and its next momentum step starts the buffer from the
+    # gradient, as for a parameter never stepped.
+    for dtype in (np.float32, np.float64):
+        rng = np.random.default_rng(7)
+        p0 = rng.standard_normal(16).astype(dtype)
+        hyper = dict(lr=0.0173, momentum=0.83, dampening=0.21, weight_decay=0.0041)
+        loaded, fresh = p0.copy(), p0.copy()
+        opt = numadam.SGD([loaded], **hyper)
+        ref = numadam.SGD([fresh], **hyper)
+        groups = opt.state_dict()["param_groups"]
+        opt.load_state_dict({"state": {0: {"momentum_buffer": None}}, "param_groups": groups})
+        for _ in range(3):
+            g = rng.standard_normal(16).astype(dtype)
+            opt.step([g])
+            ref.step([g])
+        assert np.array_equal(_bits(loaded), _bits(fresh))
+        assert np.array_equal(_bits(opt.state[loaded]["momentum_buffer"]),
+                              _bits(ref.state[fresh]["momentum_buffer"]))
