@@ -52,3 +52,14 @@ def test_the_step_count_rounds_as_torchs_float32_step(cls):
     opt.state[p]["step"] = 2 ** 24
     opt.step([np.ones(16, np.float32)])
     assert opt.state[p]["step"] == 2 ** 24
+
+
+@pytest.mark.parametrize("step", [2 ** 63, 2 ** 64, np.uint64(2 ** 63)])
+def test_a_functional_step_past_int64_is_a_value_error(step):
+    # The documented contract is TypeError or ValueError before anything is
+    # touched; Numba's int64 unboxing raised OverflowError.
+    from numadam.functional import adagrad_update
+    x, s = np.ones(4), np.zeros(4)
+    with pytest.raises(ValueError, match="step"):
+        adagrad_update(x, np.ones(4), s, step, 0.1, 0.0, 0.0, 1e-10, False)
+    assert np.array_equal(x, np.ones(4)) and np.array_equal(s, np.zeros(4))
