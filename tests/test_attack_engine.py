@@ -63,3 +63,23 @@ def test_a_functional_step_past_int64_is_a_value_error(step):
     with pytest.raises(ValueError, match="step"):
         adagrad_update(x, np.ones(4), s, step, 0.1, 0.0, 0.0, 1e-10, False)
     assert np.array_equal(x, np.ones(4)) and np.array_equal(s, np.zeros(4))
+
+
+@pytest.mark.parametrize("cls", ["Adam", "Adagrad", "RMSprop"])
+def test_a_step_count_near_int64_max_is_refused(cls):
+    # The kernels add 1 to an int64 count: a loaded 2**63 - 1 wrapped to
+    # -2**63 at the next step (Adam's parameters became NaN, and the state
+    # dict it then exported did not load).
+    p = np.ones(16, np.float32)
+    opt = getattr(numadam, cls)([p])
+    opt.step([np.ones(16, np.float32)])
+    sd = opt.state_dict()
+    sd["state"][0]["step"] = 2 ** 63 - 1
+    with pytest.raises(ValueError, match="step"):
+        opt.load_state_dict(sd)
+    with pytest.raises(ValueError, match="step"):
+        opt.state[p]["step"] = 2 ** 63 - 1
+    sd["state"][0]["step"] = 2 ** 62          # the largest accepted
+    opt.load_state_dict(sd)
+    opt.step([np.ones(16, np.float32)])
+    assert opt.state[p]["step"] == 2 ** 62 + 1 and np.isfinite(p).all()
