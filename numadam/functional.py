@@ -372,7 +372,7 @@ class _Functional:
             if values is None:
                 reals, flags, values = self._validated(reals, flags)
             slots = self._checked_arrays(param, grad, states, values)
-        if type(step) is not int or step < 1:
+        if type(step) is not int or not 1 <= step <= _MAX_STEP:
             step = _as_step(step)
         self.update(param, grad, *slots, step, reals, flags)
 
@@ -524,7 +524,14 @@ def _as_step(step):
         raise TypeError(f"step must be an integer, got {step!r}") from None
     if step < 1:
         raise ValueError(f"step must be >= 1 (the count after the increment), got {step}")
+    if step > _MAX_STEP:
+        # The compiled update takes an int64 (Numba's unboxing would raise
+        # OverflowError); the classes' step counts have the same bound.
+        raise ValueError(f"step must be at most 2**63 - 1, got {step}")
     return step
+
+
+_MAX_STEP = 2 ** 63 - 1
 
 
 @njit(inline="always")

@@ -10,8 +10,10 @@ from numadam.cpu.kernels import LIVE, OFFSET, SIZE, STEP
 
 # Written by torch but meaningless here; dropped on load.
 _TORCH_ONLY_KEYS = frozenset({"foreach", "capturable", "differentiable", "fused"})
-# Step counts live in an int64 table.
-_MAX_STEP = 2 ** 63 - 1
+# Step counts live in an int64 table that the kernels add 1 to: a count
+# loaded at 2**63 - 1 wrapped to -2**63 at the next step (Adam: NaN).
+# 2**62 leaves 2**62 steps of headroom.
+_MAX_STEP = 2 ** 62
 
 
 def as_step(value, where):
@@ -30,7 +32,8 @@ def as_step(value, where):
     else:
         raise ValueError(f"{where} must be a whole number, got {value!r}")
     if not 0 <= step <= _MAX_STEP:
-        raise ValueError(f"{where} must be in [0, 2**63 - 1], got {step}")
+        raise ValueError(f"{where} must be in [0, 2**62] (an int64 count that "
+                         f"grows by 1 a step, kept well below 2**63), got {step}")
     return step
 
 
@@ -131,6 +134,10 @@ def _parse(opt, state_dict):
         # torch before 2.0 stored SGD's momentum_buffer as None without
         # momentum; torch reads a None buffer as no buffer, so does this.
         entry = {key: value for key, value in entry.items() if value is not None}
+        if not entry and not opt.rule.keeps_step:
+            # Nothing left: no state yet, so SGD's next momentum step starts
+            # the buffer from the gradient, as torch's does from a None buffer.
+            continue
         rows = group_args[bucket.group_index].args.rows
         declared = tuple(s.name for s in opt.rule.state)
         known = (("step",) if opt.rule.keeps_step else ()) + declared

@@ -133,11 +133,10 @@ def _entry_point(kernel, *args):
     return kernel.compile(tuple(typeof(arg) for arg in args))
 
 
-# Module functions, not methods: numadam.distributed.shard.Shard borrows
-# Bucket.step and Bucket.first_nonfinite, and these work on its attributes too.
-# Apart from those two because a closure's cells are created on entry to the
-# function that holds them: inside Bucket.step they cost the 10-element step
-# 1,300 instructions (6.6%, callgrind) though it never runs on the threads.
+# Module functions apart from Bucket.step and Bucket.first_nonfinite because
+# a closure's cells are created on entry to the function that holds them:
+# inside Bucket.step they cost the 10-element step 1,300 instructions (6.6%,
+# callgrind) though it never runs on the threads.
 def _step_on_threads(bucket, args):
     """One step of ``bucket`` cut into tasks on numadam's threads, whole even
     when Ctrl-C comes during it (then raised after it)."""
