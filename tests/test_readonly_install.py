@@ -41,7 +41,8 @@ for t in range(1, 4):
 result = f"RESULT {x.tobytes().hex()} {y.tobytes().hex()}"
 """
 SCRIPT = STEPS + """
-print("CACHE", numadam.core.jitcache.CACHE, flush=True)
+from numadam.core import jitcache
+print("CACHE", jitcache.CACHE, flush=True)
 print(result, flush=True)
 """
 
@@ -122,7 +123,7 @@ def test_a_read_only_install_imports_and_steps_without_a_disk_cache(read_only_in
 
 def test_numba_cache_dir_is_honoured_in_a_read_only_install(read_only_install, tmp_path):
     site, home = read_only_install
-    done = _run(site, home, "import numadam; print('CACHE', numadam.core.jitcache.CACHE)",
+    done = _run(site, home, "from numadam.core import jitcache; print('CACHE', jitcache.CACHE)",
                 NUMBA_CACHE_DIR=str(tmp_path / "cache"))
     assert done.returncode == 0, done.stderr[-3000:]
     assert "CACHE True" in done.stdout and done.stderr == "", done.stderr

@@ -44,15 +44,18 @@ def _can_cache():
 
 def _outside_numadam():
     """``stacklevel`` for :func:`warnings.warn` that names the first frame
-    outside numadam (the user's ``import numadam``), counted as ``warnings``
-    counts: the import machinery's own frames are skipped, not counted."""
+    outside numadam and the import machinery (the user's line that first
+    reached a kernel module: ``numadam.Adam(...)``), counted as ``warnings``
+    counts."""
     level, frame = 1, sys._getframe(1)
     while frame is not None:
         name = frame.f_code.co_filename
-        internal = "importlib" in name and "_bootstrap" in name
-        if not internal and not name.startswith(_HERE):
+        # warnings.warn does not count the bootstrap's frames; importlib's
+        # import_module (numadam's lazy loads) it counts, but it is not the user.
+        bootstrap = "importlib" in name and "_bootstrap" in name
+        if not bootstrap and "importlib" not in name and not name.startswith(_HERE):
             break
-        level += not internal
+        level += not bootstrap
         frame = frame.f_back
     return level
 
