@@ -341,7 +341,8 @@ def test_saving_into_a_missing_directory_names_the_target(tmp_path):
 
 def test_an_unreadable_file_is_a_permission_error(tmp_path):
     """Not 'truncated or corrupted'. As root, chmod does not stop reads: the
-    load runs in a child that gives up root after importing numadam."""
+    load runs in a child that gives up root after importing numadam's
+    checkpoint module (later imports could fail for want of read access)."""
     opt, _ = _trained()
     directory = tempfile.mkdtemp()
     try:
@@ -351,6 +352,7 @@ def test_an_unreadable_file_is_a_permission_error(tmp_path):
         os.chmod(path, 0o600 if os.geteuid() == 0 else 0)
         script = textwrap.dedent(f"""
             import os, numadam
+            numadam.load      # loads numadam.checkpoint while the child may still read it
             if os.geteuid() == 0:
                 os.setgid(65534)
                 os.setuid(65534)
