@@ -1,15 +1,11 @@
 """SGD with momentum, Adagrad and RMSprop: step time, and bandwidth against
 the streaming kernel that moves the same bytes."""
 
-import time
-
-import numpy as np
-
 import numadam
 from numadam.bench import rules
 from numadam.rules import CLASSES
 
-from .common import MAX_SIZE, SIZES, arrays
+from .common import MAX_SIZE, SIZES, arrays, stream_fraction
 
 RULES = {"SGD": ("sgd", rules.SGD_HYPER), "Adagrad": ("adagrad", rules.ADAGRAD_HYPER),
          "RMSprop": ("rmsprop", rules.RMSPROP_HYPER)}
@@ -57,10 +53,4 @@ class TrackRuleBandwidth:
             fn()
 
     def track_stream_fraction(self, size, cls):
-        samples = {self.step: [], self.stream: []}
-        for _ in range(15):             # interleaved, so drift hits both alike
-            for fn in samples:
-                start = time.perf_counter()
-                fn()
-                samples[fn].append(time.perf_counter() - start)
-        return float(np.median(samples[self.stream]) / np.median(samples[self.step]))
+        return stream_fraction(self.step, self.stream)

@@ -1,13 +1,12 @@
 """Tracked quantities: bandwidth against the machine's own, and accuracy."""
 
 import math
-import time
 
 import numpy as np
 
 from numadam.bench import contenders as contenders
 
-from .common import MAX_SIZE, arrays
+from .common import MAX_SIZE, arrays, stream_fraction
 
 
 class TrackBandwidth:
@@ -28,13 +27,7 @@ class TrackBandwidth:
             fn()
 
     def track_stream_fraction(self, size, amsgrad):
-        samples = {self.step: [], self.stream: []}
-        for _ in range(15):             # interleaved, so drift hits both alike
-            for fn in samples:
-                start = time.perf_counter()
-                fn()
-                samples[fn].append(time.perf_counter() - start)
-        return float(np.median(samples[self.stream]) / np.median(samples[self.step]))
+        return stream_fraction(self.step, self.stream)
 
 
 def _reference(params, grads, steps, lr, betas, eps, wd, amsgrad, decoupled):

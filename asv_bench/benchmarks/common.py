@@ -1,6 +1,7 @@
 """Helpers shared by the benchmark modules (not benchmarks themselves)."""
 
 import os
+import time
 
 import numpy as np
 
@@ -31,3 +32,15 @@ def mixed_sizes(count=200, low=100, high=100_000, seed=0):
     sizes = np.geomspace(low, high, count).round().astype(np.int64)
     np.random.default_rng(seed).shuffle(sizes)
     return [int(n) for n in sizes]
+
+
+def stream_fraction(step, stream, rounds=15):
+    """The streaming kernel's median time over ``step``'s: 1.0 is the
+    machine's streaming bandwidth for the same traffic."""
+    samples = {step: [], stream: []}
+    for _ in range(rounds):             # interleaved, so drift hits both alike
+        for fn in samples:
+            start = time.perf_counter()
+            fn()
+            samples[fn].append(time.perf_counter() - start)
+    return float(np.median(samples[stream]) / np.median(samples[step]))
