@@ -50,3 +50,66 @@ def test_owned_gradients_after_a_refused_step_with_gradients(cls, refuse):
         runs.append([a.view(np.uint64).copy() for a in arrays])
     for before, after in zip(*runs):
         np.testing.assert_array_equal(before, after)
+
+
+# A schedule writes a new float into a real hyperparameter every step; the
+# optimizer re-checks only the changed entries then. Each case: the class,
+# its constructor arguments, the entry changed and the new value.
+_REAL_EDITS = [
+    ("Adam", dict(lr=1e-2, weight_decay=0.01), "lr", 0.0375),
+    ("AdamW", dict(lr=1e-2, weight_decay=0.3), "weight_decay", 0.0625),
+    ("Adam", dict(lr=1e-2), "eps", 1.3e-5),
+    ("SGD", dict(lr=0.1, momentum=0.9), "lr", 0.01234),
+    ("SGD", dict(lr=0.1, momentum=0.9, dampening=0.2), "dampening", 0.7),
+    ("Adagrad", dict(lr=0.1, lr_decay=0.01), "lr_decay", 0.3),
+    ("RMSprop", dict(lr=0.01, momentum=0.5, centered=True), "alpha", 0.93),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("cls, kwargs, key, value", _REAL_EDITS)
+def test_a_real_hyperparameter_edited_between_steps_steps_as_if_constructed(
+        cls, kwargs, key, value, dtype):
+    rng = np.random.default_rng(3)
+    grads = [rng.standard_normal(33).astype(dtype) for _ in range(4)]
+    start = rng.standard_normal(33).astype(dtype)
+    edited, fresh = start.copy(), start.copy()
+    opt = getattr(numadam, cls)([edited], **kwargs)
+    opt.step([grads[0]])
+    opt.param_groups[0][key] = value
+    for g in grads[1:]:
+        opt.step([g])
+    # the reference: one step with the old value, the rest with the new one
+    ref = getattr(numadam, cls)([fresh], **kwargs)
+    ref.step([grads[0]])
+    state = ref.state_dict()
+    state["param_groups"][0][key] = value
+    ref2 = getattr(numadam, cls)([fresh], **{**kwargs, key: value})
+    ref2.load_state_dict(state)
+    for g in grads[1:]:
+        ref2.step([g])
+    assert np.array_equal(edited.view(np.uint8), fresh.view(np.uint8))
+    assert opt.param_groups[0][key] == value
+
+
+@pytest.mark.parametrize("cls, kwargs, key, value, match", [
+    ("Adam", dict(lr=1e-2), "lr", -0.5, "lr"),
+    ("Adam", dict(lr=1e-2), "weight_decay", float("nan"), "weight_decay"),
+    ("Adam", dict(lr=1e-2), "eps", float("inf"), "eps"),
+    # nesterov needs dampening 0: the rule's cross-field check still runs
+    ("SGD", dict(lr=0.1, momentum=0.9, nesterov=True), "dampening", 0.5, "dampening"),
+    # a real that decides which state exists takes the full path
+    ("SGD", dict(lr=0.1), "momentum", 0.5, "momentum"),
+])
+def test_an_invalid_real_edit_is_refused_before_any_array_changes(cls, kwargs, key, value,
+                                                                  match):
+    p = np.linspace(-1, 1, 8)
+    opt = getattr(numadam, cls)([p], **kwargs)
+    opt.step([np.ones(8)])
+    before = p.copy(), opt.state_dict()
+    opt.param_groups[0][key] = value
+    with pytest.raises(ValueError, match=match):
+        opt.step([np.ones(8)])
+    assert np.array_equal(p, before[0])
+    for name, array in before[1]["state"].get(0, {}).items():
+        assert np.array_equal(opt.state_dict()["state"][0][name], array)

@@ -17,6 +17,7 @@ from numadam.core import copying as _copying
 from numadam.core import state_dict as _state_dict
 from numadam.core import validation as _validation
 from numadam.core.groups import ParamList, Slot, Validated
+from numadam.core.rule import KernelArgs
 from numadam.core.state_view import StateView
 from numadam.cpu.bucket import Bucket
 from numadam.cpu.kernels import NCOLS, PTR_G, address
@@ -272,6 +273,8 @@ class Optimizer:
                     now = self._raw(group)
                     if _same_as_validated(now, raw):
                         cached = Validated(now, cached.args)
+                    elif (args := self._reals_changed(now, raw, cached.args)) is not None:
+                        cached = Validated(now, args)
                     else:
                         self._check_params_kept(group, gi)
                         cached = self._validate_group(group, gi)
@@ -286,6 +289,45 @@ class Optimizer:
         if gi != self._last_group:      # a removed group
             self._check_groups()
         return out
+
+    def _reals_changed(self, now, raw, args):
+        """Kernel args for a group whose only changed entries are real
+        hyperparameters given as valid floats (a schedule's new ``lr``), or
+        None to validate the whole group.
+
+        A new lr each step took a 10-element Adam step from 1.9 to 20 us
+        through the full validation; this path checks only what changed.
+        Anything it does not handle (another type, an invalid value, betas,
+        flags, a real that decides which state exists) takes the full path,
+        which also words the error.
+        """
+        rule = self.rule
+        slots = rule.hyp_slots
+        if now[-1] is not raw[-1]:          # params
+            return None
+        hyp = None
+        values = None
+        for i, slot in enumerate(slots):
+            value = now[i]
+            if value is raw[i]:
+                continue
+            if slot < 0 or type(value) is not float or value - value != 0:
+                return None
+            h = rule.hyper[i]
+            if h.kind == "nonneg" and value < 0:
+                return None
+            if hyp is None:
+                hyp, values = list(args.hyp), dict(args.values)
+            hyp[slot] = value
+            values[h.name] = value
+        if hyp is None:
+            return args
+        if rule.check is not None:
+            try:
+                rule.check(values)
+            except ValueError:
+                return None
+        return KernelArgs(tuple(hyp), args.flags, args.rows, values)
 
     def _check_groups(self):
         """Refuse ``param_groups`` that gained or lost groups, or entries,

@@ -122,9 +122,20 @@ class UpdateRule:
                                 # __setstate__ fills them with their defaults)
     check: object = None        # optional cross-field check: (values dict) -> None or raise
     hyper_by_name: dict = field(init=False, repr=False)
+    # Per hyperparameter: its index in ``hyp`` when it is a real that only
+    # ``hyp`` depends on (not betas, flags, initial values, or a real that
+    # decides which state exists, like SGD's momentum), else -1.
+    hyp_slots: tuple = field(init=False, repr=False)
 
     def __post_init__(self):
         object.__setattr__(self, "hyper_by_name", {h.name: h for h in self.hyper})
+        gates = {s.when for s in self.state}
+        slots, index = [], 0
+        for h in self.hyper:
+            simple = h.kind in ("nonneg", "real") and h.name not in gates
+            slots.append(index if simple else -1)
+            index += {"betas": 2, "flag": 0, "init": 0}.get(h.kind, 1)
+        object.__setattr__(self, "hyp_slots", tuple(slots))
         if len(self.state) > MAX_ROWS:
             raise ValueError(f"a rule has at most {MAX_ROWS} state arrays")
 
