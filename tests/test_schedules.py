@@ -65,3 +65,182 @@ def test_lr_sequence_is_torchs_bit_for_bit(k):
     if f"momentum_{k}" in GOLDEN:
         np.testing.assert_array_equal(moms.view(np.uint64),
                                       GOLDEN[f"momentum_{k}"].view(np.uint64))
+
+
+# ------------------------------------------------------------- resume
+N_PARAM = 10
+
+
+def _optimizer32(kind, lrs=(0.05, 0.02)):
+    params = [np.linspace(-1, 1, N_PARAM, dtype=np.float32) * (k + 1) for k in range(len(lrs))]
+    groups = [{"params": [p], "lr": lr} for p, lr in zip(params, lrs)]
+    if kind == "adam":
+        return numadam.Adam(groups, betas=(0.9, 0.99)), params
+    return numadam.SGD(groups, momentum=0.9), params
+
+
+def _gradient(params, i):
+    """Deterministic float32 gradients that change from step to step."""
+    return [p - np.float32(0.3) + np.float32(0.01 * (i % 5)) for p in params]
+
+
+class Decay:
+    """A callable object: its __dict__ is part of LambdaLR's state, as in torch."""
+
+    def __init__(self, rate):
+        self.rate = rate
+
+    def __call__(self, epoch):
+        return self.rate ** epoch
+
+
+def _metric(i):
+    """A loss with plateaus: improves every 6 steps, flat (noisy) between."""
+    return 1.0 / (1 + i // 6) + 1e-6 * (i % 2)
+
+
+# name -> (optimizer, schedule factory, steps, stopping points)
+RESUME = {
+    "StepLR": ("adam", lambda o: S.StepLR(o, step_size=7, gamma=0.5), 30, [0, 1, 7, 12, 29]),
+    "MultiStepLR": ("sgd", lambda o: S.MultiStepLR(o, [5, 9, 9], 0.3), 20, [0, 1, 5, 9, 15]),
+    "ExponentialLR": ("adam", lambda o: S.ExponentialLR(o, 0.9), 15, [0, 1, 8]),
+    "CosineAnnealingLR": ("adam", lambda o: S.CosineAnnealingLR(o, 10, 1e-3), 30,
+                          [0, 1, 5, 10, 11, 25]),
+    "LinearLR": ("sgd", lambda o: S.LinearLR(o, 0.2, 1.0, 8), 15, [0, 1, 4, 8, 12]),
+    "PolynomialLR": ("adam", lambda o: S.PolynomialLR(o, 10, 1.7), 15, [0, 1, 5, 10, 13]),
+    "ConstantLR": ("adam", lambda o: S.ConstantLR(o, 0.4, 5), 12, [0, 1, 5, 8]),
+    "OneCycleLR": ("adam", lambda o: S.OneCycleLR(o, [0.3, 0.1], total_steps=20), 20,
+                   [0, 1, 6, 10, 19, 20]),
+    "OneCycleLR_sgd_three_phase": ("sgd", lambda o: S.OneCycleLR(
+        o, 0.2, total_steps=24, three_phase=True, anneal_strategy="linear"), 24,
+        [0, 1, 7, 14, 23]),
+    "CosineAnnealingWarmRestarts": ("adam", lambda o: S.CosineAnnealingWarmRestarts(
+        o, T_0=4, T_mult=2, eta_min=1e-3), 30, [0, 1, 4, 5, 12, 29]),
+    "LambdaLR": ("sgd", lambda o: S.LambdaLR(o, [lambda e: 0.9 ** e, Decay(0.8)]), 12,
+                 [0, 1, 6]),
+    "MultiplicativeLR": ("adam", lambda o: S.MultiplicativeLR(o, Decay(0.95)), 12, [0, 1, 6]),
+    "SequentialLR": ("adam", lambda o: S.SequentialLR(
+        o, [S.LinearLR(o, 0.1, total_iters=5), S.CosineAnnealingLR(o, T_max=10)], [5]), 25,
+        [0, 1, 4, 5, 6, 15, 24]),
+    "SequentialLR_three": ("sgd", lambda o: S.SequentialLR(
+        o, [S.ConstantLR(o, 0.5, 3), S.ExponentialLR(o, 0.8),
+            S.OneCycleLR(o, 0.4, total_steps=10, cycle_momentum=False)], [3, 8]), 18,
+        [0, 2, 3, 8, 9, 17]),
+    "ChainedScheduler": ("adam", lambda o: S.ChainedScheduler(
+        [S.ConstantLR(o, 0.3, 4), S.ExponentialLR(o, 0.9), S.CosineAnnealingLR(o, 6)]), 20,
+        [0, 1, 4, 6, 13]),
+    "ReduceLROnPlateau": ("sgd", lambda o: S.ReduceLROnPlateau(
+        o, factor=0.5, patience=2, cooldown=1, min_lr=[1e-4, 1e-3]), 40, [0, 1, 8, 20, 39]),
+    "WarmupCosineLR": ("adam", lambda o: S.WarmupCosineLR(o, 5, 20, min_lr_ratio=0.1), 25,
+                       [0, 1, 5, 12, 20, 24]),
+    "WarmupStableDecayLR": ("adam", lambda o: S.WarmupStableDecayLR(o, 3, 5, 6), 18,
+                            [0, 1, 3, 8, 11, 14, 17]),
+}
+
+
+def _step(sched, i):
+    if isinstance(sched, S.ReduceLROnPlateau):
+        sched.step(_metric(i))
+    else:
+        sched.step()
+
+
+def _train(kind, factory, steps, stop=None, path=None, order="load"):
+    """Run ``steps`` steps; at ``stop`` save optimizer and schedule into one
+    file and continue on fresh objects built as a user would. Returns the lr
+    of every step and the parameters."""
+    opt, params = _optimizer32(kind)
+    sched = factory(opt)
+    seen = []
+    for i in range(steps):
+        if i == stop:
+            opt.save(path, schedule=sched)
+            values = [p.copy() for p in params]       # the model, saved by the user
+            del opt, sched
+            opt, params = _optimizer32(kind)
+            for p, v in zip(params, values):
+                p[...] = v
+            if order == "load":
+                sched = factory(opt)
+                opt.load(path, schedule=sched)
+            else:
+                # torch's trap (pytorch issues 29697, 65342): the optimizer's
+                # state first, the schedule built after it (which resets the
+                # rates), then the schedule's state.
+                checkpoint = numadam.load(path)
+                opt.load_state_dict(checkpoint)
+                sched = factory(opt)
+                sched.load_state_dict(checkpoint["schedule"])
+        seen.append([g["lr"] for g in opt.param_groups] + momentum_of(opt))
+        opt.step(_gradient(params, i))
+        _step(sched, i)
+    return seen, params, sched.state_dict()
+
+
+@pytest.mark.parametrize("name", RESUME)
+def test_resume_is_exact_at_every_stopping_point(name, tmp_path):
+    kind, factory, steps, stops = RESUME[name]
+    seen, params, final = _train(kind, factory, steps)
+    assert len({tuple(s) for s in seen}) > 1         # the schedule does change the rate
+    for stop in stops:
+        for order in ("load", "optimizer first"):
+            got, got_params, got_final = _train(kind, factory, steps, stop,
+                                                tmp_path / f"{stop}.npz", order)
+            assert got == seen, (stop, order)
+            for a, b in zip(got_params, params):
+                assert a.tobytes() == b.tobytes(), (stop, order)
+            assert got_final == final
+
+
+def test_a_fresh_schedule_without_the_optimizers_state_resumes_the_rates(tmp_path):
+    """pytorch issue 29697: MultiStepLR loaded into a fresh optimizer kept the
+    fresh rate and never decayed it; here the schedule's state carries it."""
+    opt, _ = _optimizer32("sgd", (1.0,))
+    sched = S.MultiStepLR(opt, milestones=[5], gamma=0.1)
+    for _ in range(10):
+        sched.step()
+    fresh, _ = _optimizer32("sgd", (1.0,))
+    again = S.MultiStepLR(fresh, milestones=[5], gamma=0.1)
+    again.load_state_dict(sched.state_dict())
+    for _ in range(5):
+        sched.step()
+        again.step()
+        assert fresh.param_groups[0]["lr"] == opt.param_groups[0]["lr"] == 0.1 * 1.0
+
+
+# ----------------------------------------------------------- lr_table
+@pytest.mark.parametrize("name", [n for n in RESUME if n != "ReduceLROnPlateau"])
+def test_lr_table_equals_a_loop_of_steps(name):
+    kind, factory, steps, _ = RESUME[name]
+    opt, _ = _optimizer32(kind)
+    sched = factory(opt)
+    loop = []
+    for i in range(steps):
+        loop.append([g["lr"] for g in opt.param_groups])
+        sched.step()
+    table_opt, _ = _optimizer32(kind)
+    table_sched = factory(table_opt)
+    table = table_sched.lr_table(steps)
+    assert table.dtype == np.float64 and table.shape == (steps, 2)
+    np.testing.assert_array_equal(table.view(np.uint64), np.array(loop).view(np.uint64))
+    assert table_sched.state_dict() == sched.state_dict()
+    assert [g["lr"] for g in table_opt.param_groups] == [g["lr"] for g in opt.param_groups]
+    assert momentum_of(table_opt) == momentum_of(opt)
+    assert table_sched.lr_table(0).shape == (0, 2)
+
+
+def test_lr_table_past_onecycles_end_changes_nothing():
+    opt, _ = _optimizer32("adam")
+    sched = S.OneCycleLR(opt, 0.3, total_steps=10)
+    sched.lr_table(4)
+    before = sched.state_dict(), [dict(g, params=None) for g in opt.param_groups]
+    with pytest.raises(ValueError, match="Tried to step 11 times"):
+        sched.lr_table(7)
+    assert (sched.state_dict(), [dict(g, params=None) for g in opt.param_groups]) == before
+    assert sched.lr_table(6).shape == (6, 2)
+
+
+def test_plateau_has_no_lr_table():
+    opt, _ = _optimizer32("adam")
+    with pytest.raises(TypeError, match="metric"):
+        S.ReduceLROnPlateau(opt).lr_table(3)
