@@ -244,3 +244,53 @@ def test_plateau_has_no_lr_table():
     opt, _ = _optimizer32("adam")
     with pytest.raises(TypeError, match="metric"):
         S.ReduceLROnPlateau(opt).lr_table(3)
+
+
+# ------------------------------------------------------------ minimize
+def _quadratic(x):
+    return float(0.5 * np.sum((x - 1.0) ** 2)), x - 1.0
+
+
+@pytest.mark.parametrize("method, factory, metric", [
+    ("adam", lambda o: S.CosineAnnealingLR(o, T_max=30, eta_min=1e-3), False),
+    ("sgd", lambda o: S.SequentialLR(o, [S.LinearLR(o, 0.1, total_iters=5),
+                                         S.ExponentialLR(o, 0.97)], [5]), False),
+    ("rmsprop", lambda o: S.ReduceLROnPlateau(o, factor=0.5, patience=2, threshold=0.1,
+                                                    threshold_mode="abs"),
+     True),
+])
+def test_minimize_steps_the_schedule_after_each_step(method, factory, metric):
+    """The iterates equal a hand-written loop: optimizer step, then schedule
+    step (ReduceLROnPlateau with the loss of that iteration)."""
+    x0 = np.linspace(-2, 3, 7)
+    result = numadam.minimize(_quadratic, x0, jac=True, method=method,
+                              options={"lr": 0.2, "maxiter": 40, "gtol": 0.0,
+                                       "schedule": factory})
+    x = x0.copy()
+    opt = getattr(numadam, {"adam": "Adam", "sgd": "SGD", "rmsprop": "RMSprop"}[method])(
+        [x], lr=0.2)
+    sched = factory(opt)
+    best, best_f = None, math.inf
+    for i in range(41):
+        f, g = _quadratic(x)
+        if f < best_f:
+            best, best_f = x.copy(), f
+        if i == 40:
+            break
+        opt.step([g])
+        sched.step(f) if metric else sched.step()
+    assert result.nit == 40
+    assert result.x.tobytes() == best.tobytes() and result.fun == best_f
+    # the schedule did change the rate the run used
+    assert opt.param_groups[0]["lr"] != 0.2
+
+
+def test_minimize_refuses_a_bad_schedule_before_calling_fun():
+    def fun(x):
+        raise AssertionError("fun must not be called")
+    other, _ = _optimizer32("adam")
+    for bad, error in [(3, TypeError), (lambda o: None, TypeError),
+                       (lambda o: S.StepLR(other, 2), TypeError),
+                       (lambda o: S.StepLR(o, 0), ValueError)]:
+        with pytest.raises(error, match="schedule|step_size"):
+            numadam.minimize(fun, np.zeros(3), jac=True, options={"schedule": bad})
