@@ -874,7 +874,10 @@ class ChainedScheduler(_Composite):
     their chained forms multiply."""
 
     def __init__(self, schedulers, optimizer=None):
-        if optimizer is None and isinstance(schedulers, (list, tuple)) and schedulers:
+        if isinstance(schedulers, (list, tuple)) and not schedulers:
+            raise ValueError("ChainedScheduler expects at least one scheduler to be chained, "
+                             "but got no scheduler.")
+        if optimizer is None and isinstance(schedulers, (list, tuple)):
             optimizer = getattr(schedulers[0], "optimizer", None)
         _check_optimizer(optimizer)
         self._schedulers = self._children(schedulers, optimizer)

@@ -294,3 +294,204 @@ def test_minimize_refuses_a_bad_schedule_before_calling_fun():
                        (lambda o: S.StepLR(o, 0), ValueError)]:
         with pytest.raises(error, match="schedule|step_size"):
             numadam.minimize(fun, np.zeros(3), jac=True, options={"schedule": bad})
+
+
+# ---------------------------------------------------------- validation
+def _opt():
+    return _optimizer32("adam")[0]
+
+
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda o: S.StepLR(o, 0), "step_size must be >= 1, got 0"),
+    (lambda o: S.StepLR(o, 2.5), "step_size must be an integer, got 2.5"),
+    (lambda o: S.StepLR(o, 3, gamma=NAN), "gamma .* got nan"),
+    (lambda o: S.StepLR(o, 3, gamma=INF), "gamma .* got inf"),
+    (lambda o: S.StepLR(o, 3, gamma=-0.5), "gamma .* got -0.5"),
+    (lambda o: S.StepLR(o, 3, last_epoch=-2), "last_epoch must be >= -1, got -2"),
+    (lambda o: S.MultiStepLR(o, [3, -1]), r"milestones\[1\] must be >= 0, got -1"),
+    (lambda o: S.MultiStepLR(o, 5), "milestones must be a list"),
+    (lambda o: S.ExponentialLR(o, NAN), "gamma .* got nan"),
+    (lambda o: S.ConstantLR(o, factor=1.5), "factor .* got 1.5"),
+    (lambda o: S.ConstantLR(o, factor=0), "factor .* got 0"),
+    (lambda o: S.LinearLR(o, start_factor=0), "start_factor .* got 0"),
+    (lambda o: S.LinearLR(o, end_factor=1.2), "end_factor .* got 1.2"),
+    (lambda o: S.LinearLR(o, total_iters=0), "total_iters must be >= 1, got 0"),
+    (lambda o: S.PolynomialLR(o, total_iters=0), "total_iters must be >= 1, got 0"),
+    (lambda o: S.PolynomialLR(o, power=NAN), "power .* got nan"),
+    (lambda o: S.CosineAnnealingLR(o, 0), "T_max must be >= 1, got 0"),
+    (lambda o: S.CosineAnnealingLR(o, 10, eta_min=INF), "eta_min .* got inf"),
+    (lambda o: S.CosineAnnealingWarmRestarts(o, 0), "T_0 must be >= 1, got 0"),
+    (lambda o: S.CosineAnnealingWarmRestarts(o, 5, T_mult=0), "T_mult must be >= 1, got 0"),
+    (lambda o: S.OneCycleLR(o, 0.1), "either total_steps OR"),
+    (lambda o: S.OneCycleLR(o, 0.1, total_steps=0), "positive integer total_steps, but got 0"),
+    (lambda o: S.OneCycleLR(o, 0.1, total_steps=10, pct_start=1.5), "pct_start, but got 1.5"),
+    (lambda o: S.OneCycleLR(o, 0.1, total_steps=10, anneal_strategy="cosine"), "'cosine'"),
+    (lambda o: S.OneCycleLR(o, [0.1], total_steps=10), "max_lr has 1 values"),
+    (lambda o: S.OneCycleLR(o, NAN, total_steps=10), "max_lr .* got nan"),
+    (lambda o: S.OneCycleLR(o, 0.1, total_steps=10, div_factor=0), "div_factor .* got 0"),
+    (lambda o: S.LambdaLR(o, [abs]), "Expected 2 lr_lambdas, but got 1"),
+    (lambda o: S.SequentialLR(o, [], []), "at least one scheduler"),
+    (lambda o: S.SequentialLR(o, [S.StepLR(o, 2), S.StepLR(o, 3)], []), "one more than"),
+    (lambda o: S.SequentialLR(o, [S.ReduceLROnPlateau(o)], []), "ReduceLROnPlateau"),
+    (lambda o: S.SequentialLR(o, [S.StepLR(_opt(), 2)], []), "same optimizer"),
+    (lambda o: S.ChainedScheduler([]), "at least one scheduler"),
+    (lambda o: S.ReduceLROnPlateau(o, factor=1.0), "factor .* got 1.0"),
+    (lambda o: S.ReduceLROnPlateau(o, mode="up"), "mode 'up' is unknown"),
+    (lambda o: S.ReduceLROnPlateau(o, threshold_mode="x"), "threshold mode 'x'"),
+    (lambda o: S.ReduceLROnPlateau(o, min_lr=[0.1]), "expected 2 min_lrs, got 1"),
+    (lambda o: S.ReduceLROnPlateau(o, patience=-1), "patience must be >= 0, got -1"),
+    (lambda o: S.WarmupCosineLR(o, 10, 5), r"warmup_steps \(10\) must be <= total_steps"),
+    (lambda o: S.WarmupCosineLR(o, 1, 5, min_lr_ratio=2), "min_lr_ratio .* got 2"),
+    (lambda o: S.WarmupStableDecayLR(o, 1, 2, 3, decay="exp"), "decay must be one of"),
+])
+def test_bad_arguments_are_refused_naming_the_value(make, match):
+    opt = _opt()
+    before = [dict(g, params=None) for g in opt.param_groups]
+    with pytest.raises(ValueError, match=match):
+        make(opt)
+    if "SequentialLR" not in match and "same optimizer" not in match:
+        assert [dict(g, params=None) for g in opt.param_groups][0]["lr"] == before[0]["lr"]
+
+
+def test_onecycle_momentum_needs_momentum_or_betas_and_not_an_optimizer():
+    class Bare:
+        param_groups = [{"lr": 0.1}]
+    with pytest.raises(ValueError, match="momentum or beta1"):
+        S.OneCycleLR(Bare(), 0.1, total_steps=5)
+    S.OneCycleLR(Bare(), 0.1, total_steps=5, cycle_momentum=False).step()
+    with pytest.raises(TypeError, match="is not an optimizer"):
+        S.StepLR(object(), 3)
+    with pytest.raises(KeyError, match="initial_lr"):
+        S.StepLR(_opt(), 3, last_epoch=4)
+
+
+@pytest.mark.parametrize("kind", ["adam", "sgd", "adagrad", "rmsprop", "adamw"])
+def test_every_optimizer_takes_a_schedule_and_its_checkpoint(kind, tmp_path):
+    """The group entries schedules add (initial_lr, OneCycleLR's) pass through
+    state dicts and checkpoint files of every rule."""
+    x = np.ones(4, np.float32)
+    cls = {"adam": numadam.Adam, "sgd": numadam.SGD, "adagrad": numadam.Adagrad,
+           "rmsprop": numadam.RMSprop, "adamw": numadam.AdamW}[kind]
+    opt = cls([x], lr=0.1, **({"momentum": 0.5} if kind in ("sgd", "rmsprop") else {}))
+    cycle = kind != "adagrad"
+    sched = S.OneCycleLR(opt, 0.5, total_steps=8, cycle_momentum=cycle)
+    for _ in range(3):
+        opt.step([x * np.float32(0.5)])
+        sched.step()
+    opt.save(tmp_path / "c.npz", schedule=sched)
+    y = x.copy()
+    fresh = cls([y], lr=0.1, **({"momentum": 0.5} if kind in ("sgd", "rmsprop") else {}))
+    again = S.OneCycleLR(fresh, 0.5, total_steps=8, cycle_momentum=cycle)
+    fresh.load(tmp_path / "c.npz", schedule=again)
+    assert {k: v for k, v in fresh.param_groups[0].items() if k != "params"} == \
+        {k: v for k, v in opt.param_groups[0].items() if k != "params"}
+    for _ in range(5):
+        opt.step([x * np.float32(0.5)])
+        fresh.step([y * np.float32(0.5)])
+        sched.step()
+        again.step()
+    assert x.tobytes() == y.tobytes()
+
+
+# ---------------------------------------------------------- checkpoint
+def test_nonfinite_numbers_round_trip_and_callables_are_refused(tmp_path):
+    opt = _opt()
+    sched = S.ReduceLROnPlateau(opt, mode="max")
+    path = tmp_path / "c.npz"
+    opt.save(path, schedule=sched)
+    assert numadam.load(path)["schedule"]["best"] == -INF
+    numadam.save(opt.state_dict(), path, schedule={"a": [NAN, INF, {"b": -INF}], "n": None})
+    loaded = numadam.load(path)["schedule"]
+    assert math.isnan(loaded["a"][0]) and loaded["a"][1:] == [INF, {"b": -INF}]
+    lam = S.LambdaLR(opt, Decay(0.5))
+    lam.lr_lambdas[0].fn = print                     # state torch would pickle
+    other = tmp_path / "other.npz"
+    for bad, match in [({"f": print}, "cannot be stored"), (lam, "cannot be stored"),
+                       ({1: 2}, "keys"), ({"__float__": "inf"}, "keys"), (3, "schedule must")]:
+        with pytest.raises(TypeError, match=match):
+            numadam.save(opt.state_dict(), other, schedule=bad)
+        assert not other.exists()
+    with pytest.raises(ValueError, match="another optimizer"):
+        _opt().save(other, schedule=sched)
+
+
+def _nested(depth):
+    value = [1]
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def _edit_schedule(path, edit):
+    with np.load(path) as archive:
+        members = {k: archive[k] for k in archive.files}
+    header = json.loads(str(members["__numadam__"]))
+    text = edit(header)
+    members["__numadam__"] = np.array(text if isinstance(text, str) else json.dumps(header))
+    np.savez(path, **members)
+
+
+@pytest.mark.parametrize("edit, match, at", [
+    (lambda h: h["schedule"]["best"].update({"__float__": "huge"}), "malformed number", "load"),
+    (lambda h: json.dumps(h).replace('{"__float__": "inf"}', "Infinity"), "bare", "load"),
+    (lambda h: h.update(schedule=[1, 2]), "not a state dict", "load"),
+    (lambda h: h.update(schedule={"a": _nested(40)}), "nested deeper", "load"),
+    (lambda h: h["schedule"].pop("patience"), "entries", "opt.load"),
+    (lambda h: h["schedule"].update(factor=2.0), "factor", "opt.load"),
+    (lambda h: h["schedule"].update(min_lrs=[0.0]), "min_lrs", "opt.load"),
+    (lambda h: h["schedule"].update(_last_lr=["x", 0.1]), "_last_lr", "opt.load"),
+    (lambda h: h.update(schedule=None), "holds no schedule", "opt.load"),
+])
+def test_a_corrupted_schedule_state_is_a_checkpoint_error(tmp_path, edit, match, at):
+    opt = _opt()
+    sched = S.ReduceLROnPlateau(opt)
+    path = tmp_path / "c.npz"
+    opt.save(path, schedule=sched)
+    _edit_schedule(path, edit)
+    fresh = _opt()
+    again = S.ReduceLROnPlateau(fresh, patience=3)
+    before = again.state_dict()
+    with pytest.raises(numadam.CheckpointError, match=match):
+        if at == "load":
+            numadam.load(path)
+        else:
+            fresh.load(path, schedule=again)
+    assert again.state_dict() == before
+
+
+def test_another_schedules_state_is_a_checkpoint_error(tmp_path):
+    opt = _opt()
+    path = tmp_path / "c.npz"
+    opt.save(path, schedule=S.StepLR(opt, 3))
+    fresh = _opt()
+    with pytest.raises(numadam.CheckpointError, match="does not fit ExponentialLR"):
+        fresh.load(path, schedule=S.ExponentialLR(fresh, 0.9))
+    fresh.load(path)                                   # the optimizer alone: fine
+
+
+def test_version_2_files_still_load(tmp_path):
+    opt = _opt()
+    opt.step(_gradient(opt.param_groups[0]["params"] + opt.param_groups[1]["params"], 0))
+    path = tmp_path / "c.npz"
+    opt.save(path)
+
+    def to_v2(header):
+        assert header["version"] == 3 and header.pop("schedule") is None
+        header["version"] = 2
+    _edit_schedule(path, to_v2)
+    loaded = numadam.load(path)
+    assert "schedule" not in loaded and loaded["state"][0]["step"] == 1
+    _edit_schedule(path, lambda h: h.update(schedule=None))
+    with pytest.raises(numadam.CheckpointError, match="version 2 has"):
+        numadam.load(path)
+
+
+def test_import_numadam_does_not_load_schedules():
+    import subprocess
+    import sys
+    code = ("import sys, numadam; assert 'numadam.schedules' not in sys.modules; "
+            "numadam.schedules.StepLR; assert 'numba' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
