@@ -551,3 +551,19 @@ def test_warmup_stable_decay_is_transformers_formula(decay, warmup, stable, step
     expected = [[b * _hf_wsd(t, warmup, stable, steps, decay, floor) for b in base]
                 for t in range(n)]
     np.testing.assert_array_equal(table.view(np.uint64), np.array(expected).view(np.uint64))
+
+
+def test_a_sharded_optimizer_follows_a_schedule_as_its_plain_class_does():
+    """Sharded optimizers have torch-like param_groups too (one process here)."""
+    from numadam.distributed import ShardedAdam
+    x, y = np.linspace(-1, 1, 8, dtype=np.float32), np.linspace(-1, 1, 8, dtype=np.float32)
+    plain, sharded = numadam.Adam([x], lr=0.1), ShardedAdam([y], lr=0.1)
+    one, two = (S.OneCycleLR(o, 0.5, total_steps=12) for o in (plain, sharded))
+    for i in range(12):
+        plain.step([x - np.float32(0.25)])
+        sharded.step([y - np.float32(0.25)])
+        one.step()
+        two.step()
+        assert sharded.param_groups[0]["betas"] == plain.param_groups[0]["betas"]
+    assert one.state_dict() == two.state_dict()
+    assert x.tobytes() == y.tobytes()
