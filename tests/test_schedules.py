@@ -555,6 +555,7 @@ def test_warmup_stable_decay_is_transformers_formula(decay, warmup, stable, step
 
 def test_a_sharded_optimizer_follows_a_schedule_as_its_plain_class_does():
     """Sharded optimizers have torch-like param_groups too (one process here)."""
+    pytest.importorskip("mpi4py")       # the floor environment installs no MPI
     from numadam.distributed import ShardedAdam
     x, y = np.linspace(-1, 1, 8, dtype=np.float32), np.linspace(-1, 1, 8, dtype=np.float32)
     plain, sharded = numadam.Adam([x], lr=0.1), ShardedAdam([y], lr=0.1)
