@@ -817,6 +817,9 @@ class SequentialLR(_Composite):
 
     At a milestone the next schedule restarts from epoch 0 with its closed
     form, as torch's does; the schedules given were built on ``optimizer``.
+    ``last_epoch`` other than -1 is refused: torch's restarts the first
+    schedule whatever its value (pytorch issue 162591); resume with
+    ``load_state_dict``.
     """
 
     def __init__(self, optimizer, schedulers, milestones, last_epoch=-1):
@@ -831,9 +834,15 @@ class SequentialLR(_Composite):
                 f"than the number of milestone points, but got number of schedulers "
                 f"{len(schedulers)} and the number of milestones to be equal to "
                 f"{len(milestones)}")
+        if _int("last_epoch", last_epoch, -1) != -1:
+            # torch's SequentialLR(last_epoch=N) starts its first schedule
+            # whatever N is: the wrong rate past a milestone (pytorch 162591).
+            raise ValueError(f"SequentialLR(last_epoch={last_epoch}) would not resume (torch's "
+                             "starts the first schedule again); build it with last_epoch=-1 "
+                             "and load_state_dict, or opt.load(path, schedule=...)")
         self._schedulers = schedulers
         self._milestones = milestones
-        self.last_epoch = _int("last_epoch", last_epoch, -1) + 1
+        self.last_epoch = 0
         self.optimizer = optimizer
         for group in optimizer.param_groups:
             group["lr"] = group["initial_lr"]
