@@ -235,8 +235,8 @@ class LRScheduler:
     def _expected_keys(self):
         return set(self._own_state()) | set(self._hyper)
 
-    def _prepare(self, state):
-        """Check ``state``; return the function that loads it."""
+    def _check_keys(self, state):
+        """The entries ``state`` must have; ValueError if it has others."""
         if not isinstance(state, Mapping):
             raise ValueError(f"a schedule's state dict is a dict, got {state!r}")
         expected = self._expected_keys()
@@ -244,6 +244,11 @@ class LRScheduler:
             raise ValueError(
                 f"{type(self).__name__}'s state dict has entries {sorted(state, key=str)}, "
                 f"expected {sorted(expected)}")
+        return expected
+
+    def _prepare(self, state):
+        """Check ``state``; return the function that loads it."""
+        self._check_keys(state)
         n = len(self.optimizer.param_groups)
         values = self._checked_base(state, n)
         values.update(self._checked_hyper({key: state[key] for key in self._hyper}))
@@ -786,13 +791,7 @@ class _Composite(LRScheduler):
                 "_schedulers": [s.state_dict() for s in self._schedulers]}
 
     def _prepare(self, state):
-        if not isinstance(state, Mapping):
-            raise ValueError(f"a schedule's state dict is a dict, got {state!r}")
-        expected = self._expected_keys()
-        if set(state) != expected:
-            raise ValueError(
-                f"{type(self).__name__}'s state dict has entries {sorted(state, key=str)}, "
-                f"expected {sorted(expected)}")
+        expected = self._check_keys(state)
         children = state["_schedulers"]
         if not (isinstance(children, list) and len(children) == len(self._schedulers)):
             raise ValueError(f"state_dict['_schedulers'] must hold {len(self._schedulers)} "
