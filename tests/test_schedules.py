@@ -71,8 +71,11 @@ def test_lr_sequence_is_torchs_bit_for_bit(k):
 N_PARAM = 10
 
 
-def _optimizer32(kind, lrs=(0.05, 0.02)):
-    params = [np.linspace(-1, 1, N_PARAM, dtype=np.float32) * (k + 1) for k in range(len(lrs))]
+def _two_groups(kind, lrs=(0.05, 0.02)):
+    """Group 0 holds a float32 array, group 1 a float64 one."""
+    dtypes = (np.float32, np.float64)
+    params = [np.linspace(-1, 1, N_PARAM, dtype=dtypes[k % 2]) * (k + 1)
+              for k in range(len(lrs))]
     groups = [{"params": [p], "lr": lr} for p, lr in zip(params, lrs)]
     if kind == "adam":
         return numadam.Adam(groups, betas=(0.9, 0.99)), params
@@ -81,7 +84,7 @@ def _optimizer32(kind, lrs=(0.05, 0.02)):
 
 def _gradient(params, i):
     """Deterministic float32 gradients that change from step to step."""
-    return [p - np.float32(0.3) + np.float32(0.01 * (i % 5)) for p in params]
+    return [p - p.dtype.type(0.3) + p.dtype.type(0.01 * (i % 5)) for p in params]
 
 
 class Decay:
@@ -149,7 +152,7 @@ def _train(kind, factory, steps, stop=None, path=None, order="load"):
     """Run ``steps`` steps; at ``stop`` save optimizer and schedule into one
     file and continue on fresh objects built as a user would. Returns the lr
     of every step and the parameters."""
-    opt, params = _optimizer32(kind)
+    opt, params = _two_groups(kind)
     sched = factory(opt)
     seen = []
     for i in range(steps):
@@ -157,7 +160,7 @@ def _train(kind, factory, steps, stop=None, path=None, order="load"):
             opt.save(path, schedule=sched)
             values = [p.copy() for p in params]       # the model, saved by the user
             del opt, sched
-            opt, params = _optimizer32(kind)
+            opt, params = _two_groups(kind)
             for p, v in zip(params, values):
                 p[...] = v
             if order == "load":
@@ -195,11 +198,11 @@ def test_resume_is_exact_at_every_stopping_point(name, tmp_path):
 def test_a_fresh_schedule_without_the_optimizers_state_resumes_the_rates(tmp_path):
     """pytorch issue 29697: MultiStepLR loaded into a fresh optimizer kept the
     fresh rate and never decayed it; here the schedule's state carries it."""
-    opt, _ = _optimizer32("sgd", (1.0,))
+    opt, _ = _two_groups("sgd", (1.0,))
     sched = S.MultiStepLR(opt, milestones=[5], gamma=0.1)
     for _ in range(10):
         sched.step()
-    fresh, _ = _optimizer32("sgd", (1.0,))
+    fresh, _ = _two_groups("sgd", (1.0,))
     again = S.MultiStepLR(fresh, milestones=[5], gamma=0.1)
     again.load_state_dict(sched.state_dict())
     for _ in range(5):
@@ -212,13 +215,13 @@ def test_a_fresh_schedule_without_the_optimizers_state_resumes_the_rates(tmp_pat
 @pytest.mark.parametrize("name", [n for n in RESUME if n != "ReduceLROnPlateau"])
 def test_lr_table_equals_a_loop_of_steps(name):
     kind, factory, steps, _ = RESUME[name]
-    opt, _ = _optimizer32(kind)
+    opt, _ = _two_groups(kind)
     sched = factory(opt)
     loop = []
     for i in range(steps):
         loop.append([g["lr"] for g in opt.param_groups])
         sched.step()
-    table_opt, _ = _optimizer32(kind)
+    table_opt, _ = _two_groups(kind)
     table_sched = factory(table_opt)
     table = table_sched.lr_table(steps)
     assert table.dtype == np.float64 and table.shape == (steps, 2)
@@ -230,7 +233,7 @@ def test_lr_table_equals_a_loop_of_steps(name):
 
 
 def test_lr_table_past_onecycles_end_changes_nothing():
-    opt, _ = _optimizer32("adam")
+    opt, _ = _two_groups("adam")
     sched = S.OneCycleLR(opt, 0.3, total_steps=10)
     sched.lr_table(4)
     before = sched.state_dict(), [dict(g, params=None) for g in opt.param_groups]
@@ -241,7 +244,7 @@ def test_lr_table_past_onecycles_end_changes_nothing():
 
 
 def test_plateau_has_no_lr_table():
-    opt, _ = _optimizer32("adam")
+    opt, _ = _two_groups("adam")
     with pytest.raises(TypeError, match="metric"):
         S.ReduceLROnPlateau(opt).lr_table(3)
 
@@ -288,7 +291,7 @@ def test_minimize_steps_the_schedule_after_each_step(method, factory, metric):
 def test_minimize_refuses_a_bad_schedule_before_calling_fun():
     def fun(x):
         raise AssertionError("fun must not be called")
-    other, _ = _optimizer32("adam")
+    other, _ = _two_groups("adam")
     for bad, error in [(3, TypeError), (lambda o: None, TypeError),
                        (lambda o: S.StepLR(other, 2), TypeError),
                        (lambda o: S.StepLR(o, 0), ValueError)]:
@@ -298,7 +301,7 @@ def test_minimize_refuses_a_bad_schedule_before_calling_fun():
 
 # ---------------------------------------------------------- validation
 def _opt():
-    return _optimizer32("adam")[0]
+    return _two_groups("adam")[0]
 
 
 NAN, INF = float("nan"), float("inf")
