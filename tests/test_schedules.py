@@ -67,6 +67,31 @@ def test_lr_sequence_is_torchs_bit_for_bit(k):
                                       GOLDEN[f"momentum_{k}"].view(np.uint64))
 
 
+@pytest.mark.parametrize("k", range(len(CONFIGS)), ids=[c["name"] for c in CONFIGS])
+def test_every_golden_sequence_resumes_through_a_checkpoint(k, tmp_path):
+    """Stop each golden configuration at three steps, save optimizer and
+    schedule to one file, load into fresh objects: the rest of torch's
+    sequence follows exactly."""
+    config = CONFIGS[k]
+    expected = GOLDEN[f"lr_{k}"]
+    steps = config["steps"]
+    for stop in sorted({0, steps // 2 + k % 7, steps - 1}):
+        opt = optimizer(config["opt"], config["lrs"])
+        sched = make_schedules.build(S, opt, config["sched"])
+        for i in range(stop):
+            sched.step(config["metrics"][i]) if "metrics" in config else sched.step()
+        opt.save(tmp_path / "c.npz", schedule=sched)
+        opt = optimizer(config["opt"], config["lrs"])
+        sched = make_schedules.build(S, opt, config["sched"])
+        opt.load(tmp_path / "c.npz", schedule=sched)
+        lrs = [[g["lr"] for g in opt.param_groups]]
+        for i in range(stop, steps):
+            sched.step(config["metrics"][i]) if "metrics" in config else sched.step()
+            lrs.append([g["lr"] for g in opt.param_groups])
+        np.testing.assert_array_equal(np.array(lrs).view(np.uint64),
+                                      expected[stop:].view(np.uint64))
+
+
 # ------------------------------------------------------------- resume
 N_PARAM = 10
 
