@@ -36,7 +36,9 @@ dicts), so a checkpoint stores it (``opt.save(path, schedule=sched)``).
 optimizer's groups. torch leaves them alone, so there a schedule built after
 the optimizer's state was loaded, or loaded into a fresh optimizer without its
 state, continues the chained form from the wrong rate (pytorch issues 29697,
-65342); here the order of building and loading does not matter.
+65342); here the order of building and loading does not matter. A state
+dict of torch's scheduler (``Counter`` milestones and all) loads too, so a run
+moves from torch mid-way.
 
 **Stricter than torch.** Counts (``step_size``, ``T_max``, ``total_iters``,
 milestones) must be integers, ``T_max`` and ``total_iters`` at least 1 (torch
@@ -131,6 +133,7 @@ class LRScheduler:
     """
 
     _hyper = ()         # the constructor arguments a state dict carries
+    _optional = ()      # entries a state dict from torch lacks
 
     def __init__(self, optimizer, last_epoch=-1):
         self.optimizer = _check_optimizer(optimizer)
@@ -236,11 +239,16 @@ class LRScheduler:
         return set(self._own_state()) | set(self._hyper)
 
     def _check_keys(self, state):
-        """The entries ``state`` must have; ValueError if it has others."""
+        """The entries ``state`` may have; ValueError if it has others or
+        lacks some. torch's state dicts (tensors converted) are accepted."""
         if not isinstance(state, Mapping):
             raise ValueError(f"a schedule's state dict is a dict, got {state!r}")
+        for flag in _TORCH_FLAGS:
+            if flag in state and not isinstance(state[flag], bool):
+                raise ValueError(f"state_dict[{flag!r}] must be a boolean, got {state[flag]!r}")
+        given = set(state) - set(_TORCH_FLAGS)
         expected = self._expected_keys()
-        if set(state) != expected:
+        if not expected - set(self._optional) <= given <= expected:
             raise ValueError(
                 f"{type(self).__name__}'s state dict has entries {sorted(state, key=str)}, "
                 f"expected {sorted(expected)}")
@@ -251,7 +259,8 @@ class LRScheduler:
         self._check_keys(state)
         n = len(self.optimizer.param_groups)
         values = self._checked_base(state, n)
-        values.update(self._checked_hyper({key: state[key] for key in self._hyper}))
+        values.update(self._checked_hyper({key: state[key] for key in self._hyper
+                                           if key in state}))
 
         def apply():
             self.__dict__.update(values)
@@ -273,6 +282,10 @@ class LRScheduler:
         for group, base, lr in zip(self.optimizer.param_groups, self.base_lrs, self._last_lr):
             group["initial_lr"] = base
             group["lr"] = lr
+
+
+# torch's bookkeeping of its get_lr warnings, in its state dicts; meaningless here.
+_TORCH_FLAGS = ("_is_initial", "_get_lr_called_within_step")
 
 
 def _plain(value):
@@ -386,7 +399,10 @@ class MultiStepLR(LRScheduler):
 
     @staticmethod
     def _check(milestones, gamma):
-        if isinstance(milestones, (str, bytes, Mapping)) or not hasattr(milestones, "__iter__"):
+        if isinstance(milestones, Mapping):         # torch's state dict holds a Counter
+            milestones = [m for m, count in milestones.items()
+                          for _ in range(_int(f"milestones[{m!r}]", count, 0))]
+        if isinstance(milestones, (str, bytes)) or not hasattr(milestones, "__iter__"):
             raise ValueError(f"milestones must be a list of integers, got {milestones!r}")
         milestones = list(milestones)
         return {"milestones": Counter(_int(f"milestones[{i}]", m, 0)
@@ -601,6 +617,9 @@ class OneCycleLR(LRScheduler):
 
     _hyper = ("total_steps", "_schedule_phases", "_anneal_func_type", "cycle_momentum",
               "use_beta1", "_group_values")
+    # torch keeps the group entries in the optimizer's state only, and no
+    # use_beta1 without cycle_momentum
+    _optional = ("_group_values", "use_beta1")
     _GROUP_KEYS = ("initial_lr", "max_lr", "min_lr", "max_momentum", "base_momentum")
 
     def __init__(self, optimizer, max_lr, total_steps=None, epochs=None, steps_per_epoch=None,
@@ -731,31 +750,40 @@ class OneCycleLR(LRScheduler):
         if hyper["_anneal_func_type"] not in ("cos", "linear"):
             raise ValueError("state_dict['_anneal_func_type'] must be 'cos' or 'linear', got "
                              f"{hyper['_anneal_func_type']!r}")
-        cycle, beta1 = hyper["cycle_momentum"], hyper["use_beta1"]
+        cycle, beta1 = hyper["cycle_momentum"], hyper.setdefault("use_beta1", False)
         if not (isinstance(cycle, bool) and isinstance(beta1, bool)):
             raise ValueError("state_dict['cycle_momentum'] and ['use_beta1'] must be booleans")
-        values = hyper["_group_values"]
-        keys = set(self._GROUP_KEYS if cycle else self._GROUP_KEYS[:3])
-        keys |= {"momentum"} if cycle else set()
-        if not (isinstance(values, list) and len(values) == n
-                and all(isinstance(v, dict) and set(v) == keys for v in values)):
-            raise ValueError(f"state_dict['_group_values'] must hold {n} dicts of {sorted(keys)}")
-        for i, v in enumerate(values):
-            for key in keys:
-                _real(f"state_dict['_group_values'][{i}][{key!r}]", v[key])
         if cycle and any(("betas" if beta1 else "momentum") not in g
                          for g in self.optimizer.param_groups):
             raise ValueError("the state dict cycles " + ("beta1" if beta1 else "momentum")
                              + ", which this optimizer's groups lack")
+        keys = set(self._GROUP_KEYS if cycle else self._GROUP_KEYS[:3])
         hyper = dict(hyper, total_steps=total)
-        group_values = hyper.pop("_group_values")
-        hyper["_loaded_group_values"] = group_values
+        values = hyper.pop("_group_values", None)
+        if values is None:
+            # torch's state dict: the entries stay as the groups hold them
+            # (loaded with the optimizer's state, or set by the constructor).
+            missing = [i for i, g in enumerate(self.optimizer.param_groups)
+                       if not keys <= g.keys()]
+            if missing:
+                raise ValueError(f"param_groups{missing} lack OneCycleLR's entries "
+                                 f"{sorted(keys)}, which this state dict does not hold")
+        else:
+            keys |= {"momentum"} if cycle else set()
+            if not (isinstance(values, list) and len(values) == n
+                    and all(isinstance(v, dict) and set(v) == keys for v in values)):
+                raise ValueError(f"state_dict['_group_values'] must hold {n} dicts of "
+                                 f"{sorted(keys)}")
+            for i, v in enumerate(values):
+                for key in keys:
+                    _real(f"state_dict['_group_values'][{i}][{key!r}]", v[key])
+        hyper["_loaded_group_values"] = values
         return hyper
 
     def _write_groups(self):
         super()._write_groups()
-        for group, values in zip(self.optimizer.param_groups, self.__dict__.pop(
-                "_loaded_group_values")):
+        loaded = self.__dict__.pop("_loaded_group_values")
+        for group, values in zip(self.optimizer.param_groups, loaded or ()):
             values = dict(values)
             momentum = values.pop("momentum", None)
             group.update(values)

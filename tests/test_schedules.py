@@ -92,6 +92,23 @@ def test_every_golden_sequence_resumes_through_a_checkpoint(k, tmp_path):
                                       expected[stop:].view(np.uint64))
 
 
+@pytest.mark.parametrize("k", range(len(CONFIGS)), ids=[c["name"] for c in CONFIGS])
+def test_torchs_state_dict_loads_and_continues_torchs_sequence(k):
+    """A port mid-run: torch's scheduler state (recorded by the generator)
+    loaded into a numadam schedule built as for a new run."""
+    config = CONFIGS[k]
+    stop = config["steps"] // 2
+    opt = optimizer(config["opt"], config["lrs"])
+    sched = make_schedules.build(S, opt, config["sched"])
+    sched.load_state_dict(make_schedules.torch_state(str(GOLDEN[f"torch_state_{k}"][()])))
+    lrs = [[g["lr"] for g in opt.param_groups]]
+    for i in range(stop, config["steps"]):
+        sched.step(config["metrics"][i]) if "metrics" in config else sched.step()
+        lrs.append([g["lr"] for g in opt.param_groups])
+    np.testing.assert_array_equal(np.array(lrs).view(np.uint64),
+                                  GOLDEN[f"lr_{k}"][stop:].view(np.uint64))
+
+
 # ------------------------------------------------------------- resume
 N_PARAM = 10
 

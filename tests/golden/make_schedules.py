@@ -11,7 +11,10 @@ rates, the schedule as a nested spec, the number of steps and, for
 ``ReduceLROnPlateau``, the metric of every step) and, per configuration
 ``k``, ``lr_<k>`` (``(steps + 1, groups)``: the rates after construction and
 after every ``step()``) and, for ``OneCycleLR`` with momentum cycling,
-``momentum_<k>`` (beta1 or SGD's momentum, same shape). The arguments of
+``momentum_<k>`` (beta1 or SGD's momentum, same shape), and ``torch_state_<k>``:
+torch's ``state_dict()`` after ``steps // 2`` steps as JSON (a ``Counter``
+written as ``{"__counter__": [[milestone, count], ...]}``), which numadam's
+schedules load. The arguments of
 half of the configurations are drawn from a seeded RNG, so no round number
 hides a rounding. The tests build the same schedules with :func:`build`
 (imported from here; it imports no torch) and compare bit for bit.
@@ -19,6 +22,7 @@ hides a rounding. The tests build the same schedules with :func:`build`
 
 import json
 import os
+from collections import Counter
 import random
 import sys
 import warnings
@@ -159,6 +163,25 @@ def _configs():
     return configs
 
 
+def _plain(value):
+    """torch's state dict as JSON data."""
+    if isinstance(value, Counter):
+        return {"__counter__": sorted([int(m), int(c)] for m, c in value.items())}
+    if isinstance(value, dict):
+        return {key: _plain(v) for key, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    assert value is None or isinstance(value, (bool, int, float, str)), value
+    return value
+
+
+def torch_state(text):
+    """A state dict :func:`_plain` wrote, as torch's ``state_dict()`` held it."""
+    def counters(obj):
+        return Counter(dict(obj["__counter__"])) if "__counter__" in obj else obj
+    return json.loads(text, object_hook=counters)
+
+
 def _sequences(configs):
     import torch
     from torch.optim import lr_scheduler
@@ -185,6 +208,8 @@ def _sequences(configs):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             for i in range(config["steps"]):
+                if i == config["steps"] // 2:
+                    out[f"torch_state_{k}"] = np.array(json.dumps(_plain(sched.state_dict())))
                 opt.step()
                 if "metrics" in config:
                     sched.step(config["metrics"][i])
