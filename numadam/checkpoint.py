@@ -93,8 +93,10 @@ def _schedule_value(value, where, depth=0):
     """A schedule's state as JSON data, non-finite floats spelled out."""
     if depth > _MAX_DEPTH:
         raise TypeError(f"{where} nests deeper than {_MAX_DEPTH} levels")
-    if isinstance(value, (bool, np.bool_)) or value is None or isinstance(value, str):
-        return value if value is None or isinstance(value, str) else bool(value)
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
     if isinstance(value, numbers.Integral):
         return int(value)
     if isinstance(value, numbers.Real):
@@ -319,7 +321,7 @@ def _decoded(value, path, depth=0):
     value :func:`save` could not have written is a CheckpointError."""
     if depth > _MAX_DEPTH:
         raise CheckpointError(f"{path} has a schedule nested deeper than {_MAX_DEPTH} levels")
-    if isinstance(value, float) and value != value or value in (float("inf"), float("-inf")):
+    if isinstance(value, float) and (value != value or abs(value) == float("inf")):
         raise CheckpointError(f"{path} has a bare non-finite number in its schedule")
     if isinstance(value, list):
         return [_decoded(v, path, depth + 1) for v in value]
