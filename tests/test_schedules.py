@@ -16,7 +16,7 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 _spec = importlib.util.spec_from_file_location(
     "make_schedules", os.path.join(_HERE, "golden", "make_schedules.py"))
 make_schedules = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(make_schedules)      # imports no torch: only build() is used
+_spec.loader.exec_module(make_schedules)      # torch is imported only by its main()
 
 with np.load(make_schedules.PATH) as _golden:
     GOLDEN = {key: _golden[key] for key in _golden.files}
@@ -36,8 +36,8 @@ def momentum_of(opt):
     return [g["betas"][0] if "betas" in g else g["momentum"] for g in opt.param_groups]
 
 
-def run_config(config, opt=None):
-    opt = opt or optimizer(config["opt"], config["lrs"])
+def run_config(config):
+    opt = optimizer(config["opt"], config["lrs"])
     sched = make_schedules.build(S, opt, config["sched"])
     lrs, moms = [[g["lr"] for g in opt.param_groups]], [momentum_of(opt)]
     for i in range(config["steps"]):
