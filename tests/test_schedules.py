@@ -16,7 +16,7 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 _spec = importlib.util.spec_from_file_location(
     "make_schedules", os.path.join(_HERE, "golden", "make_schedules.py"))
 make_schedules = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(make_schedules)      # torch is imported only by its main()
+_spec.loader.exec_module(make_schedules)      # torch is imported only to generate
 
 with np.load(make_schedules.PATH) as _golden:
     GOLDEN = {key: _golden[key] for key in _golden.files}
