@@ -16,7 +16,7 @@ from numadam.rules import CLASSES as _CLASSES
 from numadam.rules import module as _rule_module
 
 __all__ = ["Adam", "AdamW", "SGD", "Adagrad", "RMSprop", "minimize", "functional", "save",
-           "load", "CheckpointError", "config", "__version__"]
+           "load", "CheckpointError", "schedules", "config", "__version__"]
 __version__ = "0.1.0"
 
 # Every rule's class (Adam's too) loads with its rule on first use, and with
@@ -28,7 +28,8 @@ _LAZY = {"functional": ("numadam.functional", None),
          "minimize": ("numadam.fit.minimize", "minimize"),
          "save": ("numadam.checkpoint", "save"),
          "load": ("numadam.checkpoint", "load"),
-         "CheckpointError": ("numadam.checkpoint", "CheckpointError")}
+         "CheckpointError": ("numadam.checkpoint", "CheckpointError"),
+         "schedules": ("numadam.schedules", None)}
 
 
 def __getattr__(name):

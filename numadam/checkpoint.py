@@ -2,8 +2,9 @@
 
 A checkpoint is a ``.npz`` (zip) archive of stored (uncompressed) members.
 The member ``__numadam__`` holds a JSON header (format name, version,
-hyperparameters, step counts, the list of arrays); the state arrays are plain
-``.npy`` members. The reader trusts nothing in the file: every member's size
+hyperparameters, step counts, the list of arrays, and optionally the state
+dict of a learning-rate schedule); the state arrays are plain ``.npy``
+members. The reader trusts nothing in the file: every member's size
 is checked against the file's (and all of them together: members may not
 overlap), its ``.npy`` header must be exactly what
 :func:`numpy.lib.format.write_array` writes for a float array (parsed by a
@@ -30,14 +31,22 @@ from numadam.core.state_dict import as_step
 __all__ = ["save", "load", "CheckpointError", "FORMAT", "VERSION"]
 
 FORMAT = "numadam-checkpoint"
-VERSION = 2
+VERSION = 3
 # Version 1 held Adam's state only; its files read unchanged. Version 2 keeps
 # every state array a rule names, and a null step count for rules without one.
-_READABLE = (1, 2)
+# Version 3 adds "schedule": null, or a schedule's state dict.
+_READABLE = (1, 2, 3)
 _STATE_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
 _ADAM_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
 _HEADER = "__numadam__"
 _HEADER_KEYS = {"format", "version", "param_groups", "steps", "members"}
+_SCHEDULE = "schedule"
+# JSON has no infinities or NaN (ReduceLROnPlateau's best starts at inf):
+# such a float is written as {"__float__": "inf"}, a dict no state dict holds.
+_FLOAT = "__float__"
+_NONFINITE = {"inf": float("inf"), "-inf": float("-inf"), "nan": float("nan")}
+# Nesting of a schedule's state (a SequentialLR of ChainedSchedulers of ...).
+_MAX_DEPTH = 32
 # The only .npy headers numadam writes: a C-ordered float32/float64 array of
 # any shape, or the 0-d unicode string that holds the JSON header.
 _NPY_HEADER = re.compile(
@@ -80,6 +89,46 @@ def _json_value(value, where):
                     "(only numbers, strings, booleans, None and flat lists of them)")
 
 
+def _schedule_value(value, where, depth=0):
+    """A schedule's state as JSON data, non-finite floats spelled out."""
+    if depth > _MAX_DEPTH:
+        raise TypeError(f"{where} nests deeper than {_MAX_DEPTH} levels")
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        value = float(value)
+        if value != value or value in (float("inf"), float("-inf")):
+            return {_FLOAT: repr(value)}
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_schedule_value(v, f"{where}[{i}]", depth + 1) for i, v in enumerate(value)]
+    if isinstance(value, Mapping):
+        if not all(isinstance(key, str) for key in value) or (_FLOAT in value):
+            raise TypeError(f"{where} has keys {list(value)!r}; a checkpoint stores dicts "
+                            f"whose keys are strings other than {_FLOAT!r}")
+        return {key: _schedule_value(v, f"{where}[{key!r}]", depth + 1)
+                for key, v in value.items()}
+    raise TypeError(f"{where} = {value!r} cannot be stored in a checkpoint (a schedule's "
+                    "state holds numbers, strings, booleans, None, lists and dicts; a "
+                    "callable is not stored: rebuild it and load the state into it)")
+
+
+def _schedule_state(schedule):
+    """The state dict of ``schedule`` (a schedule, or its state dict)."""
+    if isinstance(schedule, Mapping):
+        state = schedule
+    elif callable(getattr(schedule, "state_dict", None)) and hasattr(schedule, "optimizer"):
+        state = schedule.state_dict()
+    else:
+        raise TypeError(f"schedule must be a numadam schedule or its state dict, got "
+                        f"{schedule!r}")
+    return _schedule_value(state, "schedule")
+
+
 def _state_array(value, where):
     array = np.asarray(value)
     if array.dtype not in (np.float32, np.float64):
@@ -90,7 +139,7 @@ def _state_array(value, where):
     return array if array.flags.c_contiguous else array.copy(order="C")
 
 
-def _header_and_arrays(state_dict):
+def _header_and_arrays(state_dict, schedule=None):
     if not isinstance(state_dict, Mapping) or not {"state", "param_groups"} <= state_dict.keys():
         raise ValueError("save() takes a state dict (opt.state_dict())")
     groups = []
@@ -120,12 +169,13 @@ def _header_and_arrays(state_dict):
         for key in members[str(int(pid))]:
             arrays[f"state.{int(pid)}.{key}"] = _state_array(entry[key], f"{where}[{key!r}]")
     header = {"format": FORMAT, "version": VERSION, "param_groups": groups,
-              "steps": steps, "members": members}
+              "steps": steps, "members": members,
+              _SCHEDULE: None if schedule is None else _schedule_state(schedule)}
     return header, arrays
 
 
-def save(state_dict, path):
-    """Write ``state_dict`` to ``path`` atomically.
+def save(state_dict, path, schedule=None):
+    """Write ``state_dict`` (and a schedule's state) to ``path`` atomically.
 
     The archive is written to a temporary file in the same directory, flushed
     to disk, and renamed over ``path``: a crash or an exception mid-save leaves
@@ -142,18 +192,24 @@ def save(state_dict, path):
         booleans, None or flat lists of them; state arrays float32 or float64.
     path : str or os.PathLike
         Destination; the name is used as given (no ``.npz`` is appended).
+    schedule : numadam.schedules.LRScheduler or dict, optional
+        A learning-rate schedule (or its ``state_dict()``), stored in the
+        header; :func:`load` returns it as the state dict's ``"schedule"``
+        entry and ``opt.load(path, schedule=sched)`` restores it.
 
     Raises
     ------
     TypeError, ValueError
         ``state_dict`` holds something a checkpoint cannot store, or that
         :func:`load` would refuse (group parameter ids that are not integers
-        or do not cover the states once each); nothing is written.
+        or do not cover the states once each), or a schedule whose state holds
+        anything but numbers, strings, booleans, None, lists and dicts with
+        string keys (``TypeError``); nothing is written.
     OSError
         The file cannot be written (naming ``path``); the previous checkpoint
         stays in place.
     """
-    header, arrays = _header_and_arrays(state_dict)
+    header, arrays = _header_and_arrays(state_dict, schedule)
     text = json.dumps(header)
     try:
         # What load would refuse (parameter ids that are not integers, or do
@@ -221,9 +277,14 @@ def _checked_header(header, path):
     if type(version) is not int or version not in _READABLE:
         raise CheckpointError(f"{path} has checkpoint format version {version!r}; this "
                               f"numadam reads versions {list(_READABLE)}")
-    if header.keys() != _HEADER_KEYS:
+    keys = _HEADER_KEYS | {_SCHEDULE} if version >= 3 else _HEADER_KEYS
+    if header.keys() != keys:
         raise CheckpointError(f"{path} has a header with entries {sorted(header)}; "
-                              f"version {VERSION} has {sorted(_HEADER_KEYS)}")
+                              f"version {version} has {sorted(keys)}")
+    if header.get(_SCHEDULE) is not None:
+        if not isinstance(header[_SCHEDULE], dict):
+            raise CheckpointError(f"{path} has a schedule that is not a state dict")
+        _decoded(header[_SCHEDULE], path)
     groups, steps, members = header["param_groups"], header["steps"], header["members"]
     if not isinstance(groups, list) or not all(isinstance(g, dict) for g in groups):
         raise CheckpointError(f"{path} has malformed parameter groups")
@@ -253,6 +314,25 @@ def _checked_header(header, path):
                 and len(set(keys)) == len(keys)
                 and (version > 1 or keys == [k for k in _ADAM_KEYS if k in keys])):
             raise CheckpointError(f"{path} lists state arrays {keys!r} for state {pid}")
+
+
+def _decoded(value, path, depth=0):
+    """A schedule's stored state with its non-finite floats restored; any
+    value :func:`save` could not have written is a CheckpointError."""
+    if depth > _MAX_DEPTH:
+        raise CheckpointError(f"{path} has a schedule nested deeper than {_MAX_DEPTH} levels")
+    if isinstance(value, float) and (value != value or abs(value) == float("inf")):
+        raise CheckpointError(f"{path} has a bare non-finite number in its schedule")
+    if isinstance(value, list):
+        return [_decoded(v, path, depth + 1) for v in value]
+    if isinstance(value, dict):
+        if _FLOAT in value:
+            if len(value) != 1 or value[_FLOAT] not in _NONFINITE:
+                raise CheckpointError(f"{path} has a malformed number {value!r} in its "
+                                      "schedule")
+            return _NONFINITE[value[_FLOAT]]
+        return {key: _decoded(v, path, depth + 1) for key, v in value.items()}
+    return value
 
 
 def _not_a_checkpoint(archive, path):
@@ -316,14 +396,19 @@ def _read(file, path):
         if isinstance(group.get("betas"), list):
             group["betas"] = tuple(group["betas"])
         groups.append(group)
-    return {"state": state, "param_groups": groups}
+    out = {"state": state, "param_groups": groups}
+    if header.get(_SCHEDULE) is not None:
+        out[_SCHEDULE] = _decoded(header[_SCHEDULE], path)
+    return out
 
 
 def load(path):
     """Read a checkpoint written by :func:`save`; returns its state dict.
 
     Step counts come back as Python ints and state arrays as fresh, writeable
-    NumPy arrays of the saved shape and dtype.
+    NumPy arrays of the saved shape and dtype. A file saved with a schedule
+    adds its state dict as the entry ``"schedule"`` (``load_state_dict``
+    ignores it; ``opt.load(path, schedule=sched)`` loads both).
 
     Raises
     ------
@@ -364,3 +449,40 @@ def load(path):
                 struct.error) as error:
             raise CheckpointError(f"{os.fsdecode(path)} is truncated or corrupted: "
                                   f"{type(error).__name__}: {error}") from error
+
+
+def _check_schedule_of(optimizer, schedule):
+    if schedule is not None and getattr(schedule, "optimizer", None) is not optimizer:
+        raise ValueError(f"schedule {type(schedule).__name__} drives another optimizer; "
+                         "save and load a schedule with the optimizer it was built on")
+
+
+def save_with(optimizer, path, schedule):
+    """``optimizer.save(path, schedule=schedule)``."""
+    _check_schedule_of(optimizer, schedule)
+    save(optimizer.state_dict(), path, schedule)
+
+
+def load_into(optimizer, path, schedule):
+    """``optimizer.load(path, schedule=schedule)``: both, or neither.
+
+    The file and the schedule's state are checked before anything changes;
+    a schedule's state that does not fit ``schedule`` (another class, other
+    group counts, values its constructor refuses) is a CheckpointError.
+    """
+    _check_schedule_of(optimizer, schedule)
+    state_dict = load(path)
+    saved = state_dict.pop(_SCHEDULE, None)
+    apply = None
+    if schedule is not None:
+        name = os.fsdecode(os.fspath(path))
+        if saved is None:
+            raise CheckpointError(f"{name} holds no schedule (it was saved without one)")
+        try:
+            apply = schedule._prepare(saved)
+        except (TypeError, ValueError) as error:
+            raise CheckpointError(f"{name} holds a schedule state that does not fit "
+                                  f"{type(schedule).__name__}: {error}") from None
+    optimizer.load_state_dict(state_dict)
+    if apply is not None:
+        apply()

@@ -376,3 +376,49 @@ def test_any_optimizer_resumes_exactly_from_its_checkpoint(tmp_path, groups, ada
         resumed.step(g)
     for a, b in zip(params, copies):
         assert a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
+
+
+@pytest.fixture(scope="module")
+def scheduled(tmp_path_factory):
+    """A small checkpoint carrying a ReduceLROnPlateau (its best is +inf
+    until the first metric: a number JSON cannot hold)."""
+    from numadam.schedules import ReduceLROnPlateau
+    opt = numadam.SGD([np.array([0.5, 0.25])], lr=0.1, momentum=0.9)
+    sched = ReduceLROnPlateau(opt, patience=1, min_lr=1e-3)
+    opt.step([np.array([0.25, 1.0])])
+    path = tmp_path_factory.mktemp("scheduled") / "scheduled.npz"
+    opt.save(path, schedule=sched)
+    return path.read_bytes(), sched.state_dict()
+
+
+_SCHEDULE_PATHS = [("schedule",), ("schedule", "best"), ("schedule", "min_lrs"),
+                   ("schedule", "min_lrs", 0), ("schedule", "patience"),
+                   ("schedule", "mode"), ("schedule", "_last_lr"), ("schedule", "factor")]
+
+
+@_FUZZ
+@given(where=st.sampled_from(_SCHEDULE_PATHS), value=_JSON_VALUES | st.just(_DELETE))
+@example(where=("schedule", "best"), value={"__float__": "nan"})
+@example(where=("schedule", "best"), value={"__float__": "-inf", "x": 1})
+@example(where=("schedule", "best"), value=float("inf"))        # a bare Infinity
+@example(where=("schedule", "patience"), value=-1)
+@example(where=("schedule", "min_lrs"), value=[0.0, 0.0])
+@example(where=("schedule", "best"), value=0.5)                  # a valid state: loads
+def test_crafted_schedule_states(scheduled, tmp_path, where, value):
+    """A schedule's state loads only as a state that schedule accepts; anything
+    else is a CheckpointError that leaves optimizer and schedule unchanged."""
+    from numadam.schedules import ReduceLROnPlateau
+    bad = tmp_path / "bad.npz"
+    _rewrite_header(scheduled[0], bad, lambda h: _set(h, where, value))
+    opt = numadam.SGD([np.array([0.5, 0.25])], lr=0.1, momentum=0.9)
+    sched = ReduceLROnPlateau(opt, patience=1, min_lr=1e-3)
+    before = sched.state_dict(), opt.state_dict()
+    try:
+        opt.load(bad, schedule=sched)
+    except CheckpointError:
+        after = sched.state_dict(), opt.state_dict()
+        assert after[0] == before[0] and after[1]["param_groups"] == before[1]["param_groups"]
+        assert after[1]["state"] == before[1]["state"] == {}
+        return
+    assert sched.state_dict() == numadam.load(bad)["schedule"]
+    assert opt.param_groups[0]["lr"] == sched.get_last_lr()[0]

@@ -646,15 +646,25 @@ class Optimizer:
             self._check_groups()
             _state_dict.load(self, state_dict)
 
-    def save(self, path):
-        """Write a checkpoint file atomically (see :func:`numadam.save`)."""
-        from numadam.checkpoint import save
-        save(self.state_dict(), path)
+    def save(self, path, schedule=None):
+        """Write a checkpoint file atomically (see :func:`numadam.save`).
 
-    def load(self, path):
-        """Load a checkpoint file into this optimizer (see :func:`numadam.load`)."""
-        from numadam.checkpoint import load
-        self.load_state_dict(load(path))
+        ``schedule``: a learning-rate schedule of this optimizer
+        (:mod:`numadam.schedules`), stored in the same file.
+        """
+        from numadam.checkpoint import save_with
+        save_with(self, path, schedule)
+
+    def load(self, path, schedule=None):
+        """Load a checkpoint file into this optimizer (see :func:`numadam.load`).
+
+        ``schedule``: a schedule of this optimizer, built as for a new run,
+        into which the file's schedule state is loaded. Everything is checked
+        before anything changes; a file without a schedule state, or with one
+        that does not fit ``schedule``, raises ``CheckpointError``.
+        """
+        from numadam.checkpoint import load_into
+        load_into(self, path, schedule)
 
     def __repr__(self):
         lines = [f"{type(self).__name__} ("]

@@ -27,7 +27,8 @@ METHODS = {
 # minimize minimises: no method takes ``maximize``.
 FIXED = dict(maximize=False)
 # The options of the loop, whatever the method.
-LOOP_OPTIONS = dict(maxiter=1000, disp=False, gtol=1e-5, ftol=None, patience=None)
+LOOP_OPTIONS = dict(maxiter=1000, disp=False, gtol=1e-5, ftol=None, patience=None,
+                    schedule=None)
 
 # status codes of the result
 CONVERGED, MAXITER, BAD_FUN, NONFINITE, CALLBACK_STOP = 0, 1, 2, 3, 99
@@ -105,7 +106,14 @@ def minimize(fun, x0, args=(), *, jac=None, method="adam", bounds=None, tol=None
         summary), ``gtol`` (1e-5), ``ftol`` (None: off) and ``patience``
         (the smallest window of the ``ftol`` test; default ``2 / (1 - mu)``
         rounded, at least 10, with ``mu`` the momentum: ``beta1``, SGD's or
-        RMSprop's ``momentum``, 0 for Adagrad; 20 for Adam's default betas).
+        RMSprop's ``momentum``, 0 for Adagrad; 20 for Adam's default betas)
+        and ``schedule`` (None: a learning-rate schedule factory,
+        ``schedule(optimizer)`` returning a :mod:`numadam.schedules` schedule
+        of that optimizer, such as
+        ``lambda opt: numadam.schedules.CosineAnnealingLR(opt, T_max=500)``;
+        it is stepped after each step of the method, as in a torch training
+        loop: ``ReduceLROnPlateau`` with the value of ``fun`` whose gradient
+        that step used).
         Keys the method does not take raise ``ValueError``.
 
     Returns
@@ -197,6 +205,7 @@ def minimize(fun, x0, args=(), *, jac=None, method="adam", bounds=None, tol=None
     if box is not None:
         np.clip(x, *box, out=x)
     optimizer = cls([x], **hyper)
+    schedule = _schedule(opts["schedule"], optimizer)
     if opts["patience"] is None:
         # The momentum averages gradients over about 1 / (1 - mu) steps and
         # its overshoots last a few of those: shorter windows judge the swing,
@@ -213,7 +222,7 @@ def minimize(fun, x0, args=(), *, jac=None, method="adam", bounds=None, tol=None
     notify = _wrap_callback(callback)
     progress = Progress(opts["maxiter"], opts["disp"])
     try:
-        fields = _iterate(evaluate, x, optimizer, box, notify, progress, opts)
+        fields = _iterate(evaluate, x, optimizer, schedule, box, notify, progress, opts)
     finally:
         progress.close()
     result = make_result(**fields)
@@ -221,9 +230,28 @@ def minimize(fun, x0, args=(), *, jac=None, method="adam", bounds=None, tol=None
     return result
 
 
-def _iterate(evaluate, x, optimizer, box, notify, progress, opts):
+def _schedule(factory, optimizer):
+    """The schedule ``factory`` builds for ``optimizer``, checked; or None."""
+    if factory is None:
+        return None
+    if not callable(factory):
+        raise TypeError("options['schedule'] must be a callable that takes the optimizer "
+                        f"and returns a schedule, got {factory!r}")
+    from numadam.schedules import LRScheduler
+    schedule = factory(optimizer)
+    if not isinstance(schedule, LRScheduler) or schedule.optimizer is not optimizer:
+        raise TypeError("options['schedule'](optimizer) must return a numadam.schedules "
+                        f"schedule of that optimizer, got {schedule!r}")
+    return schedule
+
+
+def _iterate(evaluate, x, optimizer, schedule, box, notify, progress, opts):
     """Run the loop; return the fields of the result."""
     maxiter, gtol, ftol = opts["maxiter"], opts["gtol"], opts["ftol"]
+    plateau = False
+    if schedule is not None:
+        from numadam.schedules import ReduceLROnPlateau
+        plateau = isinstance(schedule, ReduceLROnPlateau)
     trend = None if ftol is None else ValueTrend(ftol, opts["patience"])
     best_x = x.copy()
     best_g = None
@@ -276,6 +304,11 @@ def _iterate(evaluate, x, optimizer, box, notify, progress, opts):
             status, message = MAXITER, "Maximum number of iterations has been exceeded."
             break
         optimizer.step([g])
+        if schedule is not None:
+            if plateau:
+                schedule.step(f)
+            else:
+                schedule.step()
         if box is not None:
             np.clip(x, *box, out=x)
         nit += 1
