@@ -660,6 +660,17 @@ class OneCycleLR(LRScheduler):
         else:
             phases = [[first, "initial_lr", "max_lr", "max_momentum", "base_momentum"],
                       [total_steps - 1, "max_lr", "min_lr", "base_momentum", "max_momentum"]]
+        # get_lr divides by the length of the phase a step falls in. A step
+        # falls in a phase of length 0 exactly when the first phase ends at
+        # step 0 (pct_start * total_steps == 1: step 0) or the last phase
+        # starts where it ends (step total_steps); torch raises
+        # ZeroDivisionError there (checked against torch 2.13 for every
+        # total_steps < 40 and pct_start k / total_steps).
+        if first == 0 or phases[-1][0] == phases[-2][0]:
+            raise ValueError(f"OneCycleLR(total_steps={total_steps}, pct_start={pct_start}"
+                             f"{', three_phase=True' if three_phase else ''}) has a phase of "
+                             "no length, which the schedule would divide by (torch raises "
+                             "ZeroDivisionError); change pct_start")
         names = ("end_step", "start_lr", "end_lr", "start_momentum", "end_momentum")
         self._schedule_phases = [dict(zip(names, phase)) for phase in phases]
         self._anneal_func_type = anneal_strategy
