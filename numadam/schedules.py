@@ -165,22 +165,37 @@ class LRScheduler:
 
     def step(self):
         """Advance one epoch (or optimizer step) and set every group's ``lr``."""
+        self._check_groups()
         self._step_count += 1
         self.last_epoch += 1
         self._set_lrs(self.get_lr())
 
     def _update_lr_at(self, epoch):
         """torch's ``_update_lr(epoch)``: the closed form at ``epoch``."""
+        self._check_groups()
         self.last_epoch = epoch
         closed = getattr(self, "_get_closed_form_lr", None)
         self._set_lrs(closed() if closed is not None else self.get_lr())
 
+    def _check_groups(self):
+        """ValueError, before anything changes, if the optimizer's groups were
+        added or removed since the schedule was built.
+
+        torch's chained forms go on over an added group, whose rate then
+        follows no ``initial_lr``, and its state dict holds fewer
+        ``base_lrs`` than groups: a state that loads into no optimizer of
+        that shape (and ``OneCycleLR`` fails on the group's missing
+        ``max_lr``). Build the schedule after ``add_param_group``.
+        """
+        groups, schedule = len(self.optimizer.param_groups), len(self.base_lrs)
+        if groups != schedule:
+            raise ValueError(f"the optimizer has {groups} parameter groups, the schedule "
+                             f"{type(self).__name__} {schedule}; groups cannot be added to or "
+                             "removed from an optimizer under a schedule (build the schedule "
+                             "after add_param_group)")
+
     def _set_lrs(self, values):
-        groups = self.optimizer.param_groups
-        if len(values) != len(groups):
-            raise ValueError(f"the optimizer has {len(groups)} parameter groups, the schedule "
-                             f"{len(values)}; groups cannot be added under a schedule")
-        for group, lr in zip(groups, values):
+        for group, lr in zip(self.optimizer.param_groups, values):
             group["lr"] = lr
         self._last_lr = _lrs(self.optimizer)
 
@@ -219,8 +234,11 @@ class LRScheduler:
 
         torch's entries (``last_epoch``, ``_step_count``, ``base_lrs``,
         ``_last_lr`` and the constructor's arguments), storable in a
-        checkpoint (``opt.save(path, schedule=...)``).
+        checkpoint (``opt.save(path, schedule=...)``). ``ValueError`` if the
+        optimizer's groups were added or removed under the schedule (the
+        state would load into no optimizer).
         """
+        self._check_groups()
         state = self._own_state()
         state.update((key, _plain(getattr(self, key))) for key in self._hyper)
         return state
@@ -589,6 +607,7 @@ class CosineAnnealingWarmRestarts(LRScheduler):
                 for base_lr in self.base_lrs]
 
     def step(self):
+        self._check_groups()
         self._step_count += 1
         if self.last_epoch < 0:
             epoch = 0
@@ -825,6 +844,10 @@ class _Composite(LRScheduler):
                                  f"index {i} with another optimizer")
         return list(schedulers)
 
+    def _check_groups(self):
+        for scheduler in self._schedulers:
+            scheduler._check_groups()
+
     def _own_state(self):
         return {"_last_lr": list(self._last_lr),
                 "_schedulers": [s.state_dict() for s in self._schedulers]}
@@ -899,6 +922,7 @@ class SequentialLR(_Composite):
             schedule.last_epoch -= 1
 
     def step(self):
+        self._check_groups()
         self.last_epoch += 1
         index = bisect.bisect_right(self._milestones, self.last_epoch)
         scheduler = self._schedulers[index]
@@ -937,6 +961,7 @@ class ChainedScheduler(_Composite):
         self._last_lr = _lrs(optimizer)
 
     def step(self):
+        self._check_groups()        # every child, before the first one steps
         for scheduler in self._schedulers:
             scheduler.step()
         self._last_lr = _lrs(self.optimizer)
@@ -1013,6 +1038,7 @@ class ReduceLROnPlateau(LRScheduler):
     def step(self, metrics):
         """Record one value of the metric; reduce the rates after a plateau."""
         current = float(metrics)
+        self._check_groups()
         self.last_epoch += 1
         if self._is_better(current, self.best):
             self.best = current
@@ -1028,13 +1054,24 @@ class ReduceLROnPlateau(LRScheduler):
             self.num_bad_epochs = 0
         self._last_lr = _lrs(self.optimizer)
 
+    def _check_groups(self):
+        """Follow groups added since construction, as torch does: a single
+        ``min_lr`` extends to them; a list of them is a ValueError.
+
+        torch's ``_reduce_lr`` extends ``min_lrs`` only at its next
+        reduction; until then its state dict holds fewer ``min_lrs`` than
+        ``_last_lr`` has rates, a state that loads into no optimizer. Done at
+        every step here, so the state always fits the groups.
+        """
+        groups = len(self.optimizer.param_groups)
+        if groups != len(self.min_lrs):
+            if self.default_min_lr is None:
+                raise ValueError(f"the optimizer has {groups} parameter groups, min_lr "
+                                 f"{len(self.min_lrs)}: set sched.min_lrs to one per group")
+            self.min_lrs = [self.default_min_lr] * groups
+
     def _reduce_lr(self):
         groups = self.optimizer.param_groups
-        if len(groups) != len(self.min_lrs):
-            if self.default_min_lr is None:
-                raise RuntimeError(f"the optimizer has {len(groups)} parameter groups, "
-                                   f"min_lr {len(self.min_lrs)}: set sched.min_lrs")
-            self.min_lrs = [self.default_min_lr] * len(groups)
         for i, group in enumerate(groups):
             old_lr = float(group["lr"])
             new_lr = max(old_lr * self.factor, self.min_lrs[i])

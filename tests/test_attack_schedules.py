@@ -44,3 +44,64 @@ def test_onecycle_near_the_degenerate_phases_still_runs_to_its_end(total, pct, t
     for _ in range(total):
         sched.step()
     assert all(np.isfinite(g["lr"]) for g in opt.param_groups)
+
+
+# ------------------------------------------- groups added under a schedule
+FACTORIES = {
+    "StepLR": lambda o: S.StepLR(o, 1, 0.5),
+    "ExponentialLR": lambda o: S.ExponentialLR(o, 0.5),
+    "CosineAnnealingLR": lambda o: S.CosineAnnealingLR(o, 5),
+    "MultiplicativeLR": lambda o: S.MultiplicativeLR(o, lambda epoch: 0.9),
+    "CosineAnnealingWarmRestarts": lambda o: S.CosineAnnealingWarmRestarts(o, 3),
+    "OneCycleLR": lambda o: S.OneCycleLR(o, 1.0, total_steps=10),
+    "ChainedScheduler": lambda o: S.ChainedScheduler([S.ConstantLR(o, 0.5, 2),
+                                                      S.ExponentialLR(o, 0.5)]),
+    "SequentialLR": lambda o: S.SequentialLR(o, [S.ConstantLR(o, 0.5, 2),
+                                                 S.ExponentialLR(o, 0.5)], [1]),
+}
+
+
+@pytest.mark.parametrize("name", FACTORIES)
+def test_a_group_added_under_a_schedule_is_a_value_error_that_changes_nothing(name, tmp_path):
+    """torch's chained forms go on over the new group (its state dict then
+    holds one base_lr too few, and OneCycleLR a KeyError): the file such a
+    state went into loaded into no optimizer of that shape."""
+    opt = _opt("adam", (0.1,))
+    sched = FACTORIES[name](opt)
+    state = sched.state_dict()
+    opt.add_param_group({"params": [np.zeros(2)], "lr": 0.3})
+    lrs = [g["lr"] for g in opt.param_groups]
+    for act in (sched.step, lambda: sched.lr_table(3), sched.state_dict,
+                lambda: opt.save(tmp_path / "c.npz", schedule=sched)):
+        with pytest.raises(ValueError, match="2 parameter groups"):
+            act()
+        assert [g["lr"] for g in opt.param_groups] == lrs
+    opt.param_groups.pop()
+    assert sched.state_dict() == state
+    assert not (tmp_path / "c.npz").exists()
+
+
+def test_plateau_follows_an_added_group_and_its_checkpoint_loads(tmp_path):
+    """torch extends a single min_lr to added groups (at its next reduction;
+    before that its state held one min_lr too few and loaded nowhere)."""
+    opt = _opt("adam", (0.1,))
+    sched = S.ReduceLROnPlateau(opt, patience=0, factor=0.5, min_lr=0.001)
+    opt.add_param_group({"params": [np.zeros(2)], "lr": 0.3})
+    sched.step(1.0)
+    path = tmp_path / "c.npz"
+    opt.save(path, schedule=sched)
+    fresh = _opt("adam", (0.1,))
+    fresh.add_param_group({"params": [np.zeros(2)], "lr": 0.3})
+    again = S.ReduceLROnPlateau(fresh, patience=0, factor=0.5, min_lr=0.001)
+    fresh.load(path, schedule=again)
+    for metric in (2.0, 3.0, 4.0, 5.0, 6.0):
+        sched.step(metric)
+        again.step(metric)
+        assert [g["lr"] for g in fresh.param_groups] == [g["lr"] for g in opt.param_groups]
+    assert [g["lr"] for g in opt.param_groups] == [0.1 * 0.5 ** 5, 0.3 * 0.5 ** 5]
+    listed = S.ReduceLROnPlateau(_opt("adam", (0.1,)), min_lr=[0.0])
+    listed.optimizer.add_param_group({"params": [np.zeros(2)], "lr": 0.3})
+    with pytest.raises(ValueError, match="one per group"):
+        listed.step(1.0)
+    assert listed.last_epoch == 0
+
