@@ -460,6 +460,17 @@ def _check_schedule_of(optimizer, schedule):
 def save_with(optimizer, path, schedule):
     """``optimizer.save(path, schedule=schedule)``."""
     _check_schedule_of(optimizer, schedule)
+    if schedule is not None:
+        # A file is written only if load_into would take its schedule back
+        # into this schedule (a state the schedule's own checks refuse, such
+        # as a hand-set non-finite rate, would otherwise be found at load).
+        state = schedule.state_dict()
+        try:
+            schedule._prepare(state)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{type(schedule).__name__}'s state would not load back: "
+                             f"{error}") from None
+        schedule = state
     save(optimizer.state_dict(), path, schedule)
 
 

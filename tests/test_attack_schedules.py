@@ -105,3 +105,12 @@ def test_plateau_follows_an_added_group_and_its_checkpoint_loads(tmp_path):
         listed.step(1.0)
     assert listed.last_epoch == 0
 
+
+def test_a_rate_that_would_not_load_back_is_refused_at_save(tmp_path):
+    opt = _opt()
+    sched = S.ExponentialLR(opt, 0.5)
+    opt.param_groups[0]["lr"] = float("nan")      # set by hand, then kept by the schedule
+    sched.step()
+    with pytest.raises(ValueError, match=r"would not load back.*_last_lr'\]\[0\]"):
+        opt.save(tmp_path / "c.npz", schedule=sched)
+    assert not (tmp_path / "c.npz").exists()
