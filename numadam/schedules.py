@@ -880,12 +880,21 @@ class SequentialLR(_Composite):
     form, as torch's does; the schedules given were built on ``optimizer``.
     ``last_epoch`` other than -1 is refused: torch's restarts the first
     schedule whatever its value (pytorch issue 162591); resume with
-    ``load_state_dict``.
+    ``load_state_dict``. So is a ``SequentialLR`` or ``ChainedScheduler``
+    after the first schedule: it has no form to restart from (torch's raises
+    ``NotImplementedError`` at its milestone).
     """
 
     def __init__(self, optimizer, schedulers, milestones, last_epoch=-1):
         _check_optimizer(optimizer)
         schedulers = self._children(schedulers, optimizer)
+        for i, scheduler in enumerate(schedulers[1:], 1):
+            if isinstance(scheduler, _Composite):
+                # torch 2.13 calls _update_lr(0) on it at its milestone, which
+                # reaches LRScheduler.get_lr: NotImplementedError mid-run.
+                raise ValueError(f"SequentialLR cannot restart the {type(scheduler).__name__} "
+                                 f"at index {i} at its milestone (only the first schedule "
+                                 "may be a SequentialLR or ChainedScheduler)")
         if isinstance(milestones, (str, bytes, Mapping)) or not hasattr(milestones, "__len__"):
             raise ValueError(f"milestones must be a list of integers, got {milestones!r}")
         milestones = [_int(f"milestones[{i}]", m, 0) for i, m in enumerate(milestones)]

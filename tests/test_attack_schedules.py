@@ -114,3 +114,31 @@ def test_a_rate_that_would_not_load_back_is_refused_at_save(tmp_path):
     with pytest.raises(ValueError, match=r"would not load back.*_last_lr'\]\[0\]"):
         opt.save(tmp_path / "c.npz", schedule=sched)
     assert not (tmp_path / "c.npz").exists()
+
+
+# ------------------------------------------------------------- nesting
+@pytest.mark.parametrize("inner", [
+    lambda o: S.ChainedScheduler([S.CosineAnnealingLR(o, 20), S.MultiStepLR(o, [3, 3, 8])]),
+    lambda o: S.SequentialLR(o, [S.ExponentialLR(o, 0.9), S.StepLR(o, 2)], [3]),
+], ids=["chained", "sequential"])
+def test_a_composite_after_a_milestone_is_refused_when_built(inner):
+    """torch 2.13 raises NotImplementedError at the milestone (mid-run);
+    numadam raised AttributeError there, with SequentialLR's epoch already
+    advanced."""
+    opt = _opt()
+    with pytest.raises(ValueError, match="at index 1 at its milestone"):
+        S.SequentialLR(opt, [S.LinearLR(opt, 0.1, total_iters=5), inner(opt)], [5])
+
+
+def test_a_composite_first_in_a_sequence_runs_as_torchs():
+    """Values from torch 2.13 (SGD, lr 0.1): ChainedScheduler of
+    ConstantLR(0.5, 2) and ExponentialLR(0.5) until 3, then StepLR(2, 0.1)."""
+    opt = _opt("sgd", (0.1,))
+    sched = S.SequentialLR(opt, [S.ChainedScheduler([S.ConstantLR(opt, 0.5, 2),
+                                                     S.ExponentialLR(opt, 0.5)]),
+                                 S.StepLR(opt, 2, 0.1)], [3])
+    seen = [opt.param_groups[0]["lr"]]
+    for _ in range(6):
+        sched.step()
+        seen.append(opt.param_groups[0]["lr"])
+    assert seen == [0.025, 0.0125, 0.0125, 0.1, 0.1, 0.010000000000000002, 0.010000000000000002]
