@@ -327,7 +327,9 @@ def _decoded(value, path, depth=0):
         return [_decoded(v, path, depth + 1) for v in value]
     if isinstance(value, dict):
         if _FLOAT in value:
-            if len(value) != 1 or value[_FLOAT] not in _NONFINITE:
+            # a list or dict spelling would make the lookup a TypeError
+            if len(value) != 1 or not isinstance(value[_FLOAT], str) \
+                    or value[_FLOAT] not in _NONFINITE:
                 raise CheckpointError(f"{path} has a malformed number {value!r} in its "
                                       "schedule")
             return _NONFINITE[value[_FLOAT]]

@@ -3,6 +3,8 @@ zero for, optimizers whose groups change under a schedule, checkpoints that
 must load back. Each case failed before its fix; the torch behaviour quoted
 was measured with torch 2.13 (scripts/fuzz_schedules.py)."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -142,3 +144,25 @@ def test_a_composite_first_in_a_sequence_runs_as_torchs():
         sched.step()
         seen.append(opt.param_groups[0]["lr"])
     assert seen == [0.025, 0.0125, 0.0125, 0.1, 0.1, 0.010000000000000002, 0.010000000000000002]
+
+
+# ------------------------------------------------ corrupted checkpoints
+def _edited(path, edit):
+    with np.load(path) as archive:
+        members = {k: archive[k] for k in archive.files}
+    header = json.loads(str(members["__numadam__"]))
+    edit(header["schedule"])
+    members["__numadam__"] = np.array(json.dumps(header))
+    np.savez(path, **members)
+
+
+@pytest.mark.parametrize("spelling", [[], {}, ["inf"], 1, None])
+def test_a_nonfinite_number_spelled_with_another_type_is_a_checkpoint_error(spelling, tmp_path):
+    """{"__float__": []} raised TypeError (unhashable) out of numadam.load."""
+    opt = _opt()
+    sched = S.ReduceLROnPlateau(opt, mode="max")
+    path = tmp_path / "c.npz"
+    opt.save(path, schedule=sched)
+    _edited(path, lambda s: s.update(best={"__float__": spelling}))
+    with pytest.raises(numadam.CheckpointError, match="malformed number"):
+        numadam.load(path)
