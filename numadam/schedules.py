@@ -112,10 +112,11 @@ def _lrs(optimizer):
 
 
 def _rates(name, value, n):
-    """A state dict's list of ``n`` rates."""
+    """A state dict's list of ``n`` rates: each finite and >= 0, as every
+    optimizer's ``lr`` (else the state would load and the next step raise)."""
     if not (isinstance(value, list) and len(value) == n):
         raise ValueError(f"state_dict[{name!r}] must be a list of {n} numbers, got {value!r}")
-    return [_real(f"state_dict[{name!r}][{i}]", v) for i, v in enumerate(value)]
+    return [_real(f"state_dict[{name!r}][{i}]", v, 0.0) for i, v in enumerate(value)]
 
 
 # ------------------------------------------------------------------ base
@@ -806,9 +807,20 @@ class OneCycleLR(LRScheduler):
                                  f"{sorted(keys)}")
             for i, v in enumerate(values):
                 for key in keys:
-                    _real(f"state_dict['_group_values'][{i}][{key!r}]", v[key])
+                    # rates >= 0 and momenta in [0, 1], as the constructor
+                    # and the optimizers require (else the next step raises)
+                    _real(f"state_dict['_group_values'][{i}][{key!r}]", v[key], 0.0,
+                          1.0 if "momentum" in key else math.inf)
         hyper["_loaded_group_values"] = values
         return hyper
+
+    def _prepare(self, state):
+        apply = super()._prepare(state)     # last_epoch and total_steps are integers
+        if state["last_epoch"] > state["total_steps"]:
+            # it would load, and the next step raise
+            raise ValueError(f"state_dict['last_epoch'] ({state['last_epoch']}) is past "
+                             f"state_dict['total_steps'] ({state['total_steps']})")
+        return apply
 
     def _write_groups(self):
         super()._write_groups()

@@ -166,3 +166,32 @@ def test_a_nonfinite_number_spelled_with_another_type_is_a_checkpoint_error(spel
     _edited(path, lambda s: s.update(best={"__float__": spelling}))
     with pytest.raises(numadam.CheckpointError, match="malformed number"):
         numadam.load(path)
+
+
+def _onecycle(opt):
+    return S.OneCycleLR(opt, [0.5, 0.2], total_steps=30, three_phase=True)
+
+
+@pytest.mark.parametrize("make, edit, match", [
+    (lambda o: S.StepLR(o, 3), lambda s: s["_last_lr"].__setitem__(1, -1.0), r"_last_lr'\]\[1\]"),
+    (lambda o: S.CosineAnnealingWarmRestarts(o, 3, 2), lambda s: s["base_lrs"].__setitem__(0, -1),
+     r"base_lrs'\]\[0\]"),
+    (lambda o: S.ReduceLROnPlateau(o), lambda s: s["_last_lr"].__setitem__(0, -1e30), "_last_lr"),
+    (_onecycle, lambda s: s["_group_values"][1].update(momentum=1.5), r"\['momentum'\]"),
+    (_onecycle, lambda s: s["_group_values"][0].update(max_lr=-0.5), r"\['max_lr'\]"),
+    (_onecycle, lambda s: s.update(last_epoch=31), r"last_epoch'\] \(31\) is past"),
+], ids=["negative rate", "negative base", "plateau", "momentum", "max_lr", "past the end"])
+def test_a_state_the_next_step_would_refuse_is_a_checkpoint_error(make, edit, match, tmp_path):
+    """These loaded without complaint and the first step after raised (the
+    optimizer's check of lr and beta1, OneCycleLR's of its step count)."""
+    opt = _opt("adam")
+    sched = make(opt)
+    path = tmp_path / "c.npz"
+    opt.save(path, schedule=sched)
+    _edited(path, edit)
+    fresh = _opt("adam")
+    again = make(fresh)
+    before = (again.state_dict(), [dict(g, params=None) for g in fresh.param_groups])
+    with pytest.raises(numadam.CheckpointError, match=match):
+        fresh.load(path, schedule=again)
+    assert (again.state_dict(), [dict(g, params=None) for g in fresh.param_groups]) == before
