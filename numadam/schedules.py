@@ -860,6 +860,15 @@ class _Composite(LRScheduler):
         for scheduler in self._schedulers:
             scheduler._check_groups()
 
+    def _check_keys(self, state):
+        # torch's ChainedScheduler first in a SequentialLR went through
+        # LRScheduler._initial_step, which gave it a _step_count that
+        # nothing reads; its state dict carries it.
+        if isinstance(state, Mapping) and "_step_count" in state:
+            _int("state_dict['_step_count']", state["_step_count"], 0)
+            state = {key: v for key, v in state.items() if key != "_step_count"}
+        return super()._check_keys(state)
+
     def _own_state(self):
         return {"_last_lr": list(self._last_lr),
                 "_schedulers": [s.state_dict() for s in self._schedulers]}

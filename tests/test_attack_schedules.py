@@ -195,3 +195,31 @@ def test_a_state_the_next_step_would_refuse_is_a_checkpoint_error(make, edit, ma
     with pytest.raises(numadam.CheckpointError, match=match):
         fresh.load(path, schedule=again)
     assert (again.state_dict(), [dict(g, params=None) for g in fresh.param_groups]) == before
+
+
+def test_torchs_state_of_a_chained_scheduler_first_in_a_sequence_loads():
+    """torch 2.13's state_dict() of SequentialLR([ChainedScheduler([StepLR(3,
+    0.5)]), ExponentialLR(0.9)], [5]) after 4 steps (SGD, lr 0.1): its chained
+    child carries _step_count, which numadam refused; the rates it continues
+    with are torch's."""
+    torch_state = {
+        "_milestones": [5], "last_epoch": 4, "_last_lr": [0.05],
+        "_schedulers": [
+            {"_last_lr": [0.05], "_step_count": 0, "_is_initial": False, "_schedulers": [
+                {"step_size": 3, "gamma": 0.5, "base_lrs": [0.1], "last_epoch": 4,
+                 "_step_count": 6, "_is_initial": False,
+                 "_get_lr_called_within_step": False, "_last_lr": [0.05]}]},
+            {"gamma": 0.9, "base_lrs": [0.1], "last_epoch": -1, "_step_count": 1,
+             "_is_initial": False, "_get_lr_called_within_step": False, "_last_lr": [0.1]}]}
+    opt = _opt("sgd", (0.1,))
+    sched = S.SequentialLR(opt, [S.ChainedScheduler([S.StepLR(opt, 3, 0.5)]),
+                                 S.ExponentialLR(opt, 0.9)], [5])
+    sched.load_state_dict(torch_state)
+    seen = []
+    for _ in range(3):
+        sched.step()
+        seen.append(opt.param_groups[0]["lr"])
+    assert seen == [0.1, 0.09000000000000001, 0.08100000000000002]
+    torch_state["_schedulers"][0]["_step_count"] = -1
+    with pytest.raises(ValueError, match=r"_step_count'\] must be >= 0, got -1"):
+        sched.load_state_dict(torch_state)
