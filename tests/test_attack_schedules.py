@@ -223,3 +223,33 @@ def test_torchs_state_of_a_chained_scheduler_first_in_a_sequence_loads():
     torch_state["_schedulers"][0]["_step_count"] = -1
     with pytest.raises(ValueError, match=r"_step_count'\] must be >= 0, got -1"):
         sched.load_state_dict(torch_state)
+
+
+# ----------------------------------------------------- negative rates
+def test_linear_decay_to_zero_ends_at_zero_and_the_optimizer_steps():
+    """torch 2.13's LinearLR reaches -1.3161459487157625e-19 here (its
+    chained factor rounds below 0); numadam's SGD refused that rate at the
+    last step of the schedule. The rates before are torch's."""
+    opt = numadam.SGD([np.zeros(3)], lr=0.02031112126622885)
+    sched = S.LinearLR(opt, start_factor=0.6712089869864022, end_factor=0.0, total_iters=23)
+    seen = []
+    for _ in range(25):
+        opt.step([np.ones(3)])
+        sched.step()
+        seen.append(opt.param_groups[0]["lr"])
+    assert seen[20:] == [0.0011854788808402994, 0.0005927394404201496, 0.0, 0.0, 0.0]
+    assert np.signbit(seen[-1]) == False      # noqa: E712
+
+
+def test_linear_decay_to_zero_never_sets_a_negative_rate():
+    rng = np.random.default_rng(5)
+    for _ in range(200):
+        opt = numadam.SGD([np.zeros(1)], lr=float(rng.uniform(1e-4, 1)))
+        total = int(rng.integers(1, 200))
+        sched = S.LinearLR(opt, start_factor=float(rng.uniform(0.01, 1)), end_factor=0.0,
+                           total_iters=total)
+        for _ in range(total + 1):
+            opt.step([np.ones(1)])             # raised on a negative rate
+            sched.step()
+        # the last factor rounds to 0 or a little above it, as torch's
+        assert 0.0 <= opt.param_groups[0]["lr"] < 1e-15
