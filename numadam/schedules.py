@@ -31,8 +31,9 @@ offered; ``CyclicLR`` is not here.
 
 **Negative rates.** ``LinearLR`` decaying to ``end_factor=0`` sets a
 rate of 0 where torch's chained form rounds to a tiny negative one (about
-half of the configurations, at the last step), which numadam's optimizers
-would refuse.
+half of the configurations, at the last step), and ``OneCycleLR`` with
+``anneal_strategy="linear"`` where torch's extrapolates below 0 at step
+``total_steps``; numadam's optimizers would refuse those rates.
 
 **Resume.** ``state_dict()`` holds plain data (numbers, strings, lists,
 dicts), so a checkpoint stores it (``opt.save(path, schedule=sched)``).
@@ -761,7 +762,12 @@ class OneCycleLR(LRScheduler):
                                                 group[phase["end_momentum"]], pct)
                     break
                 start_step = phase["end_step"]
-            lrs.append(lr)
+            # Step total_steps lies past the last phase's end (total_steps
+            # - 1), so the linear anneal extrapolates beyond min_lr: below 0
+            # unless the phase is longer than max_lr / min_lr steps (torch:
+            # -0.00143 after 100 steps of max_lr 0.1). numadam's optimizers
+            # refuse a negative rate (and opt.save its state): 0 here.
+            lrs.append(max(lr, 0.0))
             if self.cycle_momentum:
                 self._set_momentum(group, momentum)
         return lrs

@@ -253,3 +253,20 @@ def test_linear_decay_to_zero_never_sets_a_negative_rate():
             sched.step()
         # the last factor rounds to 0 or a little above it, as torch's
         assert 0.0 <= opt.param_groups[0]["lr"] < 1e-15
+
+
+@pytest.mark.parametrize("three_phase", [False, True])
+def test_onecycle_linear_ends_at_a_rate_the_optimizer_and_a_checkpoint_take(three_phase,
+                                                                            tmp_path):
+    """After total_steps steps torch 2.13's linear OneCycleLR extrapolates
+    past min_lr to -0.001428165714285709 (two phases, max_lr 0.1, 100
+    steps): numadam's SGD refused it, and so did opt.save."""
+    opt = _opt("sgd", (0.1,))
+    sched = S.OneCycleLR(opt, max_lr=0.1, total_steps=100, anneal_strategy="linear",
+                         three_phase=three_phase)
+    for _ in range(100):
+        opt.step([np.ones(3)])
+        sched.step()
+    assert opt.param_groups[0]["lr"] == 0.0
+    opt.step([np.ones(3)])
+    opt.save(tmp_path / "c.npz", schedule=sched)
