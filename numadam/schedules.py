@@ -47,9 +47,16 @@ dict of torch's scheduler (``Counter`` milestones and all) loads too, so a run
 moves from torch mid-way.
 
 **Stricter than torch.** Counts (``step_size``, ``T_max``, ``total_iters``,
-milestones) must be integers, ``T_max`` and ``total_iters`` at least 1 (torch
-divides by zero at the first step), ``ConstantLR``'s factor above 0 (torch
-divides by it at ``total_iters``), every factor and rate finite and not NaN.
+milestones) must be integers (not bools), non-negative; ``T_max`` and
+``LinearLR``'s and ``PolynomialLR``'s ``total_iters`` at least 1 (torch's
+``CosineAnnealingLR`` divides by zero at the first step, the other two in
+their closed form, which ``SequentialLR`` uses at a milestone),
+``ConstantLR``'s factor above 0 (torch divides by it at ``total_iters``),
+every factor and rate a finite, non-negative real number (bools and NaN
+refused), ``OneCycleLR`` without a phase of no length (torch divides by
+zero in it). NumPy scalars are taken as Python numbers (torch refuses some;
+with a ``numpy.float32`` factor its rates become float32 under NumPy 2).
+``scripts/fuzz_schedules.py`` compares all of this with torch.
 A NaN metric given to ``ReduceLROnPlateau`` counts as no improvement, as in
 torch.
 """
