@@ -238,7 +238,7 @@ def test_linear_decay_to_zero_ends_at_zero_and_the_optimizer_steps():
         sched.step()
         seen.append(opt.param_groups[0]["lr"])
     assert seen[20:] == [0.0011854788808402994, 0.0005927394404201496, 0.0, 0.0, 0.0]
-    assert np.signbit(seen[-1]) == False      # noqa: E712
+    assert not np.signbit(seen[-1])
 
 
 def test_linear_decay_to_zero_never_sets_a_negative_rate():
