@@ -625,3 +625,19 @@ def test_a_sharded_optimizer_follows_a_schedule_as_its_plain_class_does():
         assert sharded.param_groups[0]["betas"] == plain.param_groups[0]["betas"]
     assert one.state_dict() == two.state_dict()
     assert x.tobytes() == y.tobytes()
+
+
+@pytest.mark.parametrize("maxiter", [21, 20.5, math.inf])
+def test_minimize_refuses_a_one_cycle_schedule_shorter_than_the_run(maxiter):
+    def fun(x):
+        return float(x @ x), 2 * x
+
+    def factory(opt):
+        return S.OneCycleLR(opt, 0.1, total_steps=20)
+
+    with pytest.raises(ValueError, match="OneCycleLR with 20 steps left"):
+        numadam.minimize(fun, np.ones(3), jac=True,
+                         options=dict(maxiter=maxiter, gtol=0, schedule=factory))
+    result = numadam.minimize(fun, np.ones(3), jac=True,
+                              options=dict(maxiter=20, gtol=0, schedule=factory))
+    assert result.nit == 20

@@ -205,7 +205,7 @@ def minimize(fun, x0, args=(), *, jac=None, method="adam", bounds=None, tol=None
     if box is not None:
         np.clip(x, *box, out=x)
     optimizer = cls([x], **hyper)
-    schedule = _schedule(opts["schedule"], optimizer)
+    schedule = _schedule(opts["schedule"], optimizer, opts["maxiter"])
     if opts["patience"] is None:
         # The momentum averages gradients over about 1 / (1 - mu) steps and
         # its overshoots last a few of those: shorter windows judge the swing,
@@ -230,8 +230,13 @@ def minimize(fun, x0, args=(), *, jac=None, method="adam", bounds=None, tol=None
     return result
 
 
-def _schedule(factory, optimizer):
-    """The schedule ``factory`` builds for ``optimizer``, checked; or None."""
+def _schedule(factory, optimizer, maxiter):
+    """The schedule ``factory`` builds for ``optimizer``, checked; or None.
+
+    A OneCycleLR that would run out of steps before ``maxiter`` is refused
+    here: stepping it past ``total_steps`` raises, which mid-run would lose
+    the best point found so far.
+    """
     if factory is None:
         return None
     if not callable(factory):
@@ -242,6 +247,15 @@ def _schedule(factory, optimizer):
     if not isinstance(schedule, LRScheduler) or schedule.optimizer is not optimizer:
         raise TypeError("options['schedule'](optimizer) must return a numadam.schedules "
                         f"schedule of that optimizer, got {schedule!r}")
+    from numadam.schedules import OneCycleLR
+    if isinstance(schedule, OneCycleLR):
+        left = schedule.total_steps - schedule.last_epoch
+        if maxiter > left:
+            raise ValueError(
+                f"options['schedule'] is a OneCycleLR with {left} steps left "
+                f"(total_steps={schedule.total_steps}) but maxiter is {maxiter}; the "
+                "schedule would end before the run: give maxiter <= total_steps or a "
+                "longer schedule")
     return schedule
 
 
