@@ -163,12 +163,14 @@ def _point_at_owned(buckets):
 def _first_nonfinite(buckets):
     """The global index of the first parameter whose gradient holds NaN or
     Inf, or -1 (``check_finite``; a bucket's rows follow group order)."""
-    for b in literal_unroll(buckets):
-        table, state, like, indices = b[0], b[1], b[4], b[5]
-        row = nonfinite_task(table, like, 0, state.shape[1])
-        if row < table.shape[0]:
-            return indices[row]
-    return -1
+    first = -1
+    for b in literal_unroll(buckets):     # no return inside: Numba cannot unroll it
+        if first < 0:
+            table = b[0]
+            row = nonfinite_task(table, b[4], 0, b[1].shape[1])
+            if row < table.shape[0]:
+                first = b[5][row]
+    return first
 
 
 # ------------------------------------------------------ the bucket step
@@ -585,7 +587,8 @@ def _handle_get_hyper(h, group, name):
 def _setter(parts, name, j, kind, method):
     """The compiled body of a set: validate ``value`` (its bounds, the state
     layout, the rule's cross-field check), then store it."""
-    where = f"{_where(method)}: {name}"
+    group_where = _where(method)
+    where = f"{group_where}: {name}"
     low, high = {_NONNEG: (0.0, math.inf), _REAL: (-math.inf, math.inf),
                  _UNIT: (0.0, 1.0)}[kind]
     bound = f"{where} must be {_KIND_WORDS[kind]}, got "
@@ -600,7 +603,7 @@ def _setter(parts, name, j, kind, method):
     def set_value(h, group, value):
         data = h.data
         hyper, flags, layout = data[2], data[3], data[4]
-        g = _group_row(hyper, group, _where(method))
+        g = _group_row(hyper, group, group_where)
         x = np.float64(value)
         if not (x >= low and (x < high if unit else x <= high) and x - x == 0.0):
             raise HandleValueError(bound, x)
