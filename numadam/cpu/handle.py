@@ -546,12 +546,11 @@ def _check_name(parts, name, method):
     return entry
 
 
-@njit(inline="always", **_JIT)
-def _group_row(array, group, where):
-    if group < 0 or group >= array.shape[0]:
-        raise HandleIndexError(where, ": group ", group, " does not exist; the optimizer "
-                               "has ", array.shape[0], " groups")
-    return group
+@njit(**_JIT)
+def _no_group(array, group):
+    """Whether ``group`` is not a row of ``array`` (the caller raises: a
+    message passed in as an argument loses its value on Numba 0.60)."""
+    return group < 0 or group >= array.shape[0]
 
 
 @overload_method(HandleType, "get_lr", jit_options=_JIT)
@@ -562,7 +561,10 @@ def _handle_get_lr(h, group):
 
     def impl(h, group):
         hyper = h.data[2]
-        return hyper[_group_row(hyper, group, where), j]
+        if _no_group(hyper, group):
+            raise HandleIndexError(where, ": group ", group, " does not exist; the "
+                                   "optimizer has ", hyper.shape[0], " groups")
+        return hyper[group, j]
 
     return impl
 
@@ -576,11 +578,17 @@ def _handle_get_hyper(h, group, name):
     if kind == "flag":
         def impl(h, group, name):
             flags = h.data[3]
-            return flags[_group_row(flags, group, where), j]
+            if _no_group(flags, group):
+                raise HandleIndexError(where, ": group ", group, " does not exist; the "
+                                       "optimizer has ", flags.shape[0], " groups")
+            return flags[group, j]
     else:
         def impl(h, group, name):
             hyper = h.data[2]
-            return hyper[_group_row(hyper, group, where), j]
+            if _no_group(hyper, group):
+                raise HandleIndexError(where, ": group ", group, " does not exist; the "
+                                       "optimizer has ", hyper.shape[0], " groups")
+            return hyper[group, j]
     return impl
 
 
@@ -603,7 +611,10 @@ def _setter(parts, name, j, kind, method):
     def set_value(h, group, value):
         data = h.data
         hyper, flags, layout = data[2], data[3], data[4]
-        g = _group_row(hyper, group, group_where)
+        if _no_group(hyper, group):
+            raise HandleIndexError(group_where, ": group ", group, " does not exist; the "
+                                   "optimizer has ", hyper.shape[0], " groups")
+        g = group
         x = np.float64(value)
         if not (x >= low and (x < high if unit else x <= high) and x - x == 0.0):
             raise HandleValueError(bound, x)
@@ -612,7 +623,7 @@ def _setter(parts, name, j, kind, method):
         cross(hyper[g], flags[g], j, x)
         hyper[g, j] = x
 
-    return njit(inline="always", **_JIT)(set_value)
+    return njit(**_JIT)(set_value)
 
 
 @overload_method(HandleType, "set_lr", jit_options=_JIT)
@@ -656,12 +667,12 @@ def _handle_set_hyper(h, group, name, value):
 # checked by its compiled twin here: ``(hyp row, flags row, index being set,
 # new value)``.
 
-@njit(inline="always", **_JIT)
+@njit(**_JIT)
 def _no_cross_check(hyp, flags, j, x):
     pass
 
 
-@njit(inline="always", **_JIT)
+@njit(**_JIT)
 def _sgd_cross_check(hyp, flags, j, x):
     # numadam.rules.sgd._check: hyp is (lr, momentum, dampening,
     # weight_decay), flags (nesterov, maximize).
