@@ -608,49 +608,53 @@ def _check_name(parts, name, method):
     return entry
 
 
-@njit(**_JIT)
-def _no_group(array, group):
-    """Whether ``group`` is not a row of ``array`` (the caller raises: a
-    message passed in as an argument loses its value on Numba 0.60)."""
-    return group < 0 or group >= array.shape[0]
+_GETTERS = {}
 
 
-@overload_method(HandleType, "get_lr", jit_options=_JIT)
+def _getter(where, j):
+    """A compiled ``(array, group) -> array[group, j]`` that names ``where``
+    in its ``IndexError``. The message is a constant of each function: one
+    passed as an argument loses its value on Numba 0.60."""
+    key = (where, j)
+    if key not in _GETTERS:
+        def get(array, group):
+            if group < 0 or group >= array.shape[0]:
+                raise HandleIndexError(where, ": group ", group, " does not exist; the "
+                                       "optimizer has ", array.shape[0], " groups")
+            return array[group, j]
+
+        _GETTERS[key] = njit(nogil=True, **_JIT)(get)
+    return _GETTERS[key]
+
+
+# The methods below are inlined into the caller and read the handle's arrays
+# with _borrowed, as h.step() does: a call taking ``h`` would take and drop a
+# reference to each of its arrays (a set_lr cost 0.3 us that way).
+
+@overload_method(HandleType, "get_lr", inline="always", jit_options=_JIT)
 def _handle_get_lr(h, group):
     _check_group(group, "get_lr")
-    j = _PARTS[h.rule_name].names["lr"][1]
-    where = _where("get_lr")
+    get = _getter(_where("get_lr"), _PARTS[h.rule_name].names["lr"][1])
 
     def impl(h, group):
-        hyper = h.data[2]
-        if _no_group(hyper, group):
-            raise HandleIndexError(where, ": group ", group, " does not exist; the "
-                                   "optimizer has ", hyper.shape[0], " groups")
-        return hyper[group, j]
+        return get(_borrowed(h.data[2]), group)
 
     return impl
 
 
-@overload_method(HandleType, "get_hyper", prefer_literal=True, jit_options=_JIT)
+@overload_method(HandleType, "get_hyper", prefer_literal=True, inline="always",
+                 jit_options=_JIT)
 def _handle_get_hyper(h, group, name):
     _check_group(group, "get_hyper")
     parts = _PARTS[h.rule_name]
     kind, j, _ = _check_name(parts, name, "get_hyper")
-    where = _where("get_hyper")
+    get = _getter(_where("get_hyper"), j)
     if kind == "flag":
         def impl(h, group, name):
-            flags = h.data[3]
-            if _no_group(flags, group):
-                raise HandleIndexError(where, ": group ", group, " does not exist; the "
-                                       "optimizer has ", flags.shape[0], " groups")
-            return flags[group, j]
+            return get(_borrowed(h.data[3]), group)
     else:
         def impl(h, group, name):
-            hyper = h.data[2]
-            if _no_group(hyper, group):
-                raise HandleIndexError(where, ": group ", group, " does not exist; the "
-                                       "optimizer has ", hyper.shape[0], " groups")
-            return hyper[group, j]
+            return get(_borrowed(h.data[2]), group)
     return impl
 
 
@@ -670,10 +674,8 @@ def _setter(parts, name, j, kind, method):
     when = j in parts.when
     cross = _CROSS_CHECKS.get(parts.rule.name, _no_cross_check)
 
-    def set_value(h, group, value):
-        data = h.data
-        hyper, flags, layout = data[2], data[3], data[4]
-        if _no_group(hyper, group):
+    def set_value(hyper, flags, layout, group, value):
+        if group < 0 or group >= hyper.shape[0]:
             raise HandleIndexError(group_where, ": group ", group, " does not exist; the "
                                    "optimizer has ", hyper.shape[0], " groups")
         g = group
@@ -685,10 +687,10 @@ def _setter(parts, name, j, kind, method):
         cross(hyper[g], flags[g], j, x)
         hyper[g, j] = x
 
-    return njit(**_JIT)(set_value)
+    return njit(nogil=True, **_JIT)(set_value)
 
 
-@overload_method(HandleType, "set_lr", jit_options=_JIT)
+@overload_method(HandleType, "set_lr", inline="always", jit_options=_JIT)
 def _handle_set_lr(h, group, value):
     _check_group(group, "set_lr")
     if not isinstance(value, (types.Integer, types.Float)) or isinstance(value, types.Boolean):
@@ -698,12 +700,14 @@ def _handle_set_lr(h, group, value):
     set_value = _setter(parts, "lr", parts.names["lr"][1], parts.names["lr"][2], "set_lr")
 
     def impl(h, group, value):
-        set_value(h, group, value)
+        set_value(_borrowed(h.data[2]), _borrowed(h.data[3]), _borrowed(h.data[4]), group,
+                  value)
 
     return impl
 
 
-@overload_method(HandleType, "set_hyper", prefer_literal=True, jit_options=_JIT)
+@overload_method(HandleType, "set_hyper", prefer_literal=True, inline="always",
+                 jit_options=_JIT)
 def _handle_set_hyper(h, group, name, value):
     _check_group(group, "set_hyper")
     parts = _PARTS[h.rule_name]
@@ -718,7 +722,8 @@ def _handle_set_hyper(h, group, name, value):
     set_value = _setter(parts, name.literal_value, j, bounds, "set_hyper")
 
     def impl(h, group, name, value):
-        set_value(h, group, value)
+        set_value(_borrowed(h.data[2]), _borrowed(h.data[3]), _borrowed(h.data[4]), group,
+                  value)
 
     return impl
 
