@@ -2,7 +2,10 @@
 
 import copy
 import gc
+import os
 import pickle
+import subprocess
+import sys
 import threading
 import weakref
 
@@ -425,3 +428,43 @@ def test_an_optimizer_with_a_handle_still_copies_and_pickles_by_value():
         opt.step()
     assert_same(a, c, "pickled")
     assert_same(a, d, "deep copy")
+
+
+@njit
+def get_flag(h, group):
+    return h.get_hyper(group, "maximize")
+
+
+def test_reading_a_group_that_does_not_exist_names_it():
+    h = numadam.RMSprop([np.zeros(3)], maximize=True).jit()
+    assert get_flag(h, 0) is True
+    with pytest.raises(IndexError, match=r"^numadam: h.get_lr: group -1 does not exist; "
+                                         r"the optimizer has 1 groups"):
+        get_lr(h, -1)
+    with pytest.raises(IndexError, match=r"^numadam: h.get_hyper: group 2 does not exist"):
+        get_flag(h, 2)
+
+
+def test_a_compiled_step_inside_the_closure_of_a_python_step_raises_instead_of_hanging():
+    opt = numadam.SGD([np.ones(3)], lr=0.1)
+    opt.grads[0][...] = 1.0
+    h = opt.jit()
+    with pytest.raises(RuntimeError, match=r"^numadam: h.step\(\) waited in vain"):
+        opt.step(closure=lambda: steps(h, 1))
+    steps(h, 1)                     # the busy word was given back by the Python step
+    assert np.all(opt.param_groups[0]["params"][0] < 1.0)
+
+
+def test_jit_refuses_device_parameters():
+    pytest.importorskip("numba_cuda", reason="numba-cuda is not installed")
+    code = ("import numpy as np, numadam\n"
+            "from numba import cuda\n"
+            "opt = numadam.Adam([cuda.to_device(np.zeros(4))])\n"
+            "try:\n"
+            "    opt.jit()\n"
+            "except TypeError as error:\n"
+            "    print(error)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=dict(os.environ, NUMBA_ENABLE_CUDASIM="1"), timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "opt.jit() steps NumPy parameters on the host" in done.stdout

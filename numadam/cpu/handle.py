@@ -28,7 +28,7 @@ What the handle shares with the optimizer
   word, claimed with an atomic compare-and-swap by ``h.step()`` and, once a
   handle exists, by every method of the optimizer that takes its lock.
   Python methods wait for a compiled step to finish; a compiled step that
-  finds the optimizer busy spins for about a second, then raises.
+  finds the optimizer busy spins (2**25 tries, 0.2 to 1 s), then raises.
 
 Memory: the handle holds the optimizer, and the arrays a compiled function
 receives keep the tables, state, owned gradients and parameters alive, so
@@ -61,8 +61,9 @@ _KIND_WORDS = {_NONNEG: "a finite number >= 0", _REAL: "a finite number",
                _UNIT: "in [0, 1)"}
 
 # Compare-and-swap attempts before a compiled step gives up on a busy
-# optimizer: each is a few nanoseconds, so about a second in all.
-_SPINS = 1 << 28
+# optimizer: 5 to 25 ns each, so 0.2 to 1 s in all, some thousand times
+# the longest step a Python thread holds the word for.
+_SPINS = 1 << 25
 
 _JIT = dict(error_model="numpy")
 
@@ -97,7 +98,7 @@ STALE_LOADED = ("numadam: this handle was made before opt.load_state_dict(...), 
 STALE_ADDED = ("numadam: this handle was made before opt.add_param_group(...); it would "
                "not step the new group; call opt.jit() again")
 BUSY_MESSAGE = (
-    "numadam: h.step() waited about a second for another step of this optimizer "
+    "numadam: h.step() waited in vain (2**25 tries) for another step of this optimizer "
     "(opt.step(), state_dict(), load_state_dict() ... in another thread, or the closure "
     "of a step calling this code); compiled code that holds the GIL cannot let a Python "
     "thread finish: compile it with @njit(nogil=True)")
