@@ -340,6 +340,18 @@ class Optimizer:
     def param_groups(self, groups):
         self._param_groups = groups
 
+    @property
+    def skipped_steps(self):
+        """Steps skipped for non-finite gradients (``check_finite="skip"``),
+        by ``step()`` and by the compiled steps of :meth:`jit` handles."""
+        if self._jit is not None:
+            return self._skipped_steps + self._jit.skipped()
+        return self._skipped_steps
+
+    @skipped_steps.setter
+    def skipped_steps(self, count):
+        self._skipped_steps = count - (self._jit.skipped() if self._jit is not None else 0)
+
     def jit(self):
         """A handle to step this optimizer inside ``@njit`` code.
 
@@ -361,7 +373,7 @@ class Optimizer:
         TypeError
             For parameters in device (CUDA) memory.
         NotImplementedError
-            With gradient clipping or ``check_finite="skip"``.
+            With gradient clipping.
         ValueError
             For invalid hyperparameters in ``param_groups``, as ``step()``.
         """

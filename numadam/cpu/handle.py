@@ -50,9 +50,10 @@ from numadam.cpu.kernels import PTR_G, _instantiate, kernels, nonfinite_task
 
 __all__ = ["Handle", "make_handle"]
 
-# Words of the control array: the epoch, the busy word, and why the epoch
-# last moved (one of the reasons below).
-EPOCH, BUSY, REASON = range(3)
+# Words of the control array: the epoch, the busy word, why the epoch last
+# moved (one of the reasons below), and the steps compiled code skipped
+# (check_finite="skip"; opt.skipped_steps adds them).
+EPOCH, BUSY, REASON, SKIPPED = range(4)
 LOADED, ADDED = 1, 2
 
 # How a float of ``hyp`` is validated (as numadam.functional does).
@@ -61,8 +62,8 @@ _KIND_WORDS = {_NONNEG: "a finite number >= 0", _REAL: "a finite number",
                _UNIT: "in [0, 1)"}
 
 # Compare-and-swap attempts before a compiled step gives up on a busy
-# optimizer: 5 to 25 ns each, so 0.2 to 1 s in all, some thousand times
-# the longest step a Python thread holds the word for.
+# optimizer: 5 to 25 ns each, so 0.2 to 1 s in all. Bounded because the
+# holder may be a Python thread waiting for the GIL this one holds.
 _SPINS = 1 << 25
 
 _JIT = dict(error_model="numpy")
@@ -266,7 +267,7 @@ class _RuleParts:
 
     def step(self, check, nbuckets):
         """The compiled ``h.step()`` of this rule for handles of ``nbuckets``
-        buckets (``check``: with ``check_finite="raise"``).
+        buckets and ``check_finite=check``.
 
         Written out per bucket count: every array is read with
         :func:`_borrowed` straight from ``h``, so the step takes no
@@ -282,15 +283,20 @@ class _RuleParts:
                 lines += [f"    t{k} = _borrowed(h.data[5][{k}][0])",
                           f"    s{k} = _borrowed(h.data[5][{k}][1])",
                           f"    _point_at_owned(t{k}, _borrowed(h.data[5][{k}][2]))"]
-            if check:
+            if check is not None:
                 lines.append("    bad = -1")
                 lines += [f"    bad = _first_nonfinite(bad, t{k}, s{k}, "
                           f"_borrowed(h.data[5][{k}][4]), _borrowed(h.data[5][{k}][5]))"
                           for k in range(nbuckets)]
-                lines += ["    if bad >= 0:",
-                          "        _release_inline(control)",
-                          "        raise HandleFloatingPointError(NONFINITE[0], bad, "
-                          "NONFINITE[1])"]
+                lines += ["    if bad >= 0:"]
+                if check == "skip":
+                    lines += ["        control[SKIPPED] += 1",
+                              "        _release_inline(control)",
+                              "        return"]
+                else:
+                    lines += ["        _release_inline(control)",
+                              "        raise HandleFloatingPointError(NONFINITE[0], bad, "
+                              "NONFINITE[1])"]
             lines += ["    hyper = _borrowed(h.data[2])",
                       "    flags = _borrowed(h.data[3])"]
             lines += [f"    bucket_step(t{k}, s{k}, to_fixed_tuple(hyper[h.data[5][{k}][3]], "
@@ -406,12 +412,16 @@ class Shared:
     """``opt._jit``: what an optimizer shares with its handles."""
 
     def __init__(self, opt):
-        self.control = np.zeros(3, np.int64)
+        self.control = np.zeros(4, np.int64)
         self.parts = _parts(opt.rule)
         self.hyper = None       # float64 (groups, len(hyp)); None until made
         self.flags = None       # bool (groups, len(flags))
         self.layout = None      # int8 (groups, len(hyp), 2): may the float become 0 / non-zero
         self.pushed = None      # hyper.tobytes() when last pushed or pulled
+
+    def skipped(self):
+        """Steps skipped inside compiled code so far."""
+        return int(self.control[SKIPPED])
 
     def invalidate_loaded(self):
         """Make every handle so far stale: ``load_state_dict`` replaces the
@@ -481,10 +491,6 @@ def make_handle(opt):
         raise NotImplementedError(
             "opt.jit() does not clip gradients yet: this optimizer has max_grad_norm or "
             "clip_value set; step it with opt.step(), or build it without clipping")
-    if opt.check_finite == "skip":
-        raise NotImplementedError(
-            "opt.jit() does not support check_finite='skip' (the skipped-step count is a "
-            "Python attribute); use check_finite=None or 'raise'")
     if rule.check is not None and rule.name not in _CROSS_CHECKS:
         raise NotImplementedError(
             f"opt.jit(): rule {rule.name!r} has a cross-field check with no compiled twin "
@@ -517,7 +523,7 @@ def make_handle(opt):
         data = (shared.control, int(shared.control[EPOCH]), shared.hyper, shared.flags,
                 shared.layout, buckets)
         from numba import typeof
-        numba_type = HandleType(rule.name, opt.check_finite == "raise", typeof(data))
+        numba_type = HandleType(rule.name, opt.check_finite, typeof(data))
         return Handle(opt, shared, data, numba_type)
 
 
@@ -534,8 +540,8 @@ class _Owner:
 # ------------------------------------------------------------ Numba type
 
 class HandleType(types.Type):
-    """The Numba type of a :class:`Handle`: its rule, whether it checks
-    gradients, and the type of its data tuple."""
+    """The Numba type of a :class:`Handle`: its rule, its ``check_finite``
+    and the type of its data tuple."""
 
     def __init__(self, rule_name, check_finite, data_type):
         self.rule_name = rule_name
