@@ -7,6 +7,7 @@ import pickle
 import subprocess
 import sys
 import threading
+import time
 import weakref
 
 import numpy as np
@@ -471,10 +472,37 @@ def test_a_compiled_step_inside_the_closure_of_a_python_step_raises_instead_of_h
     opt = numadam.SGD([np.ones(3)], lr=0.1)
     opt.grads[0][...] = 1.0
     h = opt.jit()
-    with pytest.raises(RuntimeError, match=r"^numadam: h.step\(\) waited in vain"):
-        opt.step(closure=lambda: steps(h, 1))
+    for loop in (steps, steps_nogil):
+        with pytest.raises(RuntimeError, match=r"^numadam: h.step\(\) was called inside a "
+                                               r"step .* of the same optimizer on this thread"):
+            opt.step(closure=lambda: loop(h, 1))
     steps(h, 1)                     # the busy word was given back by the Python step
     assert np.all(opt.param_groups[0]["params"][0] < 1.0)
+
+
+def test_a_compiled_loop_without_the_gil_waits_for_a_slow_python_step():
+    (a, _), (b, _) = twins("adam_l2", "float64")[0]
+    for opt in (a, b):
+        for g in opt.grads:
+            g[...] = 0.5
+    ha, hb = a.jit(), b.jit()
+    steps_nogil(ha, 1)              # compiled before the thread starts
+    steps_nogil(hb, 1)
+    n = 1_000_000
+    seen = []
+
+    def slow_closure():
+        seen.append(b.state_dict()["state"][0]["step"])
+        time.sleep(1.5)             # longer than 2**25 tries of the compiled step
+
+    thread = threading.Thread(target=steps_nogil, args=(hb, n))
+    thread.start()
+    time.sleep(0.2)
+    b.step(closure=slow_closure)
+    thread.join()
+    assert 1 < seen[0] < n + 1      # the compiled loop was running, and waited
+    steps_nogil(ha, n + 1)
+    assert_same(a, b, "waited")
 
 
 def test_jit_refuses_device_parameters():

@@ -27,8 +27,11 @@ What the handle shares with the optimizer
   raises instead of stepping memory the optimizer no longer uses; and a busy
   word, claimed with an atomic compare-and-swap by ``h.step()`` and, once a
   handle exists, by every method of the optimizer that takes its lock.
-  Python methods wait for a compiled step to finish; a compiled step that
-  finds the optimizer busy spins (2**25 tries, 0.2 to 1 s), then raises.
+  Python methods wait for a compiled step to finish, and a compiled step
+  without the GIL (``@njit(nogil=True)``) waits for a Python one. A compiled
+  step holding the GIL waits 2**25 tries (0.2 to 1 s), then raises: the
+  Python holder may need that GIL. One inside a Python step on its own
+  thread (its closure) raises at once.
 
 Memory: the handle holds the optimizer, and the arrays a compiled function
 receives keep the tables, state, owned gradients and parameters alive, so
@@ -36,10 +39,12 @@ no step writes to freed memory even after ``del opt``.
 """
 
 import math
+import threading
 import time
 
 import numpy as np
 from numba import njit, types
+from llvmlite import ir
 from numba.core import cgutils
 from numba.extending import (NativeValue, intrinsic, make_attribute_wrapper, models,
                              overload_method, register_model, typeof_impl, unbox)
@@ -51,9 +56,10 @@ from numadam.cpu.kernels import PTR_G, _instantiate, kernels, nonfinite_task
 __all__ = ["Handle", "make_handle"]
 
 # Words of the control array: the epoch, the busy word, why the epoch last
-# moved (one of the reasons below), and the steps compiled code skipped
-# (check_finite="skip"; opt.skipped_steps adds them).
-EPOCH, BUSY, REASON, SKIPPED = range(4)
+# moved (one of the reasons below), the steps compiled code skipped
+# (check_finite="skip"; opt.skipped_steps adds them), and the thread
+# identifier of a Python thread holding the busy word (0 otherwise).
+EPOCH, BUSY, REASON, SKIPPED, OWNER = range(5)
 LOADED, ADDED = 1, 2
 
 # How a float of ``hyp`` is validated (as numadam.functional does).
@@ -61,9 +67,9 @@ _NONNEG, _REAL, _UNIT = range(3)
 _KIND_WORDS = {_NONNEG: "a finite number >= 0", _REAL: "a finite number",
                _UNIT: "in [0, 1)"}
 
-# Compare-and-swap attempts before a compiled step gives up on a busy
-# optimizer: 5 to 25 ns each, so 0.2 to 1 s in all. Bounded because the
-# holder may be a Python thread waiting for the GIL this one holds.
+# Compare-and-swap attempts before a compiled step that holds the GIL gives
+# up on a busy optimizer: 5 to 25 ns each, so 0.2 to 1 s in all. The holder
+# may be a Python thread waiting for that GIL; without the GIL it waits.
 _SPINS = 1 << 25
 
 _JIT = dict(error_model="numpy")
@@ -99,10 +105,13 @@ STALE_LOADED = ("numadam: this handle was made before opt.load_state_dict(...), 
 STALE_ADDED = ("numadam: this handle was made before opt.add_param_group(...); it would "
                "not step the new group; call opt.jit() again")
 BUSY_MESSAGE = (
-    "numadam: h.step() waited in vain (2**25 tries) for another step of this optimizer "
-    "(opt.step(), state_dict(), load_state_dict() ... in another thread, or the closure "
-    "of a step calling this code); compiled code that holds the GIL cannot let a Python "
-    "thread finish: compile it with @njit(nogil=True)")
+    "numadam: h.step() waited in vain (2**25 tries) for another thread's step, "
+    "state_dict(), save() ... of this optimizer: compiled code that holds the GIL cannot "
+    "let a Python thread finish; compile it with @njit(nogil=True), which waits")
+REENTERED = (
+    "numadam: h.step() was called inside a step (or state_dict(), save() ...) of the same "
+    "optimizer on this thread, from the closure of opt.step() say; the closure only "
+    "computes the loss and gradients of the step that called it")
 
 
 # ---------------------------------------------------------- atomic claim
@@ -161,15 +170,56 @@ def release(control):
     _store_release(control, BUSY, 0)
 
 
-@njit(cache=CACHE, nogil=True, inline="always", **_JIT)
-def _enter_step(control, epoch):
-    """Claim the busy word, then check the epoch under the claim (a
-    ``load_state_dict`` in another thread holds the claim while it works)."""
+@intrinsic
+def _holds_gil(typingctx):
+    """Whether the calling thread holds the GIL (``PyGILState_Check``)."""
+    def codegen(context, builder, signature, args):
+        check = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.IntType(32), []), "PyGILState_Check")
+        return builder.icmp_signed("!=", builder.call(check, []), ir.Constant(ir.IntType(32), 0))
+
+    return types.boolean(), codegen
+
+
+@intrinsic
+def _thread_ident(typingctx):
+    """``threading.get_ident()`` of the calling thread, as int64 bits
+    (``PyThread_get_thread_ident``; needs no GIL)."""
+    def codegen(context, builder, signature, args):
+        ident = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.IntType(64), []), "PyThread_get_thread_ident")
+        return builder.call(ident, [])
+
+    return types.int64(), codegen
+
+
+def owner_word(ident):
+    """``threading.get_ident()`` as the int64 that :func:`_thread_ident` gives."""
+    return ident - (1 << 64) if ident >= 1 << 63 else ident
+
+
+@njit(cache=CACHE, nogil=True, **_JIT)
+def _wait_for(control):
+    """Claim a busy word that another thread holds: wait for it, except on
+    the thread that holds it (a closure of its step) or while holding the
+    GIL a Python holder needs (then for 2**25 tries)."""
+    if control[OWNER] == _thread_ident():
+        raise RuntimeError(REENTERED)
     spins = 0
     while not _cas(control, BUSY, 0, 1):
         spins += 1
         if spins == _SPINS:
-            raise RuntimeError(BUSY_MESSAGE)
+            if _holds_gil():
+                raise RuntimeError(BUSY_MESSAGE)
+            spins = 0
+
+
+@njit(cache=CACHE, nogil=True, inline="always", **_JIT)
+def _enter_step(control, epoch):
+    """Claim the busy word, then check the epoch under the claim (a
+    ``load_state_dict`` in another thread holds the claim while it works)."""
+    if not _cas(control, BUSY, 0, 1):
+        _wait_for(control)
     if control[EPOCH] != epoch:
         reason = control[REASON]
         _store_release(control, BUSY, 0)
@@ -392,12 +442,14 @@ class _ClaimingLock:
             control = self._control
             while not try_claim(control):
                 time.sleep(0)   # a compiled step holds it: let its thread finish
+            control[OWNER] = owner_word(threading.get_ident())
         self._depth += 1
         return True
 
     def release(self):
         self._depth -= 1
         if self._depth == 0:
+            self._control[OWNER] = 0
             release(self._control)
         self._lock.release()
 
@@ -412,7 +464,7 @@ class Shared:
     """``opt._jit``: what an optimizer shares with its handles."""
 
     def __init__(self, opt):
-        self.control = np.zeros(4, np.int64)
+        self.control = np.zeros(5, np.int64)
         self.parts = _parts(opt.rule)
         self.hyper = None       # float64 (groups, len(hyp)); None until made
         self.flags = None       # bool (groups, len(flags))
