@@ -518,3 +518,20 @@ def test_jit_refuses_device_parameters():
                           env=dict(os.environ, NUMBA_ENABLE_CUDASIM="1"), timeout=300)
     assert done.returncode == 0, done.stderr
     assert "opt.jit() steps NumPy parameters on the host" in done.stdout
+
+
+def test_a_negative_zero_set_inside_njit_reaches_the_group():
+    (a, _), (b, _) = twins("adamw", "float32")[0]
+    rng = np.random.default_rng(6)
+    h = b.jit()
+    set_lr(h, 0, -0.0)
+    a.param_groups[0]["lr"] = -0.0
+    assert str(b.param_groups[0]["lr"]) == "-0.0"
+    for t in range(2):
+        fill([a, b], rng, "float32")
+        a.step()
+        if t:
+            b.step()
+        else:
+            steps(h, 1)
+    assert_same(a, b, "lr -0.0")

@@ -491,13 +491,19 @@ class Shared:
     def pull(self, groups):
         """Write values set inside ``@njit`` into ``groups`` (the
         optimizer's ``param_groups``); validated at its next use of them."""
-        hyper = self.hyper
-        if hyper is None or hyper.tobytes() == self.pushed:
+        if self.hyper is None:
             return
-        old = np.frombuffer(self.pushed, np.float64).reshape(hyper.shape)
+        now = self.hyper.tobytes()      # one snapshot: compiled code may be setting more
+        if now == self.pushed:
+            return
+        shape = self.hyper.shape
+        hyper = np.frombuffer(now, np.float64).reshape(shape)
+        # Bits, not values: -0.0 set inside @njit must reach the group too.
+        changed = (np.frombuffer(now, np.int64).reshape(shape)
+                   != np.frombuffer(self.pushed, np.int64).reshape(shape))
         names = self.parts.hyp_names
         for g, group in enumerate(groups):
-            for j in np.flatnonzero(hyper[g] != old[g]):
+            for j in np.flatnonzero(changed[g]):
                 key, component = names[j]
                 value = float(hyper[g, j])
                 if component is None:
@@ -506,7 +512,7 @@ class Shared:
                     pair = list(group[key])
                     pair[component] = value
                     group[key] = tuple(pair)
-        self.pushed = hyper.tobytes()
+        self.pushed = now
 
     def push(self, opt):
         """Validate ``opt``'s groups (Python's edits) and write them into the
