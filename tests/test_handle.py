@@ -17,7 +17,7 @@ from numba import njit
 
 import numadam
 import optim_configs as oc
-from helpers import assert_bits_equal, build
+from helpers import assert_bits_equal
 
 
 @njit

@@ -48,7 +48,7 @@ from llvmlite import ir
 from numba.core import cgutils
 from numba.extending import (NativeValue, intrinsic, make_attribute_wrapper, models,
                              overload_method, register_model, typeof_impl, unbox)
-from numba.np.unsafe.ndarray import to_fixed_tuple
+from numba.np.unsafe.ndarray import to_fixed_tuple  # noqa: F401 (the generated steps use it)
 
 from numadam.core.jitcache import CACHE
 from numadam.cpu.kernels import PTR_G, _instantiate, kernels, nonfinite_task
