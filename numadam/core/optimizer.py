@@ -59,7 +59,7 @@ class Optimizer:
     _keys = ()          # the group entries compared at each step: hyperparameters, params
 
     _unchanged = None   # (group, raw) -> whether every entry is the validated object
-    _jit = None         # see _empty
+    _jit = None         # see _empty; read by the skipped_steps setter before _empty sets it
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
