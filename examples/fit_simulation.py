@@ -4,10 +4,11 @@ The Lotka-Volterra model ``prey' = a*prey - b*prey*pred``,
 ``pred' = d*prey*pred - g*pred`` is stepped with explicit Euler, together with
 its forward sensitivities (the exact derivative of every Euler step with
 respect to ``(a, b, d, g)``), so each fitting iteration costs one simulation.
-The whole fit -- simulation, gradient and Adam update
-(``numadam.functional.adam_update``) -- runs in one ``@njit`` function.
-The same loop driven from Python, calling the same compiled simulation and
-the same update, gives bit-identical rates; the example measures both.
+The whole fit -- simulation, gradient, Adam update and a step decay of the
+learning rate -- runs in one ``@njit`` function, stepping a ``numadam.Adam``
+through its handle ``opt.jit()``. The same loop driven from Python, calling
+the same compiled simulation and ``opt.step()``, gives bit-identical rates;
+the example measures both.
 
 The functions here are compiled afresh on every run (about two seconds):
 ``cache=True`` caches per file, and a file that is both run as a script and
@@ -21,7 +22,7 @@ import time
 import numpy as np
 from numba import njit
 
-from numadam.functional import adam_update
+import numadam
 
 TRUE = np.array([1.1, 0.4, 0.1, 0.4])       # a, b, d, g
 START = np.array([10.0, 5.0])              # prey, predators at t = 0
@@ -68,29 +69,45 @@ def loss_and_grad(rates, start, dt, observed, grad):
 
 
 @njit
-def fit_compiled(rates, start, dt, observed, iterations):
-    """The whole fit in compiled code; returns the last loss."""
-    grad, m, v = np.zeros_like(rates), np.zeros_like(rates), np.zeros_like(rates)
+def fit_compiled(h, rates, grad, start, dt, observed, iterations, decay_at):
+    """The whole fit in compiled code: ``h`` is the handle of an optimizer of
+    ``rates`` whose owned gradient is ``grad``. Returns the last loss."""
     loss = 0.0
-    for step in range(1, iterations + 1):
+    for t in range(iterations):
+        if t == decay_at:
+            h.set_lr(0, h.get_lr(0) * 0.5)
         loss = loss_and_grad(rates, start, dt, observed, grad)
-        adam_update(rates, grad, m, v, rates[:0], step, LR, BETA1, BETA2, EPS, 0.0,
-                    False, False, False)
+        h.step()
     return loss
 
 
-# The same loop, one Python iteration per step: the uncompiled source of
-# fit_compiled, calling the same compiled simulation and update.
-fit_from_python = fit_compiled.py_func
+def fit_from_python(opt, rates, grad, start, dt, observed, iterations, decay_at):
+    """The same loop, one Python iteration per step: the same compiled
+    simulation, and ``opt.step()``."""
+    loss = 0.0
+    for t in range(iterations):
+        if t == decay_at:
+            opt.param_groups[0]["lr"] *= 0.5
+        loss = loss_and_grad(rates, start, dt, observed, grad)
+        opt.step()
+    return loss
 
 
-def timed(fit, guess, observed, iterations, repeats):
-    """Median seconds of ``repeats`` fits from ``guess``; the fitted rates and loss."""
+def timed(compiled, guess, observed, iterations, repeats):
+    """Median seconds of ``repeats`` fits from ``guess``, each with a fresh
+    Adam; the fitted rates and loss."""
     times = []
     for _ in range(repeats):
         rates = guess.copy()
+        opt = numadam.Adam([rates], lr=LR, betas=(BETA1, BETA2), eps=EPS)
+        grad = opt.grads[0]
         begin = time.perf_counter()
-        loss = fit(rates, START, DT, observed, iterations)
+        if compiled:
+            loss = fit_compiled(opt.jit(), rates, grad, START, DT, observed, iterations,
+                                iterations * 3 // 4)
+        else:
+            loss = fit_from_python(opt, rates, grad, START, DT, observed, iterations,
+                                   iterations * 3 // 4)
         times.append(time.perf_counter() - begin)
     return float(np.median(times)), rates, loss
 
@@ -101,11 +118,11 @@ def main(steps=200, iterations=6000, noise=0.3, repeats=3, seed=0):
     simulate(TRUE, START, DT, steps, observed)
     observed += noise * rng.standard_normal(observed.shape)
     guess = np.array([0.8, 0.3, 0.13, 0.5])
-    for fit in (fit_compiled, fit_from_python):      # compile, or load the cache
-        fit(guess.copy(), START, DT, observed, 2)
+    for compiled in (True, False):                  # compile first
+        timed(compiled, guess, observed, 2, 1)
 
-    compiled, rates, loss = timed(fit_compiled, guess, observed, iterations, repeats)
-    python, rates_py, _ = timed(fit_from_python, guess, observed, iterations, repeats)
+    compiled, rates, loss = timed(True, guess, observed, iterations, repeats)
+    python, rates_py, _ = timed(False, guess, observed, iterations, repeats)
     identical = bool(np.array_equal(rates, rates_py))
 
     print(f"Lotka-Volterra, {steps} Euler steps per simulation, {iterations} Adam "

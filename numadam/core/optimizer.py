@@ -60,6 +60,7 @@ class Optimizer:
     _keys = ()          # the group entries compared at each step: hyperparameters, params
 
     _unchanged = None   # (group, raw) -> whether every entry is the validated object
+    _jit = None         # see _empty; read by the skipped_steps setter before _empty sets it
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -104,6 +105,7 @@ class Optimizer:
         # gradient's address); None once a device bucket exists.
         self._host_grads = []
         self._grads = None
+        self._jit = None            # what opt.jit()'s handles share (numadam.cpu.handle)
 
     # ------------------------------------------------------------ groups
     def add_param_group(self, param_group):
@@ -132,6 +134,8 @@ class Optimizer:
             group["params"] = params = ParamList(params)
             self._install_group(group, params, infos, extents,
                                 self._validate_group(group, gi))
+            if self._jit is not None:
+                self._jit.invalidate_added()
 
     def _check_params(self, params, gi):
         """Check the arrays of new group ``gi``; return their device infos (None
@@ -360,6 +364,63 @@ class Optimizer:
                 "optimizer keeps the arrays it was given. Add arrays with "
                 "add_param_group, or build a new optimizer")
         group["params"] = kept
+
+    # ------------------------------------------------------ @njit handle
+    @property
+    def param_groups(self):
+        """The parameter groups: a list of dicts, one per group, holding
+        the group's hyperparameters and its ``"params"``, as in torch.
+
+        Once :meth:`jit` made a handle, values the handle set inside
+        ``@njit`` code are written here when it is read.
+        """
+        if self._jit is not None:
+            self._jit.pull(self._param_groups)
+        return self._param_groups
+
+    @param_groups.setter
+    def param_groups(self, groups):
+        self._param_groups = groups
+
+    @property
+    def skipped_steps(self):
+        """Steps skipped for non-finite gradients (``check_finite="skip"``),
+        by ``step()`` and by the compiled steps of :meth:`jit` handles."""
+        if self._jit is not None:
+            return self._skipped_steps + self._jit.skipped()
+        return self._skipped_steps
+
+    @skipped_steps.setter
+    def skipped_steps(self, count):
+        self._skipped_steps = count - (self._jit.skipped() if self._jit is not None else 0)
+
+    def jit(self):
+        """A handle to step this optimizer inside ``@njit`` code.
+
+        ``h = opt.jit()`` is passed to your ``@njit`` functions, where
+        ``h.step()`` is one ``opt.step()`` reading the owned gradients
+        ``opt.grads``, bit for bit, on the same state and step counts;
+        ``h.get_lr(g)``, ``h.set_lr(g, value)``, ``h.get_hyper(g, "name")``
+        and ``h.set_hyper(g, "name", value)`` read and set hyperparameters.
+        What is shared, and when edits cross over, is described in
+        :mod:`numadam.cpu.handle`.
+
+        The state arrays are created here if no step has made them (zeros,
+        as at the first step), so from now on a change of hyperparameters
+        that would add state arrays (momentum switched on) is refused as
+        after a first step.
+
+        Raises
+        ------
+        TypeError
+            For parameters in device (CUDA) memory.
+        NotImplementedError
+            With gradient clipping.
+        ValueError
+            For invalid hyperparameters in ``param_groups``, as ``step()``.
+        """
+        from numadam.cpu.handle import make_handle
+        return make_handle(self)
 
     # ---------------------------------------------------------- gradients
     @property

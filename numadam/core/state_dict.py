@@ -203,6 +203,8 @@ def load(opt, state_dict):
         opt.param_groups[gi].clear()
         opt.param_groups[gi].update(group)
         opt._group_args[gi] = group_args[gi]
+    if opt._jit is not None:            # handles point at the state replaced below
+        opt._jit.invalidate_loaded()
     for bucket, state, rows, steps, live in installs:
         bucket.state = state
         bucket.rows = rows if state is not None else ()
