@@ -603,23 +603,16 @@ class Optimizer:
                     bucket.use_gradients(per_bucket[k])
                     k += 1
             if self._clipping:
-                clips = self._clips()
-                if clips is None:       # skipped by check_finite
-                    return loss
-            elif self.check_finite is not None and not self._gradients_finite():
+                self._clipped_step(buckets, args)
+                return loss
+            if self.check_finite is not None and not self._gradients_finite():
                 return loss
             for bucket in buckets:
                 if bucket.state is None or bucket.unready:
                     self._make_ready(buckets, args)
                     break
-            if self._clipping:
-                k = 0
-                for bucket in buckets:
-                    bucket.step(args[bucket.group_index], clips[k])
-                    k += 1
-            else:
-                for bucket in buckets:
-                    bucket.step(args[bucket.group_index])
+            for bucket in buckets:
+                bucket.step(args[bucket.group_index])
             return loss
         finally:
             self._release()
@@ -655,6 +648,21 @@ class Optimizer:
                     f"the gradient of parameter {bucket.indices[row]} holds NaN or "
                     "Inf; no parameter or state was changed (check_finite='raise')")
         return True
+
+    def _clipped_step(self, buckets, args):
+        """The end of :meth:`step` with ``max_grad_norm`` or ``clip_value``
+        set: the norm pass (and guard), then the update reading the
+        transformed gradients. Apart from the plain path, which it would
+        cost a 10-element step 1% (callgrind)."""
+        clips = self._clips()
+        if clips is None:               # skipped by check_finite
+            return
+        for bucket in buckets:
+            if bucket.state is None or bucket.unready:
+                self._make_ready(buckets, args)
+                break
+        for bucket, clip in zip(buckets, clips):
+            bucket.step_clipped(args[bucket.group_index], clip)
 
     def _clips(self):
         """The ``(lo, hi, scale)`` of each bucket for this step (see

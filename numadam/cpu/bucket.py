@@ -109,20 +109,23 @@ class Bucket(BucketBase):
     def ready(self):
         """Nothing to make ready beyond the state (``unready`` stays False)."""
 
-    def step(self, args, clip=None):
-        """Run one update of the whole bucket with validated ``args``; the
-        gradients are read under ``clip`` (see
-        :func:`numadam.cpu.kernels.gradient`)."""
+    def step(self, args):
+        """Run one update of the whole bucket with validated ``args``."""
         if self.total < config.serial_below:
-            if clip is not None:
-                self.kernels.step_serial(self.table, self.state, args.hyp, args.flags, clip)
-                return
             state = self.state
             if state is not self._serial_state:
                 self._serial = _entry_point(self.kernels.step_serial, self.table, state,
                                             args.hyp, args.flags, None)
                 self._serial_state = state
             self._serial(self.table, state, args.hyp, args.flags, None)
+        else:
+            _step_on_threads(self, args, None)
+
+    def step_clipped(self, args, clip):
+        """:meth:`step` reading the gradients under ``clip``, a tuple
+        ``(lo, hi, scale)`` (see :func:`numadam.cpu.kernels.gradient`)."""
+        if self.total < config.serial_below:
+            self.kernels.step_serial(self.table, self.state, args.hyp, args.flags, clip)
         else:
             _step_on_threads(self, args, clip)
 
