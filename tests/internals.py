@@ -40,6 +40,7 @@ NAMES = {
     "warnings_for": "numadam.bench",
     "NCOLS": "numadam.cpu.kernels",
     "OFFSET": "numadam.cpu.kernels",
+    "square_sum_bins": "numadam.cpu.norm",
     "PTR_G": "numadam.cpu.kernels",
     "SIZE": "numadam.cpu.kernels",
     "address": "numadam.cpu.kernels",

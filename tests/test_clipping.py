@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 import numadam
 from helpers import assert_bits_equal
 from internals import (NBINS, NCOLS, NONFINITE, OFFSET, OVERFLOW, PTR_G, SIZE, address,
-                       bins_to_sum, clip_gradient, square_bins_parallel, square_bins_serial)
+                       bins_to_sum, clip_gradient, square_bins_parallel, square_bins_serial,
+                       square_sum_bins)
 
 EPS = 1e-6      # torch.nn.utils.clip_grad_norm_'s
 
@@ -289,6 +290,34 @@ def test_the_norm_is_exact_on_any_gradient(g, cut):
     pieces = [g[:cut].copy(), g[cut:].copy()]
     split = square_bins_parallel(_table_over(pieces), like, 1, 2)
     assert bins_to_sum(split) == expected
+    assert bins_to_sum(square_sum_bins(_table_over(pieces), like, g.size)) == expected
+
+
+@pytest.mark.parametrize("spread", [0, 3, 30])
+def test_the_blocked_float32_norm_is_exact_in_any_split(spread):
+    """The optimizers' float32 path (blocks of extracted squares): the exact
+    sum on one thread and on tasks of any size, subnormals and NaN-free
+    blocks beside a block that holds a NaN."""
+    rng = np.random.default_rng(spread)
+    n = 20_000
+    g = (rng.standard_normal(n) * 10.0 ** rng.uniform(-spread, spread, n)).astype(np.float32)
+    g[:4] = [0.0, 1e-45, -3e-44, np.finfo(np.float32).tiny]
+    like = np.empty(0, np.float32)
+    table = _table_over([g[:7001], g[7001:]])
+    expected = _square_sum([g])
+    saved = (numadam.config.serial_below, numadam.config.min_task, numadam.config.threads)
+    try:
+        for serial_below, min_task, threads in ((1 << 40, 1, 1), (0, 1000, 2), (0, 1, 3)):
+            numadam.config.serial_below, numadam.config.min_task = serial_below, min_task
+            numadam.config.threads = threads
+            assert bins_to_sum(square_sum_bins(table, like, n)) == expected
+        g[12345] = np.nan
+        bins = square_sum_bins(table, like, n)
+        assert bins[NONFINITE] == 1 and math.isnan(bins_to_sum(bins))
+        g[12345] = 0.0
+        assert bins_to_sum(square_sum_bins(table, like, n)) == _square_sum([g])
+    finally:
+        numadam.config.serial_below, numadam.config.min_task, numadam.config.threads = saved
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -9,7 +9,7 @@ from numadam.core.bucket import BucketBase
 from numadam.core.config import config
 from numadam.cpu import kernels as _cpu
 from numadam.cpu.kernels import LIVE, OFFSET, PTR_G, SIZE
-from numadam.cpu.norm import square_bins
+from numadam.cpu.norm import square_sum_bins
 from numadam.cpu.pool import run_tasks, start_workers, task_bounds, thread_count, uninterrupted
 
 class Bucket(BucketBase):
@@ -102,8 +102,8 @@ class Bucket(BucketBase):
 
     def square_bins(self, clip):
         """Exact bins of the squares of this step's gradients read under
-        ``clip`` (see :mod:`numadam.cpu.norm`)."""
-        return square_bins(self.table, self.like, self.total, clip)
+        ``clip`` (see :func:`numadam.cpu.norm.square_sum_bins`)."""
+        return square_sum_bins(self.table, self.like, self.total, clip)
 
     # ------------------------------------------------------------------ step
     def ready(self):

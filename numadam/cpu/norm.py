@@ -28,7 +28,8 @@ from numadam.core.jitcache import CACHE
 from numadam.cpu.kernels import OFFSET, PTR_G, SIZE, address_as_pointer, gradient
 from numadam.cpu.pool import run_tasks, task_bounds
 
-__all__ = ["square_bins", "square_bins_serial", "square_bins_parallel", "bins_to_sum",
+__all__ = ["square_sum_bins", "square_bins", "square_bins_serial", "square_bins_parallel",
+           "bins_to_sum",
            "NBINS", "EXPONENTS", "NONFINITE", "OVERFLOW"]
 
 EXPONENTS = 2048
@@ -111,16 +112,95 @@ def _bin_span64(g, lo, hi, bins, clip):
         bins[EXPONENTS + exponent] += significand & _LOW_MASK
 
 
+# The float32 fast path: a block of _BLOCK elements at a time, its squares
+# (exact in float64) go to a float64 buffer in cache, then each level takes
+# from every buffered value its part on a grid of 2**k (a floor, by
+# Rump, Ogita and Oishi's extraction: (sigma + v) - sigma, sigma = 2**(e+1)
+# for values below 2**(e+1), corrected down where it rounded up) and leaves
+# the exact remainder below 2**k. The parts are integers < 2**52 in units of
+# 2**k, summed exactly in int64 (_BLOCK * 2**52 < 2**63), whose sum goes to
+# the bins as one integer. The next level starts below the largest
+# remainder; a float32 square has 48 significant bits, so a block of
+# gradients within a few thousand of each other's size takes two levels.
+# Vectorised (SIMD) loops instead of one scattered add per element: 12.6
+# against 24.6 ms for 1e7 float32 on one thread (this machine). The split
+# into blocks depends on the task bounds, so the bins do too; their sum
+# does not.
+_BLOCK = 1 << 10
+_SIGN = np.int64(0x7FFFFFFFFFFFFFFF)
+_INF_BITS = np.int64(0x7FF0000000000000)
+
+
 @njit(cache=CACHE, error_model="numpy")
-def _bin_range(table, like, lo, hi, bins, clip):
-    """Bin the squares of elements ``lo:hi`` of a bucket (rows with a gradient)."""
+def _square_block(g, p, clip):
+    """``p[i] = float64(gradient(g[i], clip))**2``; returns the largest bits
+    of ``p`` (sign cleared), ``_INF_BITS`` or more if any is NaN or Inf."""
+    top = np.int64(0)
+    for i in range(g.size):
+        x = np.float64(gradient(g[i], clip))
+        v = x * x
+        p[i] = v
+        b = np.float64(v).view(np.int64) & _SIGN
+        top = b if b > top else top
+    return top
+
+
+@njit(cache=CACHE, error_model="numpy")
+def _level(p, sigma, unit, per_unit):
+    """Take from each ``p[i]`` (all in ``[0, sigma)``) its part on the grid
+    ``unit`` (``sigma * 2**-52``), leaving the remainder in ``p``; returns
+    (sum of the parts in units, largest bits of the remainders)."""
+    parts = np.int64(0)
+    top = np.int64(0)
+    for i in range(p.size):
+        v = p[i]
+        q = (sigma + v) - sigma
+        q = q - unit if q > v else q
+        r = v - q
+        p[i] = r
+        parts += np.int64(q * per_unit)
+        b = np.float64(r).view(np.int64)
+        top = b if b > top else top
+    return parts, top
+
+
+@njit(cache=CACHE, error_model="numpy")
+def _sum_span32(g, lo, hi, bins, clip, p):
+    """Add the squares of float32 elements ``g[lo:hi]`` (read under
+    ``clip``) to ``bins``, a block at a time; ``p``: a float64 buffer of
+    ``_BLOCK``."""
+    for start in range(lo, hi, _BLOCK):
+        end = min(hi, start + _BLOCK)
+        block = p[:end - start]
+        top = _square_block(g[start:end], block, clip)
+        if top >= _INF_BITS:
+            _bin_span32(g, start, end, bins, clip)     # counts the NaN and Inf
+            continue
+        while top != 0:
+            e = (top >> 52) - 1023          # the largest value is below 2**(e+1)
+            parts, top = _level(block, math.ldexp(1.0, e + 1), math.ldexp(1.0, e - 51),
+                                math.ldexp(1.0, 51 - e))
+            # parts * 2**(e - 51): the low bin of biased exponent e - 51 + 1075
+            j = e + 1024
+            bins[j] += parts >> _LOW_BITS
+            bins[EXPONENTS + j] += parts & _LOW_MASK
+
+
+@njit(cache=CACHE, error_model="numpy")
+def _bin_range(table, like, lo, hi, bins, clip, fast):
+    """Bin the squares of elements ``lo:hi`` of a bucket (rows with a
+    gradient); ``fast``: float32 by blocks (bins that depend on the split),
+    else element by element (bins that do not)."""
+    p = np.empty(_BLOCK if fast else 0, np.float64)
     for k in range(table.shape[0]):
         offset = table[k, OFFSET]
         start = max(lo, offset)
         end = min(hi, offset + table[k, SIZE])
         if end > start and table[k, PTR_G] != 0:
             g = carray(address_as_pointer(table[k, PTR_G], like), table[k, SIZE])
-            if like.itemsize == 4:
+            if like.itemsize == 4 and fast:
+                _sum_span32(g, start - offset, end - offset, bins, clip, p)
+            elif like.itemsize == 4:
                 _bin_span32(g, start - offset, end - offset, bins, clip)
             else:
                 _bin_span64(g, start - offset, end - offset, bins, clip)
@@ -139,20 +219,24 @@ def square_bins_serial(table, like, clip=None):
     bins = np.zeros(NBINS, np.int64)
     if n:
         _square_bins_span(table, like, 0, table[n - 1, OFFSET] + table[n - 1, SIZE], bins,
-                          clip)
+                          clip, False)
     return bins
 
 
 @njit(cache=CACHE, nogil=True, error_model="numpy")
-def _square_bins_span(table, like, lo, hi, bins, clip):
+def _square_bins_span(table, like, lo, hi, bins, clip, fast):
     """Add the bins of elements ``lo:hi`` to ``bins`` (one task; releases the GIL)."""
-    _bin_range(table, like, lo, hi, bins, clip)
+    _bin_range(table, like, lo, hi, bins, clip, fast)
 
 
 def square_bins_parallel(table, like, min_task=None, threads=None, clip=None):
     """:func:`square_bins_serial` cut into tasks of at least ``min_task``
     elements for at most ``threads`` threads (defaults: ``numadam.config``),
     run on numadam's threads; integer bins add up exactly in any split."""
+    return _on_threads(table, like, min_task, threads, clip, False)
+
+
+def _on_threads(table, like, min_task, threads, clip, fast):
     n = table.shape[0]
     total = int(table[n - 1, OFFSET] + table[n - 1, SIZE]) if n else 0
     ntasks, chunk = task_bounds(total, min_task, threads)
@@ -160,7 +244,8 @@ def square_bins_parallel(table, like, min_task=None, threads=None, clip=None):
 
     def task(index):
         lo = min(index * chunk, total)
-        _square_bins_span(table, like, lo, min(lo + chunk, total), partial[index], clip)
+        _square_bins_span(table, like, lo, min(lo + chunk, total), partial[index], clip,
+                          fast)
 
     run_tasks(task, ntasks, threads)
     return partial.sum(axis=0)
@@ -172,6 +257,18 @@ def square_bins(table, like, total, clip=None):
     if total < config.serial_below:
         return square_bins_serial(table, like, clip)
     return square_bins_parallel(table, like, clip=clip)
+
+
+def square_sum_bins(table, like, total, clip=None):
+    """Bins whose exact sum is that of :func:`square_bins`, computed by
+    blocks for float32 (twice as fast); the bins themselves depend on how
+    the work was split (threads, tasks), their sum (:func:`bins_to_sum`)
+    never does. What the optimizers' norms use."""
+    if total < config.serial_below:
+        bins = np.zeros(NBINS, np.int64)
+        _square_bins_span(table, like, 0, total, bins, clip, True)
+        return bins
+    return _on_threads(table, like, None, None, clip, True)
 
 
 # ------------------------------------------------ bins -> correctly rounded sum
