@@ -437,3 +437,35 @@ def test_a_parameter_without_gradient_does_not_count():
     opt.step([np.array([3.0, 4.0]), None])
     assert opt.last_grad_norm == 5.0
     assert (y == 0).all()
+
+
+# ------------------------------------------------------------ sharded (one rank)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_sharded_optimizer_clips_as_the_plain_one(dtype):
+    """On one rank the averaged gradient is the gradient: ShardedAdam with
+    clip_value and max_grad_norm steps bit for bit as Adam does, its scale
+    fused into the kernel."""
+    MPI = pytest.importorskip("mpi4py.MPI")
+    from numadam.distributed import ShardedAdam, ShardedRMSprop
+    rng = np.random.default_rng(9)
+    for cls, plain_cls in ((ShardedAdam, numadam.Adam), (ShardedRMSprop, numadam.RMSprop)):
+        params = _params(rng, dtype, mixed=True)
+        mine = [p.copy() for p in params]
+        theirs = [p.copy() for p in params]
+        sharded = cls(_groups(mine, np.random.default_rng(1)), lr=1e-2, max_grad_norm=0.7,
+                      clip_value=0.9, comm=MPI.COMM_SELF)
+        plain = plain_cls(_groups(theirs, np.random.default_rng(1)), lr=1e-2,
+                          max_grad_norm=0.7, clip_value=0.9)
+        for step in range(4):
+            grads = _gradients(rng, params, step)
+            kept = [None if g is None else g.copy() for g in grads]
+            sharded.step(grads)
+            plain.step(grads)
+            assert sharded.last_grad_norm == plain.last_grad_norm
+            for g, k in zip(grads, kept):
+                if g is not None:
+                    assert_bits_equal(g, k, "the user's gradient")
+            for k, (a, b) in enumerate(zip(mine, theirs)):
+                assert_bits_equal(a, b, f"{cls.__name__} parameter {k} step {step}")
+    with pytest.raises(ValueError, match="clip_value"):
+        ShardedAdam([np.zeros(3)], clip_value=-1.0, comm=MPI.COMM_SELF)

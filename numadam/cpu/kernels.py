@@ -29,8 +29,8 @@ from numba.extending import intrinsic, overload
 from numadam.core.jitcache import CACHE
 
 __all__ = ["kernels", "Kernels", "nonfinite_task", "address", "address_as_pointer",
-           "gradient", "undo_prepare", "compile_kernels", "PTR_P", "PTR_G", "OFFSET", "SIZE", "STEP",
-           "LIVE", "NCOLS"]
+           "gradient", "undo_prepare", "compile_kernels", "PTR_P", "PTR_G", "OFFSET", "SIZE",
+           "STEP", "LIVE", "NCOLS"]
 
 # Columns of the bucket table. LIVE: the parameter has state (torch's
 # ``state[p]`` is not empty).
