@@ -7,8 +7,12 @@ gradient arrays are never written; the thread count changes no bit.
 """
 
 import copy
+import importlib.util
 import math
+import os
 import pickle
+import subprocess
+import sys
 from fractions import Fraction
 
 import numpy as np
@@ -469,3 +473,46 @@ def test_a_sharded_optimizer_clips_as_the_plain_one(dtype):
                 assert_bits_equal(a, b, f"{cls.__name__} parameter {k} step {step}")
     with pytest.raises(ValueError, match="clip_value"):
         ShardedAdam([np.zeros(3)], clip_value=-1.0, comm=MPI.COMM_SELF)
+
+
+_DEVICE_SCRIPT = """
+import numpy as np, numadam
+from numba import cuda
+x = cuda.to_device(np.ones(8, np.float32))
+y = np.ones(8, np.float32)
+for make in (lambda: numadam.Adam([x], max_grad_norm=1.0),
+             lambda: numadam.SGD([x], lr=0.1, clip_value=1.0)):
+    try:
+        make()
+    except NotImplementedError as error:
+        assert "CUDA" in str(error), error
+    else:
+        raise AssertionError("clipping accepted over device arrays")
+opt = numadam.Adam([x])
+try:
+    opt.max_grad_norm = 1.0
+except NotImplementedError:
+    assert opt.max_grad_norm is None
+else:
+    raise AssertionError("max_grad_norm set on a device optimizer")
+host = numadam.Adam([y], clip_value=0.5)
+try:
+    host.add_param_group(dict(params=[x]))
+except NotImplementedError:
+    assert len(host.param_groups) == 1
+else:
+    raise AssertionError("device arrays added to a clipping optimizer")
+print("refused")
+"""
+
+
+def test_device_parameters_refuse_clipping_under_the_cuda_simulator():
+    """No silent fallback: device parameters with clipping are refused, at
+    construction, when set, and through add_param_group."""
+    if importlib.util.find_spec("numba_cuda") is None:
+        pytest.skip("numba-cuda is not installed")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run([sys.executable, "-c", _DEVICE_SCRIPT], cwd=root,
+                            env=dict(os.environ, NUMBA_ENABLE_CUDASIM="1", PYTHONPATH=root),
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and "refused" in result.stdout, result.stderr[-3000:]
