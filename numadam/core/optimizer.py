@@ -639,7 +639,8 @@ class Optimizer:
         None), is finite; False (a skipped step) or FloatingPointError if
         not, as ``check_finite`` says."""
         for k, bucket in enumerate(self._buckets):
-            row = bucket.first_nonfinite(None if clips is None else clips[k])
+            # Device buckets never clip (refused when set) and take no clip.
+            row = bucket.first_nonfinite() if clips is None else bucket.first_nonfinite(clips[k])
             if row >= 0:
                 if self.check_finite == "skip":
                     self.skipped_steps += 1
