@@ -618,7 +618,7 @@ def _templates(stamp):
         a = x0 if u0 else (x1 if u1 else x2)
         b = (x1 if u1 else x2) if u0 else x2
         update_span(p, grad.reshape(n), a, b, x2, np.int64(u0) + np.int64(u1) + np.int64(u2),
-                    0, n, 0, scalars, flags)
+                    0, n, 0, scalars, flags, None)
 
     return dict(present=_present, update=_update)
 

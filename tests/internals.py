@@ -40,6 +40,7 @@ NAMES = {
     "warnings_for": "numadam.bench",
     "NCOLS": "numadam.cpu.kernels",
     "OFFSET": "numadam.cpu.kernels",
+    "square_sum_bins": "numadam.cpu.norm",
     "PTR_G": "numadam.cpu.kernels",
     "SIZE": "numadam.cpu.kernels",
     "address": "numadam.cpu.kernels",
@@ -80,7 +81,14 @@ NAMES = {
 }
 
 
+# alias -> (internal module, name there)
+RENAMED = {"clip_gradient": ("numadam.cpu.kernels", "gradient")}
+
+
 def __getattr__(name):
+    if name in RENAMED:
+        module, real = RENAMED[name]
+        return getattr(importlib.import_module(module), real)
     if name in MODULES:
         return importlib.import_module(MODULES[name])
     if name in NAMES:
@@ -89,4 +97,4 @@ def __getattr__(name):
 
 
 def __dir__():
-    return sorted({*MODULES, *NAMES})
+    return sorted({*MODULES, *NAMES, *RENAMED})

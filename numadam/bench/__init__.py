@@ -26,6 +26,11 @@ The "sgd", "adagrad" and "rmsprop" scenarios time one rule each, at the
 sweep's sizes and ``--big``, against the 3-read, 2-write streaming kernel, an
 in-place NumPy loop and torch (fused where torch has a fused kernel), and a
 10-element step of numadam and torch.
+
+The "clipping" scenario (only with ``--sections clipping``) times Adam's
+step at the sweep's sizes and ``--big``: plain, with ``max_grad_norm`` (and
+``clip_value``) fused, and after a separate NumPy clip pass (the norm in
+float32 or in float64, a multiply into a buffer, then numadam's plain step).
 """
 
 import gc
@@ -58,6 +63,9 @@ TINY = ("numadam", "numadam step() owned grads", "torch fused", "optax adam jit"
 # as a control, what the same loop adds to a NumPy Adam's step).
 FIT = ("numadam loop", "NumPy Adam loop", "gradient only", "numadam", "NumPy Adam step")
 SECTIONS = ("sweep", "big", "tiny", "mixed", "fit") + tuple(br.RULES)
+# Run when asked for (--sections clipping): at 1e8 its contenders do not fit
+# in memory together and are built afresh in every round.
+EXTRA_SECTIONS = ("clipping",)
 # A contender at more than this multiple of the streaming kernel's speed (or
 # an in-process kernel past it) means a sample of the baseline was hit by
 # other work on the machine, not that numadam outran memory.
@@ -232,6 +240,9 @@ def _plan(args):
         for n in args.sizes:
             plan.append(("fit", f"{n:.0e} x1", [bc.CONTENDERS[x] for x in FIT], [n],
                          "numadam loop"))
+    if "clipping" in args.sections:
+        for n in dict.fromkeys([*args.sizes, args.big]):
+            plan.append(("clipping", f"{n:.0e} x1", list(bc.CLIPPING), [n], "numadam"))
     for name, rule in br.RULES.items():
         if name not in args.sections:
             continue
@@ -412,7 +423,8 @@ def add_arguments(parser):
     parser.add_argument("--amsgrad", action="store_true")
     parser.add_argument("--rounds", type=int, help="interleaved rounds (median over them)")
     parser.add_argument("--sections", default=",".join(SECTIONS),
-                        help=f"any of {','.join(SECTIONS)} (comma-separated)")
+                        help=f"any of {','.join(SECTIONS + EXTRA_SECTIONS)} (comma-separated; "
+                        f"default: all but {','.join(EXTRA_SECTIONS)})")
     parser.add_argument("--contenders", help="comma-separated names for the sweep "
                         f"(default: all of {', '.join(SWEEP)})")
     parser.add_argument("--plot", metavar="FILE.png", help="save throughput against size")
@@ -426,7 +438,7 @@ def main(args):
     args.target = 0.002 if args.quick else 0.01
     args.sections = [s for s in args.sections.split(",") if s]
     args.contenders = args.contenders.split(",") if args.contenders else list(SWEEP)
-    unknown = [s for s in args.sections if s not in SECTIONS]
+    unknown = [s for s in args.sections if s not in SECTIONS + EXTRA_SECTIONS]
     unknown += [c for c in args.contenders if c not in SWEEP]
     if unknown:
         raise SystemExit(f"numadam bench: unknown section or contender: {', '.join(unknown)}")

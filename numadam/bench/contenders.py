@@ -26,7 +26,7 @@ from numadam.core.jitcache import CACHE
 __all__ = ["Contender", "Unavailable", "make_arrays", "stream_traffic", "CONTENDERS",
            "numadam_step", "numadam_owned", "numadam_flat", "stream", "noop_call",
            "fit_gradient", "fit_numadam", "fit_numpy", "fit_gradient_only", "fit_numpy_step",
-           "stream_3r2w"]
+           "stream_3r2w", "CLIPPING"]
 
 LR, BETA1, BETA2, EPS = 1e-3, 0.9, 0.999, 1e-8
 
@@ -91,6 +91,49 @@ numadam_flat = Contender("numadam, one flat array of the same total",
                          lambda sizes, dtype, amsgrad: _numadam([sum(sizes)], dtype, amsgrad), 4)
 numadam_owned = Contender("numadam step() owned grads",
                           functools.partial(_numadam, owned=True), 4)
+
+
+# ------------------------------------------------------------------ clipping
+# The "clipping" section: Adam with max_grad_norm (and clip_value) fused into
+# the step, against the same step after a NumPy clip pass over the
+# gradients (a norm, then one multiply into a buffer the step reads).
+CLIP_NORM, CLIP_VALUE = 1.0, 1e-2   # make_arrays' gradients (|g| <= 1e-2) have norm > 1 from 1e5
+
+
+def _numadam_clipped(sizes, dtype, amsgrad, **clipping):
+    params = make_arrays(sizes, dtype, 1)
+    opt = numadam.Adam(params, lr=LR, betas=(BETA1, BETA2), eps=EPS, amsgrad=amsgrad,
+                       **clipping)
+    return functools.partial(opt.step, make_arrays(sizes, dtype, 2))
+
+
+def _numpy_clip_then_numadam(sizes, dtype, amsgrad, wide):
+    """``wide``: the norm in float64 (a converted copy of each gradient),
+    else NumPy's float32 norm (faster, but rounded in float32)."""
+    params = make_arrays(sizes, dtype, 1)
+    grads = make_arrays(sizes, dtype, 2)
+    scaled = [np.empty_like(g) for g in grads]
+    opt = numadam.Adam(params, lr=LR, betas=(BETA1, BETA2), eps=EPS, amsgrad=amsgrad)
+
+    def step():
+        norm = math.sqrt(sum(float(np.linalg.norm(g.astype(np.float64) if wide else g)) ** 2
+                             for g in grads))
+        coef = min(1.0, CLIP_NORM / (norm + 1e-6))
+        for g, s in zip(grads, scaled):
+            np.multiply(g, dtype.type(coef), out=s)
+        opt.step(scaled)
+    return step
+
+
+numadam_clip_norm = Contender("numadam max_grad_norm",
+                              functools.partial(_numadam_clipped, max_grad_norm=CLIP_NORM), 4)
+numadam_clip_both = Contender("numadam max_grad_norm + clip_value", functools.partial(
+    _numadam_clipped, max_grad_norm=CLIP_NORM, clip_value=CLIP_VALUE), 4)
+numpy_clip32 = Contender("NumPy float32 norm + multiply, numadam step",
+                         functools.partial(_numpy_clip_then_numadam, wide=False), 5)
+numpy_clip64 = Contender("NumPy float64 norm + multiply, numadam step",
+                         functools.partial(_numpy_clip_then_numadam, wide=True), 7)
+CLIPPING = (numadam_step, numadam_clip_norm, numadam_clip_both, numpy_clip32, numpy_clip64)
 
 
 # ------------------------------------------------------------ streaming kernel

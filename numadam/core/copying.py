@@ -24,6 +24,7 @@ def values(opt):
             "defaults": opt.defaults,
             "check_finite": opt.check_finite,
             "skipped_steps": opt.skipped_steps,
+            "clipping": (opt.max_grad_norm, opt.clip_value, opt.last_grad_norm),
             "param_groups": opt.param_groups,
             "param_lists": opt._param_lists,
             "buckets": [(bucket.state, bucket.rows, bucket.table[:, STEP].copy(),
@@ -46,6 +47,9 @@ def _own_attributes(opt):
 def restore(opt, state):
     """Make the empty ``opt`` (from ``__new__``) the optimizer ``state`` describes."""
     opt._empty(state["defaults"], state["check_finite"], state["skipped_steps"])
+    # Validated again, as the constructor would.
+    opt.max_grad_norm, opt.clip_value, opt.last_grad_norm = state.get("clipping",
+                                                                     (None, None, None))
     for gi, (group, params) in enumerate(zip(state["param_groups"], state["param_lists"])):
         infos, extents = opt._check_params(params, gi)
         # Validated again at the first step (the group may hold an edit

@@ -9,6 +9,7 @@ from numadam.core.bucket import BucketBase
 from numadam.core.config import config
 from numadam.cpu import kernels as _cpu
 from numadam.cpu.kernels import LIVE, OFFSET, PTR_G, SIZE
+from numadam.cpu.norm import square_sum_bins
 from numadam.cpu.pool import run_tasks, start_workers, task_bounds, thread_count, uninterrupted
 
 class Bucket(BucketBase):
@@ -86,16 +87,23 @@ class Bucket(BucketBase):
                 self.table[:, PTR_G] = addresses
             self.uses_owned_grads = False
 
-    def first_nonfinite(self):
-        """Row of the first parameter whose gradient is not all finite, or -1."""
+    def first_nonfinite(self, clip=None):
+        """Row of the first parameter whose gradient is not all finite, or -1
+        (``clip``: the gradients as the update reads them, see
+        :func:`numadam.cpu.kernels.gradient`)."""
         table = self.table
         n = table.shape[0]
         total = int(table[n - 1, OFFSET] + table[n - 1, SIZE]) if n else 0
         if total < config.serial_below:
-            row = _cpu.nonfinite_task(table, self.like, 0, total)
+            row = _cpu.nonfinite_task(table, self.like, 0, total, clip)
         else:
-            row = _nonfinite_on_threads(self, total)
+            row = _nonfinite_on_threads(self, total, clip)
         return -1 if row == n else row
+
+    def square_bins(self, clip):
+        """Exact bins of the squares of this step's gradients read under
+        ``clip`` (see :func:`numadam.cpu.norm.square_sum_bins`)."""
+        return square_sum_bins(self.table, self.like, self.total, clip)
 
     # ------------------------------------------------------------------ step
     def ready(self):
@@ -107,11 +115,19 @@ class Bucket(BucketBase):
             state = self.state
             if state is not self._serial_state:
                 self._serial = _entry_point(self.kernels.step_serial, self.table, state,
-                                            args.hyp, args.flags)
+                                            args.hyp, args.flags, None)
                 self._serial_state = state
-            self._serial(self.table, state, args.hyp, args.flags)
+            self._serial(self.table, state, args.hyp, args.flags, None)
         else:
-            _step_on_threads(self, args)
+            _step_on_threads(self, args, None)
+
+    def step_clipped(self, args, clip):
+        """:meth:`step` reading the gradients under ``clip``, a tuple
+        ``(lo, hi, scale)`` (see :func:`numadam.cpu.kernels.gradient`)."""
+        if self.total < config.serial_below:
+            self.kernels.step_serial(self.table, self.state, args.hyp, args.flags, clip)
+        else:
+            _step_on_threads(self, args, clip)
 
 
 def _entry_point(kernel, *args):
@@ -137,10 +153,10 @@ def _entry_point(kernel, *args):
 # a closure's cells are created on entry to the function that holds them:
 # inside Bucket.step they cost the 10-element step 1,300 instructions (6.6%,
 # callgrind) though it never runs on the threads.
-def _step_on_threads(bucket, args):
+def _step_on_threads(bucket, args, clip):
     """One step of ``bucket`` cut into tasks on numadam's threads, whole even
     when Ctrl-C comes during it (then raised after it)."""
-    uninterrupted(_step_tasks, bucket, args)
+    uninterrupted(_step_tasks, bucket, args, clip)
 
 
 # On one thread a bucket is one kernel call, not its tasks in turn: every
@@ -148,35 +164,35 @@ def _step_on_threads(bucket, args):
 # interval (5 ms) while another Python thread is busy. A 4e6-element float32
 # step beside a thread spinning in Python took 27 ms as 4 tasks and 9.7 ms as
 # one call (4.1 ms with no other thread).
-def _step_tasks(bucket, args):
+def _step_tasks(bucket, args, clip):
     ntasks, chunk = task_bounds(bucket.total)
     nthreads = start_workers(ntasks)
     table, state, total = bucket.table, bucket.state, bucket.total
     kernels, flags = bucket.kernels, args.flags
     scal = kernels.prepare_step(table, state, args.hyp)
     if nthreads == 1:
-        kernels.step_task(table, state, scal, 0, total, flags)
+        kernels.step_task(table, state, scal, 0, total, flags, clip)
         return
 
     def task(index):
         lo = min(index * chunk, total)
-        kernels.step_task(table, state, scal, lo, min(lo + chunk, total), flags)
+        kernels.step_task(table, state, scal, lo, min(lo + chunk, total), flags, clip)
 
     run_tasks(task, ntasks, nthreads)
 
 
-def _nonfinite_on_threads(bucket, total):
+def _nonfinite_on_threads(bucket, total, clip):
     """:meth:`Bucket.first_nonfinite` over tasks on numadam's threads (the row
     count when every gradient is finite)."""
     table, like = bucket.table, bucket.like
     ntasks, chunk = task_bounds(total)
     if min(thread_count(), ntasks) == 1:
-        return _cpu.nonfinite_task(table, like, 0, total)
+        return _cpu.nonfinite_task(table, like, 0, total, clip)
     first = [table.shape[0]] * ntasks
 
     def task(index):
         lo = min(index * chunk, total)
-        first[index] = _cpu.nonfinite_task(table, like, lo, min(lo + chunk, total))
+        first[index] = _cpu.nonfinite_task(table, like, lo, min(lo + chunk, total), clip)
 
     run_tasks(task, ntasks)
     return min(first)

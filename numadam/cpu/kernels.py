@@ -24,13 +24,13 @@ from collections import namedtuple
 
 import numpy as np
 from numba import carray, njit, types
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
 
 from numadam.core.jitcache import CACHE
 
 __all__ = ["kernels", "Kernels", "nonfinite_task", "address", "address_as_pointer",
-           "undo_prepare", "compile_kernels", "PTR_P", "PTR_G", "OFFSET", "SIZE", "STEP",
-           "LIVE", "NCOLS"]
+           "gradient", "undo_prepare", "compile_kernels", "PTR_P", "PTR_G", "OFFSET", "SIZE",
+           "STEP", "LIVE", "NCOLS"]
 
 # Columns of the bucket table. LIVE: the parameter has state (torch's
 # ``state[p]`` is not empty).
@@ -49,6 +49,41 @@ def address_as_pointer(typingctx, address, like):
         return builder.inttoptr(args[0], context.get_value_type(pointer_type))
 
     return pointer_type(address, like), codegen
+
+
+@njit(error_model="numpy")
+def _clamp(x, lo, hi):
+    # np.clip's scalar loop (numpy/_core/src/umath/clip.cpp, _NPY_MAX and
+    # _NPY_MIN) keeps a NaN x and otherwise compares as below. Only a bound
+    # that is itself a zero (a clip_value below the dtype's least subnormal)
+    # could tell the two zeros apart, where NumPy's SIMD loops differ too.
+    y = lo if x <= lo else x
+    return hi if y >= hi else y
+
+
+def gradient(x, clip):
+    """The gradient element ``x`` as the update reads it under ``clip``.
+
+    ``clip`` is ``None`` (``x`` as it is) or a tuple ``(lo, hi, scale)`` of
+    three scalars of the parameter dtype: ``x`` clamped to ``[lo, hi]`` as
+    ``np.clip(x, lo, hi)`` does (a NaN stays NaN), then multiplied by
+    ``scale``; ``(-inf, inf, 1)`` changes no bit. Inside ``@njit`` code the
+    choice is made at compile time: for ``None`` the kernels compile to the
+    very loops they have without clipping.
+    """
+    if clip is None:
+        return x
+    return _clamp(x, clip[0], clip[1]) * clip[2]
+
+
+@overload(gradient)
+def _gradient_overload(x, clip):
+    if isinstance(clip, types.NoneType):
+        return lambda x, clip: x
+
+    def impl(x, clip):
+        return _clamp(x, clip[0], clip[1]) * clip[2]
+    return impl
 
 
 @njit(cache=CACHE, error_model="numpy")
@@ -73,21 +108,24 @@ def address(array):
 
 
 @njit(cache=CACHE, error_model="numpy")
-def _span_is_finite(g, lo, hi):
+def _span_is_finite(g, lo, hi, clip):
     g = g[lo:hi]
     bad = 0
     for i in range(g.size):
         # x - x is 0 for every finite x and NaN for NaN and +-Inf. An integer OR
         # over a sliced array vectorises (30 GB/s); a boolean OR over g[lo:hi]
         # indexed directly does not (3.5 GB/s), nor would a float sum.
-        bad |= np.int32((g[i] - g[i]) != 0)
+        x = gradient(g[i], clip)
+        bad |= np.int32((x - x) != 0)
     return bad == 0
 
 
 @njit(cache=CACHE, nogil=True, error_model="numpy")
-def nonfinite_task(table, like, lo, hi):
+def nonfinite_task(table, like, lo, hi, clip):
     """Row of the first parameter whose gradient holds a NaN or an Inf within
     elements ``lo:hi`` of the bucket, or the row count when there is none.
+    The gradients are read as the update reads them (``clip``: see
+    :func:`gradient`; a clamp turns an Inf into a finite bound).
 
     Reads the gradients only (the opt-in guard before any update); releases
     the GIL, so the tasks of one check run at once.
@@ -99,7 +137,7 @@ def nonfinite_task(table, like, lo, hi):
         end = min(hi, offset + table[k, SIZE])
         if end > lo and table[k, PTR_G] != 0:
             g = carray(address_as_pointer(table[k, PTR_G], like), table[k, SIZE])
-            if not _span_is_finite(g, lo - offset, end - offset):
+            if not _span_is_finite(g, lo - offset, end - offset, clip):
                 return k
         if end > lo:
             lo = end
@@ -157,11 +195,14 @@ def _templates(stamp):
             was_first = first
         return scal
 
-    def _update_span(p, g, a, b, c, nrows, lo, hi, base, s, flags):
+    def _update_span(p, g, a, b, c, nrows, lo, hi, base, s, flags, clip):
         """Update elements ``lo:hi`` of one parameter ``p`` whose state rows
         ``a, b, c`` (the first ``nrows`` exist; the others are any array of
         the dtype and are not touched) start at column ``base``; ``s`` is its
-        scalar vector. The functional update calls it on whole arrays."""
+        scalar vector. Each gradient element is read as
+        ``gradient(g[i], clip)``: ``clip`` is ``None`` or ``(lo, hi, scale)``
+        in the parameter dtype (see :func:`gradient`); ``g`` is never
+        written. The functional update calls it on whole arrays."""
         stamp  # noqa: B018
         sc = loop_scalars(s, flags)
         # Slicing first gives every access the same loop index, which is provably
@@ -171,28 +212,31 @@ def _templates(stamp):
         g = g[lo:hi]
         if nrows == 0:
             for i in range(p.size):
-                x = g[i]
+                x = gradient(g[i], clip)
                 p[i], _, _, _ = element(p[i], x, x, x, x, sc, flags)
         elif nrows == 1:
             a = a[base + lo:base + hi]
             for i in range(p.size):
                 x = a[i]
-                p[i], a[i], _, _ = element(p[i], g[i], x, x, x, sc, flags)
+                p[i], a[i], _, _ = element(p[i], gradient(g[i], clip), x, x, x, sc, flags)
         elif nrows == 2:
             a = a[base + lo:base + hi]
             b = b[base + lo:base + hi]
             for i in range(p.size):
                 x = a[i]
-                p[i], a[i], b[i], _ = element(p[i], g[i], x, b[i], x, sc, flags)
+                p[i], a[i], b[i], _ = element(p[i], gradient(g[i], clip), x, b[i], x, sc,
+                                              flags)
         else:
             a = a[base + lo:base + hi]
             b = b[base + lo:base + hi]
             c = c[base + lo:base + hi]
             for i in range(p.size):
-                p[i], a[i], b[i], c[i] = element(p[i], g[i], a[i], b[i], c[i], sc, flags)
+                p[i], a[i], b[i], c[i] = element(p[i], gradient(g[i], clip), a[i], b[i], c[i],
+                                                 sc, flags)
 
-    def _run_task(table, state, scal, lo, hi, flags):
-        """Update elements ``lo:hi`` of the concatenated parameter space."""
+    def _run_task(table, state, scal, lo, hi, flags, clip):
+        """Update elements ``lo:hi`` of the concatenated parameter space
+        (``clip``: see :func:`gradient`)."""
         stamp  # noqa: B018
         k = _first_param(table, lo)
         n = table.shape[0]
@@ -209,16 +253,17 @@ def _templates(stamp):
                 b = state[1] if nrows > 1 else a
                 c = state[2] if nrows > 2 else a
                 update_span(p, g, a, b, c, nrows, lo - offset, end - offset, offset,
-                            scal[k], flags)
+                            scal[k], flags, clip)
             if end > lo:
                 lo = end
             k += 1
 
-    def _step_serial(table, state, hyp, flags):
-        """One step of a bucket on the calling thread (for small buckets)."""
+    def _step_serial(table, state, hyp, flags, clip):
+        """One step of a bucket on the calling thread (for small buckets);
+        ``clip``: ``None`` or ``(lo, hi, scale)``, see :func:`gradient`."""
         stamp  # noqa: B018
         scal = prepare(table, state, hyp)
-        run_task(table, state, scal, 0, state.shape[1], flags)
+        run_task(table, state, scal, 0, state.shape[1], flags, clip)
 
     def _prepare_step(table, state, hyp):
         """:func:`prepare`, releasing the GIL, before the tasks of a step run
@@ -226,11 +271,12 @@ def _templates(stamp):
         stamp  # noqa: B018
         return prepare(table, state, hyp)
 
-    def _step_task(table, state, scal, lo, hi, flags):
+    def _step_task(table, state, scal, lo, hi, flags, clip):
         """Update elements ``lo:hi`` of a bucket whose scalars ``scal`` are
-        ready. Releases the GIL: the tasks of one step run at once."""
+        ready (``clip``: see :func:`gradient`). Releases the GIL: the tasks
+        of one step run at once."""
         stamp  # noqa: B018
-        run_task(table, state, scal, lo, hi, flags)
+        run_task(table, state, scal, lo, hi, flags, clip)
 
     def _prepare_uniform(table, state, s, was_live, hyp):
         """:func:`prepare` for the device kernels, which take the scalars by
@@ -332,7 +378,7 @@ def compile_kernels(rules, dtypes=("float32", "float64")):
         table = np.zeros((1, NCOLS), np.int64)
         table[0, SIZE] = 16
         for name, call in (("address", lambda: address(like[0:1].reshape(-1))),
-                           ("nonfinite_task", lambda: nonfinite_task(table, like, 0, 16))):
+                           ("nonfinite_task", lambda: nonfinite_task(table, like, 0, 16, None))):
             start = time.perf_counter()
             call()
             timings.append((f"{name}[{dtype}]", time.perf_counter() - start))
@@ -342,9 +388,11 @@ def compile_kernels(rules, dtypes=("float32", "float64")):
             state = np.zeros((len(args.rows), 16), dtype)
             scal = np.zeros((1, rule.nscalars), dtype)
             for name, call in (
-                    ("step_serial", lambda: k.step_serial(table, state, args.hyp, args.flags)),
+                    ("step_serial",
+                     lambda: k.step_serial(table, state, args.hyp, args.flags, None)),
                     ("prepare_step", lambda: k.prepare_step(table, state, args.hyp)),
-                    ("step_task", lambda: k.step_task(table, state, scal, 0, 16, args.flags))):
+                    ("step_task",
+                     lambda: k.step_task(table, state, scal, 0, 16, args.flags, None))):
                 start = time.perf_counter()
                 call()
                 timings.append((f"{rule.name}.{name}[{dtype}]", time.perf_counter() - start))

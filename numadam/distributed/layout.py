@@ -100,15 +100,19 @@ class LocalShard:
         """Point the rows of parameters with a gradient (``has[k]``) at ``grad``."""
         self.part.use_gradients(self.grad_addresses * has[self.rows_param])
 
-    def update(self, args, has):
+    def update(self, args, has, clip=None):
         """One step of the shard with kernel args ``args``; ``has[k]``: whether
-        parameter ``k`` of the bucket has a gradient this step."""
+        parameter ``k`` of the bucket has a gradient this step; ``clip``: how
+        the kernel reads the gradient (see :func:`numadam.cpu.kernels.gradient`)."""
         part = self.part
         if part.state is None:
             part.allocate(args)
         part.table[:, STEP] = self.steps[self.rows_param]
         part.table[:, LIVE] = self.live[self.rows_param]
-        part.step(args)
+        if clip is None:
+            part.step(args)
+        else:
+            part.step_clipped(args, clip)
         self.steps += has
         self.live |= has
 

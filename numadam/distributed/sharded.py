@@ -7,16 +7,15 @@ import functools
 import hashlib
 import inspect
 import math
-import numbers
 import threading
 
 import numpy as np
 from mpi4py import MPI
 
-from numadam.core.optimizer import STEP_IN_CLOSURE, positional_closure
+from numadam.core.optimizer import CLIP_EPS, STEP_IN_CLOSURE, _clip_setting, positional_closure
 from numadam.distributed import state as _distributed_state
 from numadam.distributed.agree import agree, describe, raise_agreed
-from numadam.distributed.kernels import NBINS, NONFINITE, bins_to_sum, square_bins
+from numadam.cpu.norm import NBINS, NONFINITE, bins_to_sum, square_sum_bins
 from numadam.distributed.layout import bytes_per_step, first_difference, layout_signature
 from numadam.distributed.shard import Shard
 from numadam.rules.adagrad import Adagrad
@@ -28,7 +27,6 @@ __all__ = ["ShardedOptimizer", "ShardedAdam", "ShardedAdamW", "ShardedSGD", "Sha
            "ShardedRMSprop", "REDUCTIONS", "CLIP_EPS"]
 
 REDUCTIONS = ("ordered", "mpi")
-CLIP_EPS = 1e-6                      # torch.nn.utils.clip_grad_norm_'s
 _NO_PARAM = np.iinfo(np.int64).max
 
 
@@ -46,6 +44,9 @@ class ShardedOptimizer:
     max_grad_norm : float, optional
         Clip the averaged gradient ``g`` (all parameters together) to this
         Euclidean norm before the update; see Notes.
+    clip_value : float, optional
+        Clamp each element of the averaged gradient to
+        ``[-clip_value, clip_value]`` first (before the norm); see Notes.
     reduction : {"ordered", "mpi"}, default "ordered"
         How gradients are summed. ``"ordered"``: each rank receives every
         rank's slice of its shard (``Alltoallv``) and adds them in rank
@@ -68,18 +69,23 @@ class ShardedOptimizer:
     ``g``: each rank updates its shard with the rule's own CPU kernels, and
     the state keeps torch's names and layout (``state_dict`` gathers it).
 
-    Clipping (``max_grad_norm = c``)::
+    Clipping (``clip_value = v``, ``max_grad_norm = c``), as the plain
+    classes clip (see :class:`numadam.core.optimizer.Optimizer`)::
 
+        g    = np.clip(g, -v, v)                v rounded to the dtype
         norm = sqrt(S),  S = sum over every element of g of float64(g_i)**2,
                              summed exactly and rounded once to float64
         g    = g * dtype(c / (norm + 1e-6))     only where c / (norm + 1e-6) < 1
+
+    applied by the update kernel as it reads ``g``.
 
     ``S`` equals ``math.fsum(np.square(g.astype(np.float64)))`` over the
     concatenation of all gradients: each rank adds its shard's squares into
     exact integer bins, and the bins are summed with an integer
     ``Allreduce``, so the norm depends neither on ``P`` nor on threads. The
-    norm of the last step is ``last_grad_norm``. A NaN norm (non-finite
-    gradient) leaves ``g`` unscaled; ``check_finite`` catches it.
+    norm of the last step is ``last_grad_norm`` (``nan`` for a step that
+    ``check_finite`` skipped or refused). A NaN norm (non-finite gradient)
+    leaves ``g`` unscaled; ``check_finite`` catches it.
 
     Examples
     --------
@@ -95,7 +101,8 @@ class ShardedOptimizer:
 
     plain = None        # the single-process class whose update is sharded
 
-    def _init(self, params, kwargs, check_finite, max_grad_norm, reduction, comm):
+    def _init(self, params, kwargs, check_finite, max_grad_norm, reduction, comm,
+              clip_value=None):
         """The constructor. ``kwargs`` are the plain class's keyword arguments
         (hyperparameters and torch's flags); the plain class checks them, and
         an error on any rank is raised on every rank."""
@@ -109,7 +116,8 @@ class ShardedOptimizer:
         try:
             if reduction not in REDUCTIONS:
                 raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
-            max_grad_norm = _max_grad_norm(max_grad_norm)
+            max_grad_norm = _clip_setting("max_grad_norm", max_grad_norm)
+            clip_value = _clip_setting("clip_value", clip_value)
             # The plain optimizer holds the groups and validates; its buckets
             # never step and must not hold state: for a rule whose state exists
             # from construction (Adagrad) it would allocate the whole state, which
@@ -121,6 +129,7 @@ class ShardedOptimizer:
             signature = layout_signature(inner, (("optimizer", type(inner).__name__),
                                                  ("check_finite", check_finite),
                                                  ("max_grad_norm", max_grad_norm),
+                                                 ("clip_value", clip_value),
                                                  ("reduction", reduction)))
             shards = [Shard(bucket, rule, self.rank, self.size,
                             inner._group_args[bucket.group_index].args, reduction == "ordered")
@@ -138,6 +147,7 @@ class ShardedOptimizer:
         self._inner = inner
         self.check_finite = check_finite
         self.max_grad_norm = max_grad_norm
+        self.clip_value = clip_value
         self.reduction = reduction
         self.skipped_steps = 0
         self.last_grad_norm = None
@@ -262,11 +272,14 @@ class ShardedOptimizer:
                 shard.reduce(self.comm, send)
                 shard.use_gradients(bucket_has)
                 active.append((shard, bucket_has, send))
-        if ((self.check_finite is not None or self.max_grad_norm is not None)
-                and not self._guard_and_clip(active)):
-            return loss
-        for shard, bucket_has, _ in active:
-            shard.update(args[shard.bucket.group_index], bucket_has)
+        clips = [None] * len(active)
+        if (self.check_finite is not None or self.max_grad_norm is not None
+                or self.clip_value is not None):
+            clips = self._guard_and_clip(active)
+            if clips is None:
+                return loss
+        for (shard, bucket_has, _), clip in zip(active, clips):
+            shard.update(args[shard.bucket.group_index], bucket_has, clip)
         for shard, bucket_has, _ in active:
             shard.allgather(self.comm, bucket_has)
         return loss
@@ -301,7 +314,8 @@ class ShardedOptimizer:
         """What every rank must step with: the validated hyperparameters of
         each group (plain floats and bools, so equal values print alike) and
         the options."""
-        return ([a.values for a in args], self.max_grad_norm, self.check_finite)
+        return ([a.values for a in args], self.max_grad_norm, self.clip_value,
+                self.check_finite)
 
     def _agree_step(self, error, plan):
         """One ``Allreduce(MAX)``: errors, settings hash, who has which gradient."""
@@ -324,7 +338,8 @@ class ShardedOptimizer:
             difference = _settings_difference(settings[0], settings[rank])
             raise ValueError(
                 f"the ranks' hyperparameters differ: {difference} (rank 0 against rank "
-                f"{rank}); edit param_groups, max_grad_norm and check_finite alike on "
+                f"{rank}); edit param_groups, max_grad_norm, clip_value and check_finite "
+                "alike on "
                 "every rank [raised on every rank]")
         mixed = np.flatnonzero(total[3:3 + n] & total[3 + n:])
         if mixed.size:
@@ -333,45 +348,56 @@ class ShardedOptimizer:
                 "pass zeros where a rank has no contribution [raised on every rank]")
 
     # ---------------------------------------------------- guard and clipping
-    def _first_bad(self, active):
+    def _first_bad(self, active, clamps):
         bad = _NO_PARAM
-        for shard, _, _ in active:
-            row = shard.part.first_nonfinite() if shard.total else -1
+        for (shard, _, _), clamp in zip(active, clamps):
+            row = shard.part.first_nonfinite(clamp) if shard.total else -1
             if row >= 0:
                 bad = min(bad, shard.row_param_index(row))
         return bad
 
     def _guard_and_clip(self, active):
-        """The agreed NaN/Inf guard and the global norm; False to skip the step."""
+        """The agreed NaN/Inf guard and the global norm: the ``clip`` of each
+        active shard for its update (see :func:`numadam.cpu.kernels.gradient`;
+        ``None``: read as it is), or None to skip the step."""
         comm = self.comm
         clip = self.max_grad_norm is not None
+        clamps = None
+        if clip or self.clip_value is not None:
+            v = math.inf if self.clip_value is None else self.clip_value
+            with np.errstate(over="ignore"):    # v beyond float32: inf, as np.clip has it
+                clamps = [(t(-v), t(v), t(1)) for t in (s.dtype.type for s, _, _ in active)]
+        reads = clamps or [None] * len(active)
         if clip:
             bins = np.zeros(NBINS, np.int64)
-            for shard, _, _ in active:
-                bins += square_bins(shard.part.table, shard.part.like, shard.total)
+            for (shard, _, _), clamp in zip(active, clamps):
+                bins += square_sum_bins(shard.part.table, shard.part.like, shard.total, clamp)
             total = np.empty_like(bins)
             comm.Allreduce(bins, total, op=MPI.SUM)
+            norm = math.sqrt(bins_to_sum(total))
+            self.last_grad_norm = norm
         if self.check_finite is not None:
             if clip:
                 nonfinite = total[NONFINITE] > 0
             else:
-                nonfinite = comm.allreduce(self._first_bad(active), op=MPI.MIN) != _NO_PARAM
+                nonfinite = comm.allreduce(self._first_bad(active, reads),
+                                           op=MPI.MIN) != _NO_PARAM
             if nonfinite:
                 if self.check_finite == "skip":
                     self.skipped_steps += 1
-                    return False
-                self._raise_nonfinite(active)
+                    return None
+                self._raise_nonfinite(active, reads)
+        if clamps is None:
+            return reads
         if clip:
-            norm = math.sqrt(bins_to_sum(total))
-            self.last_grad_norm = norm
             coef = self.max_grad_norm / (norm + CLIP_EPS)
             if coef < 1.0:
-                for shard, _, _ in active:
-                    np.multiply(shard.grad, shard.dtype.type(coef), out=shard.grad)
-        return True
+                return [(lo, hi, shard.dtype.type(coef))
+                        for (lo, hi, _), (shard, _, _) in zip(clamps, active)]
+        return clamps
 
-    def _raise_nonfinite(self, active):
-        bad = self.comm.allreduce(self._first_bad(active), op=MPI.MIN)
+    def _raise_nonfinite(self, active, clamps):
+        bad = self.comm.allreduce(self._first_bad(active, clamps), op=MPI.MIN)
         shard, k = self._where[bad]
         send = next(s for sh, _, s in active if sh is shard)
         flags = self.comm.allgather(shard.local_nonfinite(send, k))
@@ -447,7 +473,7 @@ class ShardedAdam(ShardedOptimizer):
         As for :class:`numadam.Adam`.
     foreach, fused, capturable, differentiable, decoupled_weight_decay
         torch's flags, as for :class:`numadam.Adam`.
-    max_grad_norm, reduction, comm
+    max_grad_norm, clip_value, reduction, comm
         The sharding options (see :class:`ShardedOptimizer`).
     """
 
@@ -455,14 +481,14 @@ class ShardedAdam(ShardedOptimizer):
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
                  amsgrad=False, *, maximize=False, check_finite=None, max_grad_norm=None,
-                 reduction="ordered", comm=None, foreach=None, fused=None, capturable=False,
-                 differentiable=False, decoupled_weight_decay=False):
+                 clip_value=None, reduction="ordered", comm=None, foreach=None, fused=None,
+                 capturable=False, differentiable=False, decoupled_weight_decay=False):
         self._init(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                                 amsgrad=amsgrad, maximize=maximize, foreach=foreach,
                                 fused=fused, capturable=capturable,
                                 differentiable=differentiable,
                                 decoupled_weight_decay=decoupled_weight_decay),
-                   check_finite, max_grad_norm, reduction, comm)
+                   check_finite, max_grad_norm, reduction, comm, clip_value)
 
 
 class ShardedAdamW(ShardedOptimizer):
@@ -475,7 +501,7 @@ class ShardedAdamW(ShardedOptimizer):
         As for :class:`numadam.AdamW`.
     foreach, fused, capturable, differentiable
         torch's flags, as for :class:`numadam.AdamW`.
-    max_grad_norm, reduction, comm
+    max_grad_norm, clip_value, reduction, comm
         The sharding options (see :class:`ShardedOptimizer`).
     """
 
@@ -483,13 +509,13 @@ class ShardedAdamW(ShardedOptimizer):
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
                  amsgrad=False, *, maximize=False, check_finite=None, max_grad_norm=None,
-                 reduction="ordered", comm=None, foreach=None, fused=None, capturable=False,
-                 differentiable=False):
+                 clip_value=None, reduction="ordered", comm=None, foreach=None, fused=None,
+                 capturable=False, differentiable=False):
         self._init(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                                 amsgrad=amsgrad, maximize=maximize, foreach=foreach,
                                 fused=fused, capturable=capturable,
                                 differentiable=differentiable),
-                   check_finite, max_grad_norm, reduction, comm)
+                   check_finite, max_grad_norm, reduction, comm, clip_value)
 
 
 class ShardedSGD(ShardedOptimizer):
@@ -503,7 +529,7 @@ class ShardedSGD(ShardedOptimizer):
         As for :class:`numadam.SGD`.
     foreach, fused, capturable, differentiable
         torch's flags, as for :class:`numadam.SGD`.
-    max_grad_norm, reduction, comm
+    max_grad_norm, clip_value, reduction, comm
         The sharding options (see :class:`ShardedOptimizer`).
     """
 
@@ -511,13 +537,13 @@ class ShardedSGD(ShardedOptimizer):
 
     def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0,
                  nesterov=False, *, maximize=False, check_finite=None, max_grad_norm=None,
-                 reduction="ordered", comm=None, foreach=None, fused=None, capturable=False,
-                 differentiable=False):
+                 clip_value=None, reduction="ordered", comm=None, foreach=None, fused=None,
+                 capturable=False, differentiable=False):
         self._init(params, dict(lr=lr, momentum=momentum, dampening=dampening,
                                 weight_decay=weight_decay, nesterov=nesterov,
                                 maximize=maximize, foreach=foreach, fused=fused,
                                 capturable=capturable, differentiable=differentiable),
-                   check_finite, max_grad_norm, reduction, comm)
+                   check_finite, max_grad_norm, reduction, comm, clip_value)
 
 
 class ShardedAdagrad(ShardedOptimizer):
@@ -531,7 +557,7 @@ class ShardedAdagrad(ShardedOptimizer):
         As for :class:`numadam.Adagrad`.
     foreach, fused, capturable, differentiable
         torch's flags, as for :class:`numadam.Adagrad`.
-    max_grad_norm, reduction, comm
+    max_grad_norm, clip_value, reduction, comm
         The sharding options (see :class:`ShardedOptimizer`).
     """
 
@@ -539,13 +565,14 @@ class ShardedAdagrad(ShardedOptimizer):
 
     def __init__(self, params, lr=1e-2, lr_decay=0.0, weight_decay=0.0,
                  initial_accumulator_value=0.0, eps=1e-10, *, maximize=False,
-                 check_finite=None, max_grad_norm=None, reduction="ordered", comm=None,
+                 check_finite=None, max_grad_norm=None, clip_value=None, reduction="ordered",
+                 comm=None,
                  foreach=None, fused=None, capturable=False, differentiable=False):
         self._init(params, dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
                                 initial_accumulator_value=initial_accumulator_value, eps=eps,
                                 maximize=maximize, foreach=foreach, fused=fused,
                                 capturable=capturable, differentiable=differentiable),
-                   check_finite, max_grad_norm, reduction, comm)
+                   check_finite, max_grad_norm, reduction, comm, clip_value)
 
 
 class ShardedRMSprop(ShardedOptimizer):
@@ -558,7 +585,7 @@ class ShardedRMSprop(ShardedOptimizer):
         As for :class:`numadam.RMSprop`.
     foreach, fused, capturable, differentiable
         torch's flags, as for :class:`numadam.RMSprop`.
-    max_grad_norm, reduction, comm
+    max_grad_norm, clip_value, reduction, comm
         The sharding options (see :class:`ShardedOptimizer`).
     """
 
@@ -566,20 +593,21 @@ class ShardedRMSprop(ShardedOptimizer):
 
     def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0,
                  momentum=0.0, centered=False, *, maximize=False, check_finite=None,
-                 max_grad_norm=None, reduction="ordered", comm=None, foreach=None,
+                 max_grad_norm=None, clip_value=None, reduction="ordered", comm=None,
+                 foreach=None,
                  fused=None, capturable=False, differentiable=False):
         self._init(params, dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
                                 momentum=momentum, centered=centered, maximize=maximize,
                                 foreach=foreach, fused=fused, capturable=capturable,
                                 differentiable=differentiable),
-                   check_finite, max_grad_norm, reduction, comm)
+                   check_finite, max_grad_norm, reduction, comm, clip_value)
 
 
 @functools.lru_cache(maxsize=None)
 def sharded_class(plain):
     """The sharded twin of the rule class ``plain``: the classes above for
     the rules they name, else one made here, taking ``plain``'s arguments plus
-    ``max_grad_norm``, ``reduction`` and ``comm`` (keyword-only). A new rule
+    ``max_grad_norm``, ``clip_value``, ``reduction`` and ``comm`` (keyword-only). A new rule
     therefore has its sharded optimizer (``numadam.distributed.Sharded<Name>``)
     without code of its own here."""
     for cls in (ShardedAdam, ShardedAdamW, ShardedSGD, ShardedAdagrad, ShardedRMSprop):
@@ -587,16 +615,17 @@ def sharded_class(plain):
             return cls
     signature = inspect.signature(plain.__init__)
 
-    def __init__(self, params, *args, max_grad_norm=None, reduction="ordered", comm=None,
-                 **kwargs):
+    def __init__(self, params, *args, max_grad_norm=None, clip_value=None, reduction="ordered",
+                 comm=None, **kwargs):
         bound = signature.bind(self, params, *args, **kwargs)
         given = {k: v for k, v in bound.arguments.items() if k not in ("self", "params")}
         check_finite = given.pop("check_finite", None)
-        self._init(params, given, check_finite, max_grad_norm, reduction, comm)
+        self._init(params, given, check_finite, max_grad_norm, reduction, comm, clip_value)
 
     doc = (f":class:`numadam.{plain.__name__}` with its state split over the ranks of "
            "``comm``: its arguments, plus the keyword-only sharding options "
-           "``max_grad_norm``, ``reduction`` and ``comm`` (see :class:`ShardedOptimizer`).")
+           "``max_grad_norm``, ``clip_value``, ``reduction`` and ``comm`` (see "
+           ":class:`ShardedOptimizer`).")
     return type(f"Sharded{plain.__name__}", (ShardedOptimizer,),
                 {"plain": plain, "__init__": __init__, "__doc__": doc,
                  "__module__": __name__})
@@ -611,20 +640,13 @@ def _stateless(rule):
 
 def _settings_difference(mine, other):
     """The first entry in which two ranks' step settings differ, in words."""
-    (groups_a, norm_a, finite_a), (groups_b, norm_b, finite_b) = mine, other
+    (groups_a, norm_a, value_a, finite_a), (groups_b, norm_b, value_b, finite_b) = mine, other
     for gi, (a, b) in enumerate(zip(groups_a, groups_b)):
         for key, value in a.items():
             if repr(value) != repr(b[key]):
                 return f"param_groups[{gi}][{key!r}] is {value!r} against {b[key]!r}"
     if repr(norm_a) != repr(norm_b):
         return f"max_grad_norm is {norm_a!r} against {norm_b!r}"
+    if repr(value_a) != repr(value_b):
+        return f"clip_value is {value_a!r} against {value_b!r}"
     return f"check_finite is {finite_a!r} against {finite_b!r}"
-
-
-def _max_grad_norm(value):
-    if value is None:
-        return None
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) \
-            or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"max_grad_norm must be a finite number > 0 or None, got {value!r}")
-    return float(value)

@@ -127,6 +127,9 @@ class Adagrad(Optimizer):
     check_finite : {None, "raise", "skip"}, default None
         Guard against gradients holding NaN or Inf (see
         :class:`numadam.core.optimizer.Optimizer`).
+    max_grad_norm, clip_value : float, optional
+        Gradient clipping by the global norm and elementwise, fused into
+        the step (see :class:`numadam.core.optimizer.Optimizer`).
     foreach, fused, capturable, differentiable
         torch's implementation flags (see :class:`~numadam.core.optimizer.Optimizer`).
 
@@ -152,9 +155,10 @@ class Adagrad(Optimizer):
 
     def __init__(self, params, lr=1e-2, lr_decay=0.0, weight_decay=0.0,
                  initial_accumulator_value=0.0, eps=1e-10, *, maximize=False,
-                 check_finite=None, foreach=None, fused=None, capturable=False,
-                 differentiable=False):
+                 check_finite=None, max_grad_norm=None, clip_value=None, foreach=None,
+                 fused=None, capturable=False, differentiable=False):
         _validation.torch_only_flags(foreach, fused, capturable, differentiable)
         self._init(params, dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
                                 initial_accumulator_value=initial_accumulator_value,
-                                eps=eps, maximize=maximize), check_finite)
+                                eps=eps, maximize=maximize),
+                   check_finite, max_grad_norm, clip_value)

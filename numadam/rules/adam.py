@@ -156,6 +156,9 @@ class Adam(Optimizer):
         Maximise the objective instead of minimising it.
     check_finite : {None, "raise", "skip"}, default None
         Guard against gradients holding NaN or Inf (see :class:`Optimizer`).
+    max_grad_norm, clip_value : float, optional
+        Gradient clipping by the global norm and elementwise, fused into
+        the step (see :class:`numadam.core.optimizer.Optimizer`).
     foreach, fused, capturable, differentiable
         torch's implementation flags (see :class:`Optimizer`).
     decoupled_weight_decay : bool, default False
@@ -183,14 +186,15 @@ class Adam(Optimizer):
     rule = RULE
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-                 amsgrad=False, *, maximize=False, check_finite=None, foreach=None,
-                 fused=None, capturable=False, differentiable=False,
-                 decoupled_weight_decay=False):
+                 amsgrad=False, *, maximize=False, check_finite=None, max_grad_norm=None,
+                 clip_value=None, foreach=None, fused=None, capturable=False,
+                 differentiable=False, decoupled_weight_decay=False):
         _validation.torch_only_flags(foreach, fused, capturable, differentiable)
         self._init(params, dict(
             lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
             maximize=maximize, decoupled_weight_decay=_validation.torch_flag(
-                "decoupled_weight_decay", decoupled_weight_decay)), check_finite)
+                "decoupled_weight_decay", decoupled_weight_decay)),
+            check_finite, max_grad_norm, clip_value)
 
 
 class AdamW(Adam):
@@ -207,9 +211,11 @@ class AdamW(Adam):
     _forced = {"decoupled_weight_decay": True}
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
-                 amsgrad=False, *, maximize=False, check_finite=None, foreach=None,
-                 fused=None, capturable=False, differentiable=False):
+                 amsgrad=False, *, maximize=False, check_finite=None, max_grad_norm=None,
+                 clip_value=None, foreach=None, fused=None, capturable=False,
+                 differentiable=False):
         _validation.torch_only_flags(foreach, fused, capturable, differentiable)
         self._init(params, dict(
             lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
-            maximize=maximize, decoupled_weight_decay=True), check_finite)
+            maximize=maximize, decoupled_weight_decay=True),
+            check_finite, max_grad_norm, clip_value)

@@ -339,6 +339,9 @@ class RMSprop(Optimizer):
     check_finite : {None, "raise", "skip"}, default None
         Guard against gradients holding NaN or Inf (see
         :class:`numadam.core.optimizer.Optimizer`).
+    max_grad_norm, clip_value : float, optional
+        Gradient clipping by the global norm and elementwise, fused into
+        the step (see :class:`numadam.core.optimizer.Optimizer`).
     foreach, fused, capturable, differentiable
         torch's implementation flags (see :class:`~numadam.core.optimizer.Optimizer`).
 
@@ -364,8 +367,9 @@ class RMSprop(Optimizer):
 
     def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0,
                  momentum=0.0, centered=False, *, maximize=False, check_finite=None,
-                 foreach=None, fused=None, capturable=False, differentiable=False):
+                 max_grad_norm=None, clip_value=None, foreach=None, fused=None,
+                 capturable=False, differentiable=False):
         _validation.torch_only_flags(foreach, fused, capturable, differentiable)
         self._init(params, dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
                                 momentum=momentum, centered=centered, maximize=maximize),
-                   check_finite)
+                   check_finite, max_grad_norm, clip_value)

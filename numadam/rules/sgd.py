@@ -143,6 +143,9 @@ class SGD(Optimizer):
     check_finite : {None, "raise", "skip"}, default None
         Guard against gradients holding NaN or Inf (see
         :class:`numadam.core.optimizer.Optimizer`).
+    max_grad_norm, clip_value : float, optional
+        Gradient clipping by the global norm and elementwise, fused into
+        the step (see :class:`numadam.core.optimizer.Optimizer`).
     foreach, fused, capturable, differentiable
         torch's implementation flags (see :class:`~numadam.core.optimizer.Optimizer`).
 
@@ -166,9 +169,11 @@ class SGD(Optimizer):
     rule = RULE
 
     def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0,
-                 nesterov=False, *, maximize=False, check_finite=None, foreach=None,
-                 fused=None, capturable=False, differentiable=False):
+                 nesterov=False, *, maximize=False, check_finite=None, max_grad_norm=None,
+                 clip_value=None, foreach=None, fused=None, capturable=False,
+                 differentiable=False):
         _validation.torch_only_flags(foreach, fused, capturable, differentiable)
         self._init(params, dict(lr=lr, momentum=momentum, dampening=dampening,
                                 weight_decay=weight_decay, nesterov=nesterov,
-                                maximize=maximize), check_finite)
+                                maximize=maximize),
+                   check_finite, max_grad_norm, clip_value)
