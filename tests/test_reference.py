@@ -93,9 +93,9 @@ def test_thread_count_and_task_split_do_not_change_a_bit(dtype, amsgrad, monkeyp
     def recording_kernels(rule):
         real = built(rule)
 
-        def recording(table, state, scal, lo, hi, flags):
+        def recording(table, state, scal, lo, hi, flags, clip):
             spans.append((int(lo), int(hi)))
-            real.step_task(table, state, scal, lo, hi, flags)
+            real.step_task(table, state, scal, lo, hi, flags, clip)
 
         return real._replace(step_task=recording)
 

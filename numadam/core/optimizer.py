@@ -133,7 +133,7 @@ class Optimizer:
         self._max_grad_norm = None  # see the max_grad_norm and clip_value properties
         self._clip_value = None
         self._clipping = False      # either is set: step() takes the clipping path
-        self.last_grad_norm = None
+        self._last_grad_norm = None
         self.param_groups = []
         self._buckets = []          # every bucket of every group, in group order
         self._slots = []            # global parameter index -> Slot(bucket, row)
@@ -151,6 +151,20 @@ class Optimizer:
         self._jit = None            # what opt.jit()'s handles share (numadam.cpu.handle)
 
     # ---------------------------------------------------------- clipping
+    @property
+    def last_grad_norm(self):
+        """The global norm of the last step's gradients with ``max_grad_norm``
+        (``opt.step()`` or a compiled ``h.step()`` of :meth:`jit`), or None."""
+        if self._jit is not None:
+            return self._jit.last_grad_norm()
+        return self._last_grad_norm
+
+    @last_grad_norm.setter
+    def last_grad_norm(self, value):
+        self._last_grad_norm = value
+        if self._jit is not None:
+            self._jit.set_last_grad_norm(value)
+
     @property
     def max_grad_norm(self):
         """Clip the gradients to this global Euclidean norm (``None``: no
@@ -490,8 +504,6 @@ class Optimizer:
         ------
         TypeError
             For parameters in device (CUDA) memory.
-        NotImplementedError
-            With gradient clipping.
         ValueError
             For invalid hyperparameters in ``param_groups``, as ``step()``.
         """

@@ -33,6 +33,13 @@ What the handle shares with the optimizer
   Python holder may need that GIL. One inside a Python step on its own
   thread (its closure) raises at once.
 
+Gradient clipping: with ``max_grad_norm`` or ``clip_value`` set, ``h.step()``
+clips as ``opt.step()`` does (the clamp, the exact global norm of every
+clamped gradient, the scale), bit for bit, and writes the norm where
+``opt.last_grad_norm`` reads it. The compiled step is specialised on whether
+the optimizer clips: values changed in Python are followed, switching
+clipping on or off makes older handles raise.
+
 Memory: the handle holds the optimizer, and the arrays a compiled function
 receives keep the tables, state, owned gradients and parameters alive, so
 no step writes to freed memory even after ``del opt``.
@@ -52,6 +59,7 @@ from numba.np.unsafe.ndarray import to_fixed_tuple  # noqa: F401 (the generated 
 
 from numadam.core.jitcache import CACHE
 from numadam.cpu.kernels import PTR_G, _instantiate, kernels, nonfinite_task
+from numadam.cpu.norm import NBINS, NONFINITE as _BIN_NONFINITE, _square_bins_span, bins_to_sum
 
 __all__ = ["Handle", "make_handle"]
 
@@ -104,6 +112,9 @@ STALE_LOADED = ("numadam: this handle was made before opt.load_state_dict(...), 
                 "replaced the state it points at; call opt.jit() again")
 STALE_ADDED = ("numadam: this handle was made before opt.add_param_group(...); it would "
                "not step the new group; call opt.jit() again")
+STALE_CLIPPING = ("numadam: this handle was made before clipping was switched on or off "
+                  "(opt.max_grad_norm / opt.clip_value set to or from None); call opt.jit() "
+                  "again")
 BUSY_MESSAGE = (
     "numadam: h.step() waited in vain (2**25 tries) for another thread's step, "
     "state_dict(), save() ... of this optimizer: compiled code that holds the GIL cannot "
@@ -256,13 +267,50 @@ def _point_at_owned(table, owned):
 
 
 @njit(cache=CACHE, nogil=True, **_JIT)
-def _first_nonfinite(first, table, state, like, indices):
+def _first_nonfinite(first, table, state, like, indices, clip):
     """``first`` if it is a parameter's index, else the global index of the
-    bucket's first parameter whose gradient holds NaN or Inf, or -1."""
+    bucket's first parameter whose gradient, read under ``clip``, holds NaN
+    or Inf, or -1."""
     if first >= 0:
         return first
-    row = nonfinite_task(table, like, 0, state.shape[1])
+    row = nonfinite_task(table, like, 0, state.shape[1], clip)
     return indices[row] if row < table.shape[0] else -1
+
+
+# Words of the clipping array: max_grad_norm (NaN: none), clip_value (inf:
+# none), the norm of the last clipped step, and whether there is one.
+CLIP_NORM, CLIP_VALUE, LAST_NORM, HAS_LAST = range(4)
+CLIP_EPS = 1e-6     # as numadam.core.optimizer: torch.nn.utils.clip_grad_norm_'s
+
+
+@njit(cache=CACHE, nogil=True, inline="always", **_JIT)
+def _clip_of(like, lo, hi, scale):
+    """``(lo, hi, scale)`` rounded to ``like``'s dtype, as the Python step's
+    ``dtype.type(x)`` rounds them (beyond the float32 range: inf)."""
+    a = np.empty(3, like.dtype)
+    a[0] = lo
+    a[1] = hi
+    a[2] = scale
+    return (a[0], a[1], a[2])
+
+
+@njit(cache=CACHE, nogil=True, **_JIT)
+def _add_square_bins(bins, table, state, like, clip):
+    """Add the exact bins of the squares of a bucket's gradients read under
+    ``clip`` (the Python step's norm pass, on the calling thread)."""
+    _square_bins_span(table, like, 0, state.shape[1], bins, clip, True)
+
+
+@njit(cache=CACHE, nogil=True, **_JIT)
+def _clip_scale(cfg, bins):
+    """The norm of ``bins`` recorded in ``cfg`` (``opt.last_grad_norm``),
+    and the scale of the gradients: ``c / (norm + 1e-6)`` where that is
+    below 1, else 1 (a NaN norm too), as ``opt.step()`` computes it."""
+    norm = math.sqrt(bins_to_sum(bins))
+    cfg[LAST_NORM] = norm
+    cfg[HAS_LAST] = 1.0
+    coef = cfg[CLIP_NORM] / (norm + CLIP_EPS)
+    return coef if coef < 1.0 else 1.0
 
 
 # ------------------------------------------------------ the bucket step
@@ -272,11 +320,12 @@ def _first_nonfinite(first, table, state, like, indices):
 # Every step of every bucket a handle takes goes through this one function.
 
 def _templates(stamp):
-    def _bucket_step(table, state, hyp, flags):
+    def _bucket_step(table, state, hyp, flags, clip):
         """One step of one bucket on the calling thread: the kernel
-        ``opt.step()`` calls for a bucket below ``config.serial_below``."""
+        ``opt.step()`` calls for a bucket below ``config.serial_below``
+        (``clip``: None, or the gradients' ``(lo, hi, scale)``)."""
         stamp  # noqa: B018 (the cache key)
-        step_serial(table, state, hyp, flags)
+        step_serial(table, state, hyp, flags, clip)
 
     return dict(bucket_step=_bucket_step)
 
@@ -315,16 +364,19 @@ class _RuleParts:
                      if s.when is not None and self.names[s.when][0] == "real"}
 
 
-    def step(self, check, nbuckets):
+    def step(self, check, nbuckets, clipping):
         """The compiled ``h.step()`` of this rule for handles of ``nbuckets``
-        buckets and ``check_finite=check``.
+        buckets, ``check_finite=check`` and gradient clipping or not.
 
         Written out per bucket count: every array is read with
         :func:`_borrowed` straight from ``h``, so the step takes no
         reference (a loop over the buckets with ``literal_unroll`` takes one
-        per array and bucket).
+        per array and bucket). With clipping it does what ``opt.step()``
+        does (:meth:`numadam.Optimizer._clips`): the clamp of each bucket,
+        the exact norm of every clamped gradient (also the NaN/Inf check),
+        the guard, then the update reading the clamped, scaled gradients.
         """
-        key = (check, nbuckets)
+        key = (check, nbuckets, clipping)
         if key not in self._steps:
             lines = ["def step(h):",
                      "    control = _borrowed(h.data[0])",
@@ -332,11 +384,31 @@ class _RuleParts:
             for k in range(nbuckets):
                 lines += [f"    t{k} = _borrowed(h.data[5][{k}][0])",
                           f"    s{k} = _borrowed(h.data[5][{k}][1])",
+                          f"    like{k} = _borrowed(h.data[5][{k}][4])",
                           f"    _point_at_owned(t{k}, _borrowed(h.data[5][{k}][2]))"]
+            if clipping:
+                lines += ["    cfg = _borrowed(h.data[6])",
+                          "    v = cfg[CLIP_VALUE]"]
+                lines += [f"    clip{k} = _clip_of(like{k}, -v, v, 1.0)"
+                          for k in range(nbuckets)]
+                lines += ["    guard = True",
+                          "    scale = 1.0",
+                          "    if cfg[CLIP_NORM] == cfg[CLIP_NORM]:",
+                          "        bins = np.zeros(NBINS, np.int64)"]
+                lines += [f"        _add_square_bins(bins, t{k}, s{k}, like{k}, clip{k})"
+                          for k in range(nbuckets)]
+                lines += ["        scale = _clip_scale(cfg, bins)",
+                          # the norm's pass was the NaN/Inf check
+                          "        guard = bins[BIN_NONFINITE] > 0"]
+            else:
+                lines += [f"    clip{k} = None" for k in range(nbuckets)]
             if check is not None:
                 lines.append("    bad = -1")
-                lines += [f"    bad = _first_nonfinite(bad, t{k}, s{k}, "
-                          f"_borrowed(h.data[5][{k}][4]), _borrowed(h.data[5][{k}][5]))"
+                if clipping:
+                    lines.append("    if guard:")
+                indent = "        " if clipping else "    "
+                lines += [f"{indent}bad = _first_nonfinite(bad, t{k}, s{k}, like{k}, "
+                          f"_borrowed(h.data[5][{k}][5]), clip{k})"
                           for k in range(nbuckets)]
                 lines += ["    if bad >= 0:"]
                 if check == "skip":
@@ -347,14 +419,18 @@ class _RuleParts:
                     lines += ["        _release_inline(control)",
                               "        raise HandleFloatingPointError(NONFINITE[0], bad, "
                               "NONFINITE[1])"]
+            if clipping:
+                lines += [f"    clip{k} = _clip_of(like{k}, -v, v, scale)"
+                          for k in range(nbuckets)]
             lines += ["    hyper = _borrowed(h.data[2])",
                       "    flags = _borrowed(h.data[3])"]
             lines += [f"    bucket_step(t{k}, s{k}, to_fixed_tuple(hyper[h.data[5][{k}][3]], "
-                      f"NHYP), to_fixed_tuple(flags[h.data[5][{k}][3]], NFLAGS))"
+                      f"NHYP), to_fixed_tuple(flags[h.data[5][{k}][3]], NFLAGS), clip{k})"
                       for k in range(nbuckets)]
             lines.append("    _release_inline(control)")
             namespace = dict(globals(), bucket_step=self.bucket_step, NHYP=self.nhyp,
-                             NFLAGS=self.nflags, NONFINITE=_NONFINITE)
+                             NFLAGS=self.nflags, NONFINITE=_NONFINITE,
+                             BIN_NONFINITE=_BIN_NONFINITE)
             exec("\n".join(lines), namespace)  # noqa: S102 (source built above)
             self._steps[key] = njit(nogil=True, **_JIT)(namespace["step"])
         return self._steps[key]
@@ -392,13 +468,14 @@ class Handle:
     See :mod:`numadam.cpu.handle` for what is shared and when.
     """
 
-    __slots__ = ("_opt", "_shared", "_data", "_numba_type")
+    __slots__ = ("_opt", "_shared", "_data", "_numba_type", "_clipping")
 
-    def __init__(self, opt, shared, data, numba_type):
+    def __init__(self, opt, shared, data, numba_type, clipping):
         self._opt = opt
         self._shared = shared
         self._data = data
         self._numba_type = numba_type
+        self._clipping = clipping
 
     def _enter(self):
         """What each ``@njit`` call receives: called by the unboxing, before
@@ -407,6 +484,9 @@ class Handle:
         if shared.control[EPOCH] != self._data[1]:
             raise RuntimeError(STALE_LOADED if shared.control[REASON] == LOADED
                                else STALE_ADDED)
+        if self._opt._clipping != self._clipping:
+            # The compiled step is specialised on clipping or not.
+            raise RuntimeError(STALE_CLIPPING)
         shared.push(self._opt)
         return self._data
 
@@ -470,6 +550,19 @@ class Shared:
         self.flags = None       # bool (groups, len(flags))
         self.layout = None      # int8 (groups, len(hyp), 2): may the float become 0 / non-zero
         self.pushed = None      # hyper.tobytes() when last pushed or pulled
+        # max_grad_norm, clip_value, the last norm and whether there is one
+        # (CLIP_NORM ...): opt.last_grad_norm reads it once a handle exists.
+        last = opt._last_grad_norm
+        self.clip = np.array([math.nan, math.inf, math.nan if last is None else last,
+                              0.0 if last is None else 1.0])
+
+    def last_grad_norm(self):
+        """The norm of the last clipped step, compiled or not (None: none yet)."""
+        return float(self.clip[LAST_NORM]) if self.clip[HAS_LAST] else None
+
+    def set_last_grad_norm(self, value):
+        self.clip[LAST_NORM] = math.nan if value is None else value
+        self.clip[HAS_LAST] = 0.0 if value is None else 1.0
 
     def skipped(self):
         """Steps skipped inside compiled code so far."""
@@ -531,6 +624,9 @@ class Shared:
                 for j in parts.when:
                     self.layout[g, j] = [self._layout_ok(opt, g, a, j, x) for x in (0.0, 1.0)]
             self.pushed = self.hyper.tobytes()
+            c, v = opt._max_grad_norm, opt._clip_value
+            self.clip[CLIP_NORM] = math.nan if c is None else c
+            self.clip[CLIP_VALUE] = math.inf if v is None else v
 
     def _layout_ok(self, opt, g, args, j, x):
         """Whether group ``g``'s state rows allow float ``j`` of hyp at
@@ -544,11 +640,6 @@ class Shared:
 def make_handle(opt):
     """:meth:`Optimizer.jit`: a handle of ``opt`` (see :class:`Handle`)."""
     rule = opt.rule
-    if (getattr(opt, "max_grad_norm", None) is not None
-            or getattr(opt, "clip_value", None) is not None):
-        raise NotImplementedError(
-            "opt.jit() does not clip gradients yet: this optimizer has max_grad_norm or "
-            "clip_value set; step it with opt.step(), or build it without clipping")
     if rule.check is not None and rule.name not in _CROSS_CHECKS:
         raise NotImplementedError(
             f"opt.jit(): rule {rule.name!r} has a cross-field check with no compiled twin "
@@ -579,10 +670,10 @@ def make_handle(opt):
              bucket.group_index, bucket.like, np.array(bucket.indices, np.int64))
             for bucket in opt._buckets)
         data = (shared.control, int(shared.control[EPOCH]), shared.hyper, shared.flags,
-                shared.layout, buckets)
+                shared.layout, buckets, shared.clip)
         from numba import typeof
-        numba_type = HandleType(rule.name, opt.check_finite, typeof(data))
-        return Handle(opt, shared, data, numba_type)
+        numba_type = HandleType(rule.name, opt.check_finite, opt._clipping, typeof(data))
+        return Handle(opt, shared, data, numba_type, opt._clipping)
 
 
 class _Owner:
@@ -601,12 +692,13 @@ class HandleType(types.Type):
     """The Numba type of a :class:`Handle`: its rule, its ``check_finite``
     and the type of its data tuple."""
 
-    def __init__(self, rule_name, check_finite, data_type):
+    def __init__(self, rule_name, check_finite, clipping, data_type):
         self.rule_name = rule_name
         self.check_finite = check_finite
+        self.clipping = clipping
         self.data_type = data_type
         super().__init__(name=f"numadam.Handle({rule_name}, check_finite={check_finite}, "
-                              f"{data_type})")
+                              f"clipping={clipping}, {data_type})")
 
 
 @typeof_impl.register(Handle)
@@ -645,7 +737,7 @@ def _where(method):
 
 @overload_method(HandleType, "step", inline="always", jit_options=_JIT)
 def _handle_step(h):
-    step = _PARTS[h.rule_name].step(h.check_finite, len(h.data_type[5]))
+    step = _PARTS[h.rule_name].step(h.check_finite, len(h.data_type[5]), h.clipping)
 
     def impl(h):
         step(h)
