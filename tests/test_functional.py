@@ -231,11 +231,16 @@ def test_random_hyperparameters_match_the_class_bit_for_bit(rule, dtype, caller)
         full = {k: v for k, v in opt.param_groups[0].items() if k != "params"}
         state = replay(rule, caller, param, grads, np.ones(steps, bool),
                        np.full(steps, group["lr"]), full)
-        assert_bits_equal(param, expected, f"{rule} {group} param")
+        # A NaN's sign is not part of the contract: the class's kernel and the
+        # functional loop are separate compilations of one element function,
+        # and LLVM may order a NaN-propagating addition's operands differently
+        # in each (seen on Numba 0.60 after some compile histories).
+        assert_bits_equal(param, expected, f"{rule} {group} param", nan_bits=False)
         kept = dict(opt.state_dict()["state"].get(0, {}))
         for what, array in zip(RULES[rule][1], state):
             if what in kept:
-                assert_bits_equal(array, kept[what], f"{rule} {group} {what}")
+                assert_bits_equal(array, kept[what], f"{rule} {group} {what}",
+                                  nan_bits=False)
             else:
                 assert array.size == 0
 
