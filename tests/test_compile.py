@@ -42,18 +42,38 @@ def test_second_process_loads_kernels_from_cache(tmp_path):
     assert any(name.endswith(".nbi") for _, _, files in os.walk(tmp_path) for name in files)
 
 
+# A clipped step in a fresh process: cache hits and misses of the clipped
+# step_serial and of the norm's kernel.
+CLIPPED_STEP = """
+import numpy as np, numadam
+from numadam.cpu import kernels as _cpu, norm
+x = np.zeros(100, np.float32)
+numadam.Adam([x], max_grad_norm=1.0, clip_value=0.5).step([np.ones(100, np.float32)])
+kernels = (_cpu.kernels(numadam.Adam.rule).step_serial, norm._square_bins_span)
+print(sum(sum(k.stats.cache_hits.values()) for k in kernels),
+      sum(sum(k.stats.cache_misses.values()) for k in kernels))
+"""
+
+
 def test_every_kernel_is_cacheable(tmp_path):
-    """``python -m numadam compile`` warns about nothing and fills the cache."""
+    """``python -m numadam compile --clipping`` warns about nothing and fills
+    the cache, the kernels of clipped steps included."""
     env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
-    proc = subprocess.run([sys.executable, "-W", "error::Warning", "-m", "numadam", "compile"],
-                          capture_output=True, text=True, env=env, timeout=600)
+    proc = subprocess.run([sys.executable, "-W", "error::Warning", "-m", "numadam", "compile",
+                           "--clipping"],
+                          capture_output=True, text=True, env=env, timeout=900)
     assert proc.returncode == 0, proc.stderr
     assert "Cannot cache" not in proc.stderr
-    compiled = {line.split("[")[0] for line in proc.stdout.splitlines()}
+    lines = proc.stdout.splitlines()
+    compiled = {line.split("[")[0] for line in lines}
+    clipped = {line.split("[")[0] for line in lines if "clipped]" in line}
     from internals import rules
     for rule in rules.REGISTRY:
         assert {f"{rule}.step_serial", f"{rule}.prepare_step", f"{rule}.step_task"} <= compiled
+        assert {f"{rule}.step_serial", f"{rule}.step_task"} <= clipped
     assert {"address", "nonfinite_task"} <= compiled
+    assert {"nonfinite_task", "square_bins"} <= clipped
+    assert run(CLIPPED_STEP, env)[:2] == (2, 0)
     index = {name.split("-")[0] for _, _, files in os.walk(tmp_path) for name in files
              if name.endswith(".nbi")}
     # One index file per rule and kernel: Numba rewrites an index without a

@@ -359,9 +359,11 @@ def kernels(rule):
     return Kernels(**built)
 
 
-def compile_kernels(rules, dtypes=("float32", "float64")):
+def compile_kernels(rules, dtypes=("float32", "float64"), clipping=False):
     """Compile (or load from Numba's cache) every kernel a step of ``rules``
-    can call.
+    can call; with ``clipping``, also those of steps with ``max_grad_norm``
+    or ``clip_value`` (the norm's pass and the kernels reading clipped
+    gradients: a cold first clipped step compiles them, about 8 s).
 
     Nothing calls this at import: compiling there would cost every process
     the load of all signatures (about 0.3 s even from a warm cache) and a
@@ -374,14 +376,27 @@ def compile_kernels(rules, dtypes=("float32", "float64")):
 
     timings = []
     for dtype in dtypes:
-        like = np.zeros((0, 16), dtype)
+        like = np.zeros(0, dtype)           # a bucket's dtype carrier (Bucket.like)
         table = np.zeros((1, NCOLS), np.int64)
         table[0, SIZE] = 16
-        for name, call in (("address", lambda: address(like[0:1].reshape(-1))),
+        for name, call in (("address", lambda: address(like)),
                            ("nonfinite_task", lambda: nonfinite_task(table, like, 0, 16, None))):
             start = time.perf_counter()
             call()
             timings.append((f"{name}[{dtype}]", time.perf_counter() - start))
+        clip = None
+        if clipping:
+            from numadam.cpu.norm import NBINS, _square_bins_span
+            one = np.dtype(dtype).type(1)
+            clip = (-one, one, one)
+            bins = np.zeros(NBINS, np.int64)
+            for name, call in (
+                    ("nonfinite_task", lambda: nonfinite_task(table, like, 0, 16, clip)),
+                    ("square_bins", lambda: _square_bins_span(table, like, 0, 16, bins, clip,
+                                                              True))):
+                start = time.perf_counter()
+                call()
+                timings.append((f"{name}[{dtype}, clipped]", time.perf_counter() - start))
         for rule in rules:
             k = kernels(rule)
             values, args = rule.validate(rule.defaults())
@@ -396,4 +411,14 @@ def compile_kernels(rules, dtypes=("float32", "float64")):
                 start = time.perf_counter()
                 call()
                 timings.append((f"{rule.name}.{name}[{dtype}]", time.perf_counter() - start))
+            if clip is not None:
+                for name, call in (
+                        ("step_serial",
+                         lambda: k.step_serial(table, state, args.hyp, args.flags, clip)),
+                        ("step_task",
+                         lambda: k.step_task(table, state, scal, 0, 16, args.flags, clip))):
+                    start = time.perf_counter()
+                    call()
+                    timings.append((f"{rule.name}.{name}[{dtype}, clipped]",
+                                    time.perf_counter() - start))
     return timings
