@@ -59,6 +59,7 @@ _REAL_EDITS = [
     ("Adam", dict(lr=1e-2, weight_decay=0.01), "lr", 0.0375),
     ("AdamW", dict(lr=1e-2, weight_decay=0.3), "weight_decay", 0.0625),
     ("Adam", dict(lr=1e-2), "eps", 1.3e-5),
+    ("Adam", dict(lr=1e-2, amsgrad=True), "betas", (0.8125, 0.9971)),   # OneCycleLR's beta1
     ("SGD", dict(lr=0.1, momentum=0.9), "lr", 0.01234),
     ("SGD", dict(lr=0.1, momentum=0.9, dampening=0.2), "dampening", 0.7),
     ("Adagrad", dict(lr=0.1, lr_decay=0.01), "lr_decay", 0.3),
@@ -96,6 +97,8 @@ def test_a_real_hyperparameter_edited_between_steps_steps_as_if_constructed(
     ("Adam", dict(lr=1e-2), "lr", -0.5, "lr"),
     ("Adam", dict(lr=1e-2), "weight_decay", float("nan"), "weight_decay"),
     ("Adam", dict(lr=1e-2), "eps", float("inf"), "eps"),
+    ("Adam", dict(lr=1e-2), "betas", (0.9, 1.0), "betas"),
+    ("Adam", dict(lr=1e-2), "betas", (float("nan"), 0.9), "betas"),
     # nesterov needs dampening 0: the rule's cross-field check still runs
     ("SGD", dict(lr=0.1, momentum=0.9, nesterov=True), "dampening", 0.5, "dampening"),
     # a real that decides which state exists takes the full path
