@@ -459,21 +459,41 @@ def _check_schedule_of(optimizer, schedule):
                          "save and load a schedule with the optimizer it was built on")
 
 
+def _schedule_to_save(optimizer, schedule):
+    """The state dict of ``schedule`` (over ``optimizer``) to store, or None.
+
+    ValueError if the schedule drives another optimizer, or if its state
+    would not load back into it (a state the schedule's own checks refuse,
+    such as a hand-set non-finite rate, would otherwise be found at load).
+    """
+    _check_schedule_of(optimizer, schedule)
+    if schedule is None:
+        return None
+    state = schedule.state_dict()
+    try:
+        schedule._prepare(state)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{type(schedule).__name__}'s state would not load back: "
+                         f"{error}") from None
+    return state
+
+
+def _schedule_loader(schedule, saved, name):
+    """The function that loads ``saved`` (a file's schedule state, or None)
+    into ``schedule``, after checking it fits; CheckpointError naming ``name``."""
+    if saved is None:
+        raise CheckpointError(f"{name} holds no schedule (it was saved without one)")
+    try:
+        return schedule._prepare(saved)
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"{name} holds a schedule state that does not fit "
+                              f"{type(schedule).__name__}: {error}") from None
+
+
 def save_with(optimizer, path, schedule):
     """``optimizer.save(path, schedule=schedule)``."""
-    _check_schedule_of(optimizer, schedule)
-    if schedule is not None:
-        # A file is written only if load_into would take its schedule back
-        # into this schedule (a state the schedule's own checks refuse, such
-        # as a hand-set non-finite rate, would otherwise be found at load).
-        state = schedule.state_dict()
-        try:
-            schedule._prepare(state)
-        except (TypeError, ValueError) as error:
-            raise ValueError(f"{type(schedule).__name__}'s state would not load back: "
-                             f"{error}") from None
-        schedule = state
-    save(optimizer.state_dict(), path, schedule)
+    schedule_state = _schedule_to_save(optimizer, schedule)
+    save(optimizer.state_dict(), path, schedule_state)
 
 
 def load_into(optimizer, path, schedule):
@@ -488,14 +508,7 @@ def load_into(optimizer, path, schedule):
     saved = state_dict.pop(_SCHEDULE, None)
     apply = None
     if schedule is not None:
-        name = os.fsdecode(os.fspath(path))
-        if saved is None:
-            raise CheckpointError(f"{name} holds no schedule (it was saved without one)")
-        try:
-            apply = schedule._prepare(saved)
-        except (TypeError, ValueError) as error:
-            raise CheckpointError(f"{name} holds a schedule state that does not fit "
-                                  f"{type(schedule).__name__}: {error}") from None
+        apply = _schedule_loader(schedule, saved, os.fsdecode(os.fspath(path)))
     optimizer.load_state_dict(state_dict)
     if apply is not None:
         apply()

@@ -337,6 +337,18 @@ def test_mpi_checks_pass_under_mpiexec(nranks):
     assert f"ALL CHECKS PASSED (15 checks on {nranks} ranks)" in done.stdout, done.stdout
 
 
+@pytest.mark.parametrize("nranks", [2, 3])
+def test_sharded_checkpoints_carry_a_schedule_under_mpiexec(nranks):
+    """``tests/mpi/check_schedules.py``: a schedule saved and loaded with the
+    sharded optimizer resumes bit for bit on P and P - 1 ranks and in the plain
+    class (and back); refusals raise on every rank and change nothing."""
+    command = [_mpiexec(), "-n", str(nranks), sys.executable, "-m", "mpi4py",
+               os.path.join(HERE, "mpi", "check_schedules.py")]
+    done = _run_mpi(command, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    assert f"ALL CHECKS PASSED (3 checks on {nranks} ranks)" in done.stdout, done.stdout
+
+
 def test_ranks_passing_different_roots_get_an_error_not_a_deadlock():
     """Without the agreement on the root, rank 0's Gatherv to itself and rank
     1's to itself wait for each other forever: the short timeout turns that

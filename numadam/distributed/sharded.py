@@ -431,7 +431,7 @@ class ShardedOptimizer:
         with self._lock:
             _distributed_state.scatter(self, lambda: state_dict, root)
 
-    def save(self, path, root=0):
+    def save(self, path, root=0, schedule=None):
         """Write a checkpoint that is complete or absent (collective).
 
         Every rank checks its arguments and they agree; the state is gathered
@@ -441,14 +441,52 @@ class ShardedOptimizer:
         ``root`` touches the file system. The file is an ordinary numadam
         checkpoint: the plain class and this class on any number of ranks
         load it.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            The same on every rank.
+        root : int
+            The rank that writes the file, the same on every rank.
+        schedule : numadam.schedules.LRScheduler, optional
+            Each rank's schedule over this rank's optimizer (all driven
+            alike); root's state is stored with the optimizer's, as
+            ``Adam.save(path, schedule=...)`` stores it. Every rank checks
+            that its schedule drives this optimizer and that its state would
+            load back; ranks passing a schedule and ranks passing none, or
+            schedules of different classes, raise ``ValueError`` on every
+            rank before anything is written.
         """
         with self._lock:
-            _distributed_state.save(self, path, root)
+            _distributed_state.save(self, path, root, schedule)
 
-    def load(self, path, root=0):
-        """Load a checkpoint (collective): ``root`` reads it, every rank gets its shard."""
+    def load(self, path, root=0, schedule=None):
+        """Load a checkpoint (collective): ``root`` reads it, every rank gets its shard.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            Read on ``root`` only.
+        root : int
+            The rank that reads the file, the same on every rank.
+        schedule : numadam.schedules.LRScheduler, optional
+            Each rank's schedule over this rank's optimizer: the file's
+            schedule state is checked against root's schedule, then loaded
+            into every rank's after the optimizer's state, setting the groups'
+            rates. A file saved without a schedule raises
+            :class:`numadam.CheckpointError`, as does a schedule state that
+            does not fit (another class, another number of groups); a file
+            saved with one loads without ``schedule=`` as well (the optimizer
+            only).
+
+        Raises
+        ------
+        CheckpointError, ValueError, OSError
+            On every rank alike; the optimizer and the schedule stay as they
+            were on every rank.
+        """
         with self._lock:
-            _distributed_state.load(self, path, root)
+            _distributed_state.load(self, path, root, schedule)
 
     def __reduce_ex__(self, protocol):
         # Covers copy.copy, copy.deepcopy and pickle: a copy would share the

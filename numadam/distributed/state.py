@@ -130,20 +130,41 @@ def _prepare(opt, header):
     return groups, states
 
 
-def scatter(opt, read, root):
-    """Load the state dict ``read()`` returns on ``root`` into every rank."""
-    error = fulls = header = None
+def _kind(schedule):
+    """What the ranks' schedules must agree on: None, or the class."""
+    cls = type(schedule)
+    return None if schedule is None else f"{cls.__module__}.{cls.__qualname__}"
+
+
+def scatter(opt, read, root, schedule=None, path=None):
+    """Load the state dict ``read()`` returns on ``root`` into every rank.
+
+    With ``schedule`` (this rank's schedule over ``opt``), ``read()`` returns
+    the state dict and a schedule state (None if there is none), which every
+    rank receives and checks against its own schedule (a
+    :class:`CheckpointError` naming ``path`` if it does not fit, raised on
+    every rank before anything changes) and loads after the optimizer's.
+    """
+    error = fulls = header = saved = name = None
     try:
         _check_root(root, opt.size, allow_none=False)
+        checkpoint._check_schedule_of(opt, schedule)
         if opt.rank == root:
-            fulls, header = _flatten(opt, read())
+            state_dict = read()
+            if schedule is not None:
+                state_dict, saved = state_dict
+                name = os.fsdecode(os.fspath(path))
+            fulls, header = _flatten(opt, state_dict)
     except Exception as exc:  # shared with every rank, then raised
         error = exc
     _agree_on(opt, error, root, "roots")
-    header = opt.comm.bcast(header, root)
-    error = prepared = None
+    _agree_on(opt, None, _kind(schedule), "schedules")
+    header, saved, name = opt.comm.bcast((header, saved, name), root)
+    error = prepared = apply = None
     try:
         prepared = _prepare(opt, header)
+        if schedule is not None:
+            apply = checkpoint._schedule_loader(schedule, saved, name)
     except Exception as exc:
         error = exc
     agree(opt.comm, error)
@@ -163,22 +184,31 @@ def scatter(opt, read, root):
         inner._group_args[gi] = args
     for shard, state, (rows, steps, live) in zip(opt._shards, states, header[1]):
         shard.install(state, () if rows is None else rows, steps, live)
+    if apply is not None:
+        apply()     # the schedule's rates over the groups just installed
 
 
-def save(opt, path, root):
-    """Gather to ``root``, write atomically there, raise everywhere on failure."""
-    error = None
+def save(opt, path, root, schedule=None):
+    """Gather to ``root``, write atomically there, raise everywhere on failure.
+
+    Each rank checks its own ``schedule`` (it drives ``opt``, its state would
+    load back) and the ranks agree on the path, the root and the schedule's
+    class before anything moves; root stores its schedule's state.
+    """
+    error = schedule_state = None
     try:
         path = os.fspath(path)
         _check_root(root, opt.size, allow_none=False)
+        schedule_state = checkpoint._schedule_to_save(opt, schedule)
     except Exception as exc:  # shared with every rank, then raised
         error = exc
     _agree_on(opt, error, (path, root), "(path, root)")
+    _agree_on(opt, None, _kind(schedule), "schedules")
     state_dict = gather(opt, root)
     error = None
     if opt.rank == root:
         try:
-            checkpoint.save(state_dict, path)
+            checkpoint.save(state_dict, path, schedule_state)
         except Exception as exc:
             error = exc
     outcome = opt.comm.bcast(describe(error), root)
@@ -187,6 +217,13 @@ def save(opt, path, root):
     raise_agreed(infos, error, opt.size)
 
 
-def load(opt, path, root):
-    """``root`` reads ``path``; every rank receives its shard."""
-    scatter(opt, lambda: checkpoint.load(path), root)
+def load(opt, path, root, schedule=None):
+    """``root`` reads ``path``; every rank receives its shard (and, with
+    ``schedule``, the file's schedule state; a file saved with a schedule
+    loads without one as well)."""
+    def read():
+        state_dict = checkpoint.load(path)
+        saved = state_dict.pop(checkpoint._SCHEDULE, None)
+        return state_dict if schedule is None else (state_dict, saved)
+
+    scatter(opt, read, root, schedule, path)

@@ -516,7 +516,7 @@ def a_failed_checkpoint_leaves_the_previous_one_intact_on_every_rank():
     # the writing rank fails half-way through the file
     real_save = numadam.checkpoint.save
 
-    def failing_save(state_dict, target):
+    def failing_save(state_dict, target, schedule=None):
         with open(target + ".partial", "wb") as f:
             f.write(b"PK\x03\x04 half a checkpoint")
         raise OSError("disk full (injected)")
