@@ -247,7 +247,7 @@ def refused_schedule_saves_and_loads_raise_everywhere_and_change_nothing():
     # a file with a schedule loads without schedule=: the optimizer only
     opt.load(path + ".s")
     assert sched.state_dict() == before[1]
-    mirror, mirror_params = build(name, dtype, False)
+    mirror, _ = build(name, dtype, False)
     mirror.load(path + ".s")
     assert_same_state(opt.state_dict(root=None), mirror.state_dict(), "optimizer only")
 
