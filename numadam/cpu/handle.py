@@ -39,13 +39,16 @@ no step writes to freed memory even after ``del opt``.
 """
 
 import math
+import os
 import threading
 import time
+import zlib
 
 import numpy as np
 from numba import njit, types
 from llvmlite import ir
 from numba.core import cgutils
+from numba.core.typing.typeof import Purpose
 from numba.extending import (NativeValue, intrinsic, make_attribute_wrapper, models,
                              overload_method, register_model, typeof_impl, unbox)
 from numba.np.unsafe.ndarray import to_fixed_tuple  # noqa: F401 (the generated steps use it)
@@ -313,6 +316,7 @@ class _RuleParts:
         # the floats of hyp whose being zero decides whether a state row exists
         self.when = {self.names[s.when][1] for s in rule.state
                      if s.when is not None and self.names[s.when][0] == "real"}
+        self.code = _code_stamp(rule)
 
 
     def step(self, check, nbuckets):
@@ -361,6 +365,25 @@ class _RuleParts:
 
 
 _PARTS = {}
+
+
+def _code_stamp(rule):
+    """A digest of the rule's cache stamp and the size and modification time
+    of every module of numadam.core and numadam.cpu, for the name of the
+    handle's Numba type. A user's ``@njit(cache=True)`` function has the
+    compiled step inlined and is keyed by its own source and its argument
+    types only: with this in the type, an upgraded or edited numadam (a
+    changed table layout, say) makes it compile afresh instead of running
+    the old step on the new layout."""
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    stats = [rule.stamp()]
+    for folder in ("core", "cpu"):
+        directory = os.path.join(package, folder)
+        for name in sorted(os.listdir(directory)):
+            if name.endswith(".py"):
+                info = os.stat(os.path.join(directory, name))
+                stats.append((folder, name, info.st_size, info.st_mtime_ns))
+    return f"{zlib.crc32(repr(stats).encode()):08x}"
 
 
 def _parts(rule):
@@ -581,7 +604,7 @@ def make_handle(opt):
         data = (shared.control, int(shared.control[EPOCH]), shared.hyper, shared.flags,
                 shared.layout, buckets)
         from numba import typeof
-        numba_type = HandleType(rule.name, opt.check_finite, typeof(data))
+        numba_type = HandleType(rule.name, opt.check_finite, shared.parts.code, typeof(data))
         return Handle(opt, shared, data, numba_type)
 
 
@@ -598,19 +621,31 @@ class _Owner:
 # ------------------------------------------------------------ Numba type
 
 class HandleType(types.Type):
-    """The Numba type of a :class:`Handle`: its rule, its ``check_finite``
-    and the type of its data tuple."""
+    """The Numba type of a :class:`Handle`: its rule, its ``check_finite``,
+    the digest of numadam's code (:func:`_code_stamp`) and the type of its
+    data tuple."""
 
-    def __init__(self, rule_name, check_finite, data_type):
+    def __init__(self, rule_name, check_finite, code, data_type):
         self.rule_name = rule_name
         self.check_finite = check_finite
         self.data_type = data_type
         super().__init__(name=f"numadam.Handle({rule_name}, check_finite={check_finite}, "
-                              f"{data_type})")
+                              f"code={code}, {data_type})")
+
+
+GLOBAL_HANDLE = (
+    "numadam: a handle cannot be a global or closure variable of @njit code, which "
+    "Numba would freeze into the compiled function (it would outlive the optimizer "
+    "and miss its edits); pass it as an argument: f(h)")
 
 
 @typeof_impl.register(Handle)
 def _typeof_handle(value, context):
+    # Numba types a global or closure variable as a constant: refused here,
+    # with numadam's message first (a TypeError passes through Numba's
+    # typing unchanged; its own lowering error names no handle).
+    if context.purpose == Purpose.constant:
+        raise TypeError(GLOBAL_HANDLE)
     return value._numba_type
 
 
