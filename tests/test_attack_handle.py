@@ -425,3 +425,124 @@ def test_random_programs_match_a_python_twin(name, dtype, mixed, check_finite, p
                 gf[...] = ga
             a, h = fresh, fresh.jit()
         assert_twins(a, b, what)
+
+
+# ------------------------------------------------------------------ threads
+
+import threading                                                   # noqa: E402
+import time                                                        # noqa: E402
+
+from numba import objmode                                          # noqa: E402
+
+
+@njit
+def steps_with_progress(h, n, pause):
+    """A plain (GIL-holding) @njit loop that reports from an objmode block
+    between steps, where another Python thread can take the optimizer."""
+    for _ in range(n):
+        with objmode():
+            time.sleep(pause)
+        h.step()
+
+
+@njit(nogil=True)
+def steps_nogil(h, n):
+    for _ in range(n):
+        h.step()
+
+
+def threaded_adam():
+    p = np.linspace(-1.0, 1.0, 4096).astype(np.float32)
+    opt = numadam.Adam([p], lr=1e-3, betas=(0.8, 0.99))
+    opt.grads[0][...] = np.linspace(-2.0, 1.0, 4096).astype(np.float32)
+    return opt, p
+
+
+def reference_run(n):
+    """Parameters and exp_avg after each step count up to ``n`` (the
+    gradient is constant, so the state is a function of the count)."""
+    opt, p = threaded_adam()
+    out = {0: (p.copy(), None)}
+    for k in range(1, n + 1):
+        opt.step()
+        out[k] = (p.copy(), opt.state[0]["exp_avg"].copy())
+    return out
+
+
+def checkpoint_thread(opt, reference, stop, seen):
+    """state_dict() in a loop: each snapshot must be the state of a whole
+    number of steps."""
+    while not stop.is_set():
+        entry = opt.state_dict()["state"].get(0)
+        if entry is not None:
+            seen.append(entry["step"])
+            assert np.array_equal(entry["exp_avg"], reference[entry["step"]][1])
+
+
+def test_gil_holding_loop_waits_for_a_checkpoint_thread_instead_of_raising():
+    """A plain @njit loop whose objmode block lets a checkpoint thread take
+    the optimizer: the compiled step finds it busy while holding the GIL
+    the Python holder needs. It must wait (letting the GIL go), not raise."""
+    n = 40
+    reference = reference_run(n)
+    opt, p = threaded_adam()
+    h = opt.jit()
+    steps_with_progress(h, 0, 0.0)          # compiled before the thread starts
+    stop, seen, errors = threading.Event(), [], []
+
+    def run():
+        try:
+            checkpoint_thread(opt, reference, stop, seen)
+        except BaseException as error:      # noqa: BLE001 (reported below)
+            errors.append(error)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    try:
+        steps_with_progress(h, n, 0.001)
+    finally:
+        stop.set()
+        thread.join()
+    assert not errors, errors
+    assert len(seen) > n                    # the thread ran between the steps
+    assert opt.state_dict()["state"][0]["step"] == n
+    assert np.array_equal(p, reference[n][0])
+
+
+def test_two_nogil_loops_a_python_stepper_and_a_checkpoint_thread():
+    """Two threads in nogil compiled loops on one handle, a third stepping
+    from Python and a fourth taking state_dict(): every step lands once,
+    no snapshot is torn, and the result is that of as many Python steps."""
+    loops, python_steps = 400, 300
+    n = 2 * loops + python_steps
+    reference = reference_run(n)
+    opt, p = threaded_adam()
+    h = opt.jit()
+    steps_nogil(h, 0)
+    stop, seen, errors = threading.Event(), [], []
+
+    def guarded(target, *args):
+        def run():
+            try:
+                target(*args)
+            except BaseException as error:  # noqa: BLE001 (reported below)
+                errors.append(error)
+        return threading.Thread(target=run)
+
+    def python_stepper():
+        for _ in range(python_steps):
+            opt.step()
+
+    checker = guarded(checkpoint_thread, opt, reference, stop, seen)
+    workers = [guarded(steps_nogil, h, loops), guarded(steps_nogil, h, loops),
+               guarded(python_stepper)]
+    checker.start()
+    for thread in workers:
+        thread.start()
+    for thread in workers:
+        thread.join()
+    stop.set()
+    checker.join()
+    assert not errors, errors
+    assert opt.state_dict()["state"][0]["step"] == n
+    assert np.array_equal(p, reference[n][0])

@@ -28,10 +28,9 @@ What the handle shares with the optimizer
   word, claimed with an atomic compare-and-swap by ``h.step()`` and, once a
   handle exists, by every method of the optimizer that takes its lock.
   Python methods wait for a compiled step to finish, and a compiled step
-  without the GIL (``@njit(nogil=True)``) waits for a Python one. A compiled
-  step holding the GIL waits 2**25 tries (0.2 to 1 s), then raises: the
-  Python holder may need that GIL. One inside a Python step on its own
-  thread (its closure) raises at once.
+  waits for a Python one; one that holds the GIL (plain ``@njit``) lets it
+  go while it waits, since the Python holder may need it. One inside a
+  Python step on its own thread (its closure) raises at once.
 
 Memory: the handle holds the optimizer, and the arrays a compiled function
 receives keep the tables, state, owned gradients and parameters alive, so
@@ -70,11 +69,6 @@ _NONNEG, _REAL, _UNIT = range(3)
 _KIND_WORDS = {_NONNEG: "a finite number >= 0", _REAL: "a finite number",
                _UNIT: "in [0, 1)"}
 
-# Compare-and-swap attempts before a compiled step that holds the GIL gives
-# up on a busy optimizer: 5 to 25 ns each, so 0.2 to 1 s in all. The holder
-# may be a Python thread waiting for that GIL; without the GIL it waits.
-_SPINS = 1 << 25
-
 _JIT = dict(error_model="numpy")
 
 
@@ -107,10 +101,6 @@ STALE_LOADED = ("numadam: this handle was made before opt.load_state_dict(...), 
                 "replaced the state it points at; call opt.jit() again")
 STALE_ADDED = ("numadam: this handle was made before opt.add_param_group(...); it would "
                "not step the new group; call opt.jit() again")
-BUSY_MESSAGE = (
-    "numadam: h.step() waited in vain (2**25 tries) for another thread's step, "
-    "state_dict(), save() ... of this optimizer: compiled code that holds the GIL cannot "
-    "let a Python thread finish; compile it with @njit(nogil=True), which waits")
 REENTERED = (
     "numadam: h.step() was called inside a step (or state_dict(), save() ...) of the same "
     "optimizer on this thread, from the closure of opt.step() say; the closure only "
@@ -201,20 +191,52 @@ def owner_word(ident):
     return ident - (1 << 64) if ident >= 1 << 63 else ident
 
 
+@intrinsic
+def _save_thread(typingctx):
+    """``PyEval_SaveThread()``: let the GIL go; returns the thread state."""
+    def codegen(context, builder, signature, args):
+        save = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(cgutils.voidptr_t, []), "PyEval_SaveThread")
+        return builder.call(save, [])
+
+    return types.voidptr(), codegen
+
+
+@intrinsic
+def _restore_thread(typingctx, state):
+    """``PyEval_RestoreThread(state)``: take the GIL back."""
+    if state != types.voidptr:
+        return None
+
+    def codegen(context, builder, signature, args):
+        restore = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [cgutils.voidptr_t]),
+            "PyEval_RestoreThread")
+        builder.call(restore, [args[0]])
+        return context.get_dummy_value()
+
+    return types.none(types.voidptr), codegen
+
+
 @njit(cache=CACHE, nogil=True, **_JIT)
 def _wait_for(control):
     """Claim a busy word that another thread holds: wait for it, except on
-    the thread that holds it (a closure of its step) or while holding the
-    GIL a Python holder needs (then for 2**25 tries)."""
+    the thread that holds it (a closure of its step). Compiled code that
+    holds the GIL (plain ``@njit``) lets it go while it waits, as a C
+    extension's blocking call does: the holder may be a Python method that
+    needs the GIL to finish (a checkpoint thread's ``state_dict()`` while the
+    loop is in an ``objmode`` block, say). The step reads no Python object,
+    and its arrays are held by the references its caller took."""
     if control[OWNER] == _thread_ident():
         raise RuntimeError(REENTERED)
-    spins = 0
-    while not _cas(control, BUSY, 0, 1):
-        spins += 1
-        if spins == _SPINS:
-            if _holds_gil():
-                raise RuntimeError(BUSY_MESSAGE)
-            spins = 0
+    if _holds_gil():
+        saved = _save_thread()
+        while not _cas(control, BUSY, 0, 1):
+            pass
+        _restore_thread(saved)
+    else:
+        while not _cas(control, BUSY, 0, 1):
+            pass
 
 
 @njit(cache=CACHE, nogil=True, inline="always", **_JIT)
