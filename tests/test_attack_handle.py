@@ -546,3 +546,67 @@ def test_two_nogil_loops_a_python_stepper_and_a_checkpoint_thread():
     assert not errors, errors
     assert opt.state_dict()["state"][0]["step"] == n
     assert np.array_equal(p, reference[n][0])
+
+
+# ------------------------------------------------------- copies, two handles
+
+import copy                                                        # noqa: E402
+
+
+@njit
+def step_both(ha, hb, n):
+    for _ in range(n):
+        ha.step()
+        hb.step()
+        hb.step()
+
+
+def test_a_deep_copy_taken_during_a_compiled_loop_is_whole_and_independent():
+    """deepcopy of an optimizer while a nogil loop steps it holds a whole
+    number of steps; the copy has a busy word of its own: its handle steps
+    inside the closure of the original's step (a shared word would refuse
+    that as a re-entered step)."""
+    n = 300
+    reference = reference_run(n)
+    opt, _ = threaded_adam()
+    h = opt.jit()
+    steps_nogil(h, 0)
+    thread = threading.Thread(target=steps_nogil, args=(h, n))
+    thread.start()
+    copies = [copy.deepcopy(opt) for _ in range(5)]
+    thread.join()
+    for c in copies:
+        count = c.state_dict()["state"].get(0, {"step": 0})["step"]
+        p = c.param_groups[0]["params"][0]
+        assert np.array_equal(p, reference[count][0])
+    c = copies[-1]
+    count = c.state_dict()["state"].get(0, {"step": 0})["step"]
+    hc = c.jit()
+    opt.step(closure=lambda: steps_nogil(hc, 2))
+    assert c.state_dict()["state"][0]["step"] == count + 2
+    assert opt.state_dict()["state"][0]["step"] == n + 1
+    assert np.array_equal(c.param_groups[0]["params"][0], reference[count + 2][0])
+
+
+def test_two_optimizers_stepped_in_one_compiled_function():
+    """Handles of two optimizers of different rules and dtypes in one call,
+    passed in either order, each step only its own optimizer."""
+    a, pa = small(np.float32)
+    b = numadam.SGD([np.linspace(0.0, 1.0, 5)], lr=0.1, momentum=0.9)
+    b.grads[0][...] = 1.0
+    ta, tpa = small(np.float32)
+    tb = numadam.SGD([np.linspace(0.0, 1.0, 5)], lr=0.1, momentum=0.9)
+    tb.grads[0][...] = 1.0
+    step_both(a.jit(), b.jit(), 3)
+    for _ in range(3):
+        ta.step()
+        tb.step()
+        tb.step()
+    assert np.array_equal(pa, tpa)
+    assert np.array_equal(b.param_groups[0]["params"][0], tb.param_groups[0]["params"][0])
+    step_both(b.jit(), a.jit(), 1)          # swapped: b once, a twice
+    ta.step()
+    ta.step()
+    tb.step()
+    assert np.array_equal(pa, tpa)
+    assert np.array_equal(b.param_groups[0]["params"][0], tb.param_groups[0]["params"][0])
