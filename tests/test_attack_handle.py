@@ -610,3 +610,28 @@ def test_two_optimizers_stepped_in_one_compiled_function():
     tb.step()
     assert np.array_equal(pa, tpa)
     assert np.array_equal(b.param_groups[0]["params"][0], tb.param_groups[0]["params"][0])
+
+
+def test_a_read_only_parameter_is_refused_as_by_step():
+    """opt.step() refuses a parameter made read-only; the compiled step
+    writes through its address regardless, so the call must refuse it."""
+    opt, p = small()
+    h = opt.jit()
+    p.flags.writeable = False
+    before = p.copy()
+    with pytest.raises(ValueError) as error:
+        opt.step()
+    python_message = first_line(error)
+
+    @njit
+    def step(h):
+        h.step()
+
+    with pytest.raises(ValueError) as error:
+        step(h)
+    assert first_line(error) == python_message == ("parameter 0 has become read-only; "
+                                                   "parameters are updated in place")
+    assert np.array_equal(p, before)
+    p.flags.writeable = True
+    step(h)
+    assert opt.state_dict()["state"][0]["step"] == 1

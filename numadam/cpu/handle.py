@@ -447,12 +447,19 @@ class Handle:
 
     def _enter(self):
         """What each ``@njit`` call receives: called by the unboxing, before
-        the call. Refuses a stale handle, syncs Python's edits."""
+        the call. Refuses a stale handle and read-only parameters, syncs
+        Python's edits."""
         shared = self._shared
         if shared.control[EPOCH] != self._data[1]:
             raise RuntimeError(STALE_LOADED if shared.control[REASON] == LOADED
                                else STALE_ADDED)
-        shared.push(self._opt)
+        opt = self._opt
+        shared.push(opt)
+        # As opt.step() refuses (the compiled step would write regardless).
+        for param in opt._host_params:
+            if not param.flags.writeable:
+                raise ValueError(f"parameter {opt._index_of[id(param)]} has become "
+                                 "read-only; parameters are updated in place")
         return self._data
 
     def __repr__(self):
