@@ -635,3 +635,25 @@ def test_a_read_only_parameter_is_refused_as_by_step():
     p.flags.writeable = True
     step(h)
     assert opt.state_dict()["state"][0]["step"] == 1
+
+
+def test_check_finite_changed_after_jit_is_refused():
+    """check_finite is compiled into the handle's step; after a change from
+    Python an old handle would let a NaN through where opt.step() skips."""
+    opt, p = small()
+    h = opt.jit()
+    opt.check_finite = "skip"
+    opt.grads[0][0] = np.nan
+    before = p.copy()
+
+    @njit
+    def step(h):
+        h.step()
+
+    with pytest.raises(RuntimeError) as error:
+        step(h)
+    assert first_line(error) == ("numadam: opt.check_finite is 'skip', but this handle was "
+                                 "made with None; call opt.jit() again")
+    assert np.array_equal(p, before)
+    step(opt.jit())
+    assert np.array_equal(p, before) and opt.skipped_steps == 1

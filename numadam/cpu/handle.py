@@ -447,13 +447,19 @@ class Handle:
 
     def _enter(self):
         """What each ``@njit`` call receives: called by the unboxing, before
-        the call. Refuses a stale handle and read-only parameters, syncs
-        Python's edits."""
+        the call. Refuses a stale handle (or ``check_finite`` changed since),
+        read-only parameters; syncs Python's edits."""
         shared = self._shared
         if shared.control[EPOCH] != self._data[1]:
             raise RuntimeError(STALE_LOADED if shared.control[REASON] == LOADED
                                else STALE_ADDED)
         opt = self._opt
+        made = self._numba_type.check_finite
+        if opt.check_finite != made:
+            # compiled into the step as part of the handle's type
+            raise RuntimeError(
+                f"numadam: opt.check_finite is {opt.check_finite!r}, but this handle was "
+                f"made with {made!r}; call opt.jit() again")
         shared.push(opt)
         # As opt.step() refuses (the compiled step would write regardless).
         for param in opt._host_params:
