@@ -364,6 +364,7 @@ OPERATION = st.one_of(
     st.tuples(st.just("poison"), st.integers(0, 2)),
     st.tuples(st.just("zero_grad")),
     st.tuples(st.just("reload")),
+    st.tuples(st.just("new_handle")),
 )
 
 
@@ -376,15 +377,16 @@ def test_random_programs_match_a_python_twin(name, dtype, mixed, check_finite, p
     new and non-finite gradients, zero_grad, and a state-dict round trip
     into a fresh optimizer with a new handle, against a twin that only ever
     steps from Python: the same bits, groups and skipped steps after every
-    operation."""
+    operation. Several handles of one optimizer are used in turn."""
     a, params = program_optimizer(name, dtype, mixed, check_finite)
     b, _ = program_optimizer(name, dtype, mixed, check_finite)
-    h = a.jit()
+    handles = [a.jit()]
     second, low, high = SECOND[oc.CONFIGS[name]["cls"]]
     ngroups = len(a.param_groups)
     for number, op in enumerate(program):
         what = f"operation {number}: {op}"
         kind = op[0]
+        h = handles[number % len(handles)]
         if kind == "python_step":
             a.step()
             b.step()
@@ -423,7 +425,9 @@ def test_random_programs_match_a_python_twin(name, dtype, mixed, check_finite, p
             fresh.skipped_steps = a.skipped_steps
             for gf, ga in zip(fresh.grads, a.grads):
                 gf[...] = ga
-            a, h = fresh, fresh.jit()
+            a, handles = fresh, [fresh.jit()]
+        elif kind == "new_handle":
+            handles.append(a.jit())
         assert_twins(a, b, what)
 
 
