@@ -661,3 +661,22 @@ def test_check_finite_changed_after_jit_is_refused():
     assert np.array_equal(p, before)
     step(opt.jit())
     assert np.array_equal(p, before) and opt.skipped_steps == 1
+
+
+def test_steps_from_prange_threads_take_turns():
+    """h.step() in the body of a prange loop: the busy word serialises the
+    steps of Numba's worker threads, so n of them are n whole steps."""
+    from numba import prange
+
+    @njit(parallel=True)
+    def parallel_steps(h, n):
+        for _ in prange(n):
+            h.step()
+
+    n = 64
+    reference = reference_run(n)
+    opt, p = threaded_adam()
+    parallel_steps(opt.jit(), n)
+    assert opt.state_dict()["state"][0]["step"] == n
+    assert np.array_equal(p, reference[n][0])
+    assert np.array_equal(opt.state[0]["exp_avg"], reference[n][1])
