@@ -2,17 +2,22 @@
 compiled functions across numadam versions, random programs of compiled and
 Python steps against a Python twin, threads, schedules driving the handle."""
 
+import copy
 import os
 import shutil
 import subprocess
 import sys
-import textwrap
+import threading
+import time
 
 import numpy as np
 import pytest
-from numba import njit
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from numba import njit, objmode
 
 import numadam
+import optim_configs as oc
 
 
 def small(dtype=np.float32, n=8):
@@ -145,7 +150,7 @@ def scheduled_adam(dtype):
     opt = numadam.Adam([dict(params=params[:2]), dict(params=params[2:], lr=3e-3,
                                                       weight_decay=0.01)],
                        lr=1e-2, betas=(0.85, 0.995))
-    for k, g in enumerate(opt.grads):
+    for g in opt.grads:
         g[...] = rng.standard_normal(g.shape)
     return opt, params
 
@@ -255,9 +260,6 @@ def test_lr_set_last_inside_njit_wins_over_the_schedule():
 
 # -------------------------------- random programs against a Python twin
 
-import optim_configs as oc                                       # noqa: E402
-from hypothesis import HealthCheck, given, settings               # noqa: E402
-from hypothesis import strategies as st                           # noqa: E402
 
 PROGRAM_CONFIGS = ["adam", "amsgrad_adamw_maximize", "groups_schedule",
                    "adamw_groups_missing_grads", "sgd_nesterov_weight_decay",
@@ -433,11 +435,6 @@ def test_random_programs_match_a_python_twin(name, dtype, mixed, check_finite, p
 
 # ------------------------------------------------------------------ threads
 
-import threading                                                   # noqa: E402
-import time                                                        # noqa: E402
-
-from numba import objmode                                          # noqa: E402
-
 
 @njit
 def steps_with_progress(h, n, pause):
@@ -553,8 +550,6 @@ def test_two_nogil_loops_a_python_stepper_and_a_checkpoint_thread():
 
 
 # ------------------------------------------------------- copies, two handles
-
-import copy                                                        # noqa: E402
 
 
 @njit
