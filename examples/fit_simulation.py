@@ -4,11 +4,12 @@ The Lotka-Volterra model ``prey' = a*prey - b*prey*pred``,
 ``pred' = d*prey*pred - g*pred`` is stepped with explicit Euler, together with
 its forward sensitivities (the exact derivative of every Euler step with
 respect to ``(a, b, d, g)``), so each fitting iteration costs one simulation.
-The whole fit -- simulation, gradient, Adam update and a step decay of the
-learning rate -- runs in one ``@njit`` function, stepping a ``numadam.Adam``
-through its handle ``opt.jit()``. The same loop driven from Python, calling
-the same compiled simulation and ``opt.step()``, gives bit-identical rates;
-the example measures both.
+The whole fit -- simulation, gradient, Adam update and a warmup-cosine
+learning-rate schedule -- runs in one ``@njit`` function, stepping a
+``numadam.Adam`` through its handle ``opt.jit()``; the schedule's rates come
+from ``sched.lr_table(n)``, one row per step. The same loop driven from
+Python, calling the same compiled simulation, ``opt.step()`` and
+``sched.step()``, gives bit-identical rates; the example measures both.
 
 The functions here are compiled afresh on every run (about two seconds):
 ``cache=True`` caches per file, and a file that is both run as a script and
@@ -69,47 +70,52 @@ def loss_and_grad(rates, start, dt, observed, grad):
 
 
 @njit
-def fit_compiled(h, rates, grad, start, dt, observed, iterations, decay_at):
+def fit_compiled(h, rates, grad, start, dt, observed, lrs, last_lr):
     """The whole fit in compiled code: ``h`` is the handle of an optimizer of
-    ``rates`` whose owned gradient is ``grad``. Returns the last loss."""
+    ``rates`` whose owned gradient is ``grad``; step ``t`` uses the rate
+    ``lrs[t, 0]`` of a schedule's table, and the group is left at
+    ``last_lr``, where the schedule stands after the table (else it would
+    keep the last rate set here). Returns the last loss."""
     loss = 0.0
-    for t in range(iterations):
-        if t == decay_at:
-            h.set_lr(0, h.get_lr(0) * 0.5)
+    for t in range(lrs.shape[0]):
+        h.set_lr(0, lrs[t, 0])
         loss = loss_and_grad(rates, start, dt, observed, grad)
         h.step()
+    h.set_lr(0, last_lr)
     return loss
 
 
-def fit_from_python(opt, rates, grad, start, dt, observed, iterations, decay_at):
+def fit_from_python(opt, sched, rates, grad, start, dt, observed, iterations):
     """The same loop, one Python iteration per step: the same compiled
-    simulation, and ``opt.step()``."""
+    simulation, ``opt.step()`` and ``sched.step()``."""
     loss = 0.0
-    for t in range(iterations):
-        if t == decay_at:
-            opt.param_groups[0]["lr"] *= 0.5
+    for _ in range(iterations):
         loss = loss_and_grad(rates, start, dt, observed, grad)
         opt.step()
+        sched.step()
     return loss
 
 
 def timed(compiled, guess, observed, iterations, repeats):
     """Median seconds of ``repeats`` fits from ``guess``, each with a fresh
-    Adam; the fitted rates and loss."""
+    Adam and schedule (the compiled fit's time includes ``lr_table``); the
+    fitted rates, loss, and the optimizer's and schedule's state dicts."""
     times = []
     for _ in range(repeats):
         rates = guess.copy()
         opt = numadam.Adam([rates], lr=LR, betas=(BETA1, BETA2), eps=EPS)
+        sched = numadam.schedules.WarmupCosineLR(opt, warmup_steps=iterations // 20,
+                                                 total_steps=iterations, min_lr_ratio=0.1)
         grad = opt.grads[0]
         begin = time.perf_counter()
         if compiled:
-            loss = fit_compiled(opt.jit(), rates, grad, START, DT, observed, iterations,
-                                iterations * 3 // 4)
+            lrs = sched.lr_table(iterations)
+            loss = fit_compiled(opt.jit(), rates, grad, START, DT, observed, lrs,
+                                sched.get_last_lr()[0])
         else:
-            loss = fit_from_python(opt, rates, grad, START, DT, observed, iterations,
-                                   iterations * 3 // 4)
+            loss = fit_from_python(opt, sched, rates, grad, START, DT, observed, iterations)
         times.append(time.perf_counter() - begin)
-    return float(np.median(times)), rates, loss
+    return float(np.median(times)), rates, loss, opt.state_dict(), sched.state_dict()
 
 
 def main(steps=200, iterations=6000, noise=0.3, repeats=3, seed=0):
@@ -121,9 +127,15 @@ def main(steps=200, iterations=6000, noise=0.3, repeats=3, seed=0):
     for compiled in (True, False):                  # compile first
         timed(compiled, guess, observed, 2, 1)
 
-    compiled, rates, loss = timed(True, guess, observed, iterations, repeats)
-    python, rates_py, _ = timed(False, guess, observed, iterations, repeats)
-    identical = bool(np.array_equal(rates, rates_py))
+    compiled, rates, loss, state, sched_state = timed(True, guess, observed, iterations,
+                                                      repeats)
+    python, rates_py, _, state_py, sched_state_py = timed(False, guess, observed, iterations,
+                                                          repeats)
+    identical = bool(
+        np.array_equal(rates, rates_py) and sched_state == sched_state_py
+        and state["param_groups"] == state_py["param_groups"]
+        and all(np.array_equal(state["state"][0][key], value)
+                for key, value in state_py["state"][0].items()))
 
     print(f"Lotka-Volterra, {steps} Euler steps per simulation, {iterations} Adam "
           f"iterations: mean squared error {loss:.4f} (the noise alone gives "

@@ -28,10 +28,9 @@ What the handle shares with the optimizer
   word, claimed with an atomic compare-and-swap by ``h.step()`` and, once a
   handle exists, by every method of the optimizer that takes its lock.
   Python methods wait for a compiled step to finish, and a compiled step
-  without the GIL (``@njit(nogil=True)``) waits for a Python one. A compiled
-  step holding the GIL waits 2**25 tries (0.2 to 1 s), then raises: the
-  Python holder may need that GIL. One inside a Python step on its own
-  thread (its closure) raises at once.
+  waits for a Python one; one that holds the GIL (plain ``@njit``) lets it
+  go while it waits, since the Python holder may need it. One inside a
+  Python step on its own thread (its closure) raises at once.
 
 Gradient clipping: with ``max_grad_norm`` or ``clip_value`` set, ``h.step()``
 clips as ``opt.step()`` does (the clamp, the exact global norm of every
@@ -46,13 +45,16 @@ no step writes to freed memory even after ``del opt``.
 """
 
 import math
+import os
 import threading
 import time
+import zlib
 
 import numpy as np
 from numba import njit, types
 from llvmlite import ir
 from numba.core import cgutils
+from numba.core.typing.typeof import Purpose
 from numba.extending import (NativeValue, intrinsic, make_attribute_wrapper, models,
                              overload_method, register_model, typeof_impl, unbox)
 from numba.np.unsafe.ndarray import to_fixed_tuple  # noqa: F401 (the generated steps use it)
@@ -74,11 +76,6 @@ LOADED, ADDED = 1, 2
 _NONNEG, _REAL, _UNIT = range(3)
 _KIND_WORDS = {_NONNEG: "a finite number >= 0", _REAL: "a finite number",
                _UNIT: "in [0, 1)"}
-
-# Compare-and-swap attempts before a compiled step that holds the GIL gives
-# up on a busy optimizer: 5 to 25 ns each, so 0.2 to 1 s in all. The holder
-# may be a Python thread waiting for that GIL; without the GIL it waits.
-_SPINS = 1 << 25
 
 _JIT = dict(error_model="numpy")
 
@@ -115,10 +112,6 @@ STALE_ADDED = ("numadam: this handle was made before opt.add_param_group(...); i
 STALE_CLIPPING = ("numadam: this handle was made before clipping was switched on or off "
                   "(opt.max_grad_norm / opt.clip_value set to or from None); call opt.jit() "
                   "again")
-BUSY_MESSAGE = (
-    "numadam: h.step() waited in vain (2**25 tries) for another thread's step, "
-    "state_dict(), save() ... of this optimizer: compiled code that holds the GIL cannot "
-    "let a Python thread finish; compile it with @njit(nogil=True), which waits")
 REENTERED = (
     "numadam: h.step() was called inside a step (or state_dict(), save() ...) of the same "
     "optimizer on this thread, from the closure of opt.step() say; the closure only "
@@ -209,20 +202,52 @@ def owner_word(ident):
     return ident - (1 << 64) if ident >= 1 << 63 else ident
 
 
+@intrinsic
+def _save_thread(typingctx):
+    """``PyEval_SaveThread()``: let the GIL go; returns the thread state."""
+    def codegen(context, builder, signature, args):
+        save = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(cgutils.voidptr_t, []), "PyEval_SaveThread")
+        return builder.call(save, [])
+
+    return types.voidptr(), codegen
+
+
+@intrinsic
+def _restore_thread(typingctx, state):
+    """``PyEval_RestoreThread(state)``: take the GIL back."""
+    if state != types.voidptr:
+        return None
+
+    def codegen(context, builder, signature, args):
+        restore = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [cgutils.voidptr_t]),
+            "PyEval_RestoreThread")
+        builder.call(restore, [args[0]])
+        return context.get_dummy_value()
+
+    return types.none(types.voidptr), codegen
+
+
 @njit(cache=CACHE, nogil=True, **_JIT)
 def _wait_for(control):
     """Claim a busy word that another thread holds: wait for it, except on
-    the thread that holds it (a closure of its step) or while holding the
-    GIL a Python holder needs (then for 2**25 tries)."""
+    the thread that holds it (a closure of its step). Compiled code that
+    holds the GIL (plain ``@njit``) lets it go while it waits, as a C
+    extension's blocking call does: the holder may be a Python method that
+    needs the GIL to finish (a checkpoint thread's ``state_dict()`` while the
+    loop is in an ``objmode`` block, say). The step reads no Python object,
+    and its arrays are held by the references its caller took."""
     if control[OWNER] == _thread_ident():
         raise RuntimeError(REENTERED)
-    spins = 0
-    while not _cas(control, BUSY, 0, 1):
-        spins += 1
-        if spins == _SPINS:
-            if _holds_gil():
-                raise RuntimeError(BUSY_MESSAGE)
-            spins = 0
+    if _holds_gil():
+        saved = _save_thread()
+        while not _cas(control, BUSY, 0, 1):
+            pass
+        _restore_thread(saved)
+    else:
+        while not _cas(control, BUSY, 0, 1):
+            pass
 
 
 @njit(cache=CACHE, nogil=True, inline="always", **_JIT)
@@ -362,6 +387,7 @@ class _RuleParts:
         # the floats of hyp whose being zero decides whether a state row exists
         self.when = {self.names[s.when][1] for s in rule.state
                      if s.when is not None and self.names[s.when][0] == "real"}
+        self.code = _code_stamp(rule)
 
 
     def step(self, check, nbuckets, clipping):
@@ -439,6 +465,25 @@ class _RuleParts:
 _PARTS = {}
 
 
+def _code_stamp(rule):
+    """A digest of the rule's cache stamp and the size and modification time
+    of every module of numadam.core and numadam.cpu, for the name of the
+    handle's Numba type. A user's ``@njit(cache=True)`` function has the
+    compiled step inlined and is keyed by its own source and its argument
+    types only: with this in the type, an upgraded or edited numadam (a
+    changed table layout, say) makes it compile afresh instead of running
+    the old step on the new layout."""
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    stats = [rule.stamp()]
+    for folder in ("core", "cpu"):
+        directory = os.path.join(package, folder)
+        for name in sorted(os.listdir(directory)):
+            if name.endswith(".py"):
+                info = os.stat(os.path.join(directory, name))
+                stats.append((folder, name, info.st_size, info.st_mtime_ns))
+    return f"{zlib.crc32(repr(stats).encode()):08x}"
+
+
 def _parts(rule):
     try:
         return _PARTS[rule.name]
@@ -468,26 +513,38 @@ class Handle:
     See :mod:`numadam.cpu.handle` for what is shared and when.
     """
 
-    __slots__ = ("_opt", "_shared", "_data", "_numba_type", "_clipping")
+    __slots__ = ("_opt", "_shared", "_data", "_numba_type")
 
-    def __init__(self, opt, shared, data, numba_type, clipping):
+    def __init__(self, opt, shared, data, numba_type):
         self._opt = opt
         self._shared = shared
         self._data = data
         self._numba_type = numba_type
-        self._clipping = clipping
 
     def _enter(self):
         """What each ``@njit`` call receives: called by the unboxing, before
-        the call. Refuses a stale handle, syncs Python's edits."""
+        the call. Refuses a stale handle (or ``check_finite`` changed since),
+        read-only parameters; syncs Python's edits."""
         shared = self._shared
         if shared.control[EPOCH] != self._data[1]:
             raise RuntimeError(STALE_LOADED if shared.control[REASON] == LOADED
                                else STALE_ADDED)
-        if self._opt._clipping != self._clipping:
+        opt = self._opt
+        if opt._clipping != self._numba_type.clipping:
             # The compiled step is specialised on clipping or not.
             raise RuntimeError(STALE_CLIPPING)
-        shared.push(self._opt)
+        made = self._numba_type.check_finite
+        if opt.check_finite != made:
+            # compiled into the step as part of the handle's type
+            raise RuntimeError(
+                f"numadam: opt.check_finite is {opt.check_finite!r}, but this handle was "
+                f"made with {made!r}; call opt.jit() again")
+        shared.push(opt)
+        # As opt.step() refuses (the compiled step would write regardless).
+        for param in opt._host_params:
+            if not param.flags.writeable:
+                raise ValueError(f"parameter {opt._index_of[id(param)]} has become "
+                                 "read-only; parameters are updated in place")
         return self._data
 
     def __repr__(self):
@@ -672,8 +729,9 @@ def make_handle(opt):
         data = (shared.control, int(shared.control[EPOCH]), shared.hyper, shared.flags,
                 shared.layout, buckets, shared.clip)
         from numba import typeof
-        numba_type = HandleType(rule.name, opt.check_finite, opt._clipping, typeof(data))
-        return Handle(opt, shared, data, numba_type, opt._clipping)
+        numba_type = HandleType(rule.name, opt.check_finite, opt._clipping, shared.parts.code,
+                                typeof(data))
+        return Handle(opt, shared, data, numba_type)
 
 
 class _Owner:
@@ -689,20 +747,33 @@ class _Owner:
 # ------------------------------------------------------------ Numba type
 
 class HandleType(types.Type):
-    """The Numba type of a :class:`Handle`: its rule, its ``check_finite``
-    and the type of its data tuple."""
+    """The Numba type of a :class:`Handle`: its rule, its ``check_finite``,
+    whether it clips,
+    the digest of numadam's code (:func:`_code_stamp`) and the type of its
+    data tuple."""
 
-    def __init__(self, rule_name, check_finite, clipping, data_type):
+    def __init__(self, rule_name, check_finite, clipping, code, data_type):
         self.rule_name = rule_name
         self.check_finite = check_finite
         self.clipping = clipping
         self.data_type = data_type
         super().__init__(name=f"numadam.Handle({rule_name}, check_finite={check_finite}, "
-                              f"clipping={clipping}, {data_type})")
+                              f"clipping={clipping}, code={code}, {data_type})")
+
+
+GLOBAL_HANDLE = (
+    "numadam: a handle cannot be a global or closure variable of @njit code, which "
+    "Numba would freeze into the compiled function (it would outlive the optimizer "
+    "and miss its edits); pass it as an argument: f(h)")
 
 
 @typeof_impl.register(Handle)
 def _typeof_handle(value, context):
+    # Numba types a global or closure variable as a constant: refused here,
+    # with numadam's message first (a TypeError passes through Numba's
+    # typing unchanged; its own lowering error names no handle).
+    if context.purpose == Purpose.constant:
+        raise TypeError(GLOBAL_HANDLE)
     return value._numba_type
 
 
