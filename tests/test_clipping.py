@@ -324,6 +324,112 @@ def test_the_blocked_float32_norm_is_exact_in_any_split(spread):
         numadam.config.serial_below, numadam.config.min_task, numadam.config.threads = saved
 
 
+def _exact_sum_of_squares(g):
+    """The exact sum of the float64 squares of float32 ``g``, as a Fraction."""
+    total = 0
+    for v in np.square(g.astype(np.float64)).tolist():
+        n, d = v.as_integer_ratio()
+        total += n * ((1 << 1074) // d)
+    return Fraction(total, 1 << 1074)
+
+
+def _assert_exact_in_splits(g, cuts, exact=None):
+    """``square_sum_bins`` over ``g`` cut into table rows at ``cuts``, on one
+    thread and on tasks of several sizes: always the correctly rounded sum
+    (and, when ``exact`` is given, bins that hold exactly that sum)."""
+    like = np.empty(0, np.float32)
+    table = _table_over(np.split(g, cuts))
+    expected = _square_sum([g])
+    saved = (numadam.config.serial_below, numadam.config.min_task, numadam.config.threads)
+    try:
+        for serial_below, min_task, threads in ((1 << 40, 1, 1), (0, 1000, 2), (0, 1, 3)):
+            numadam.config.serial_below, numadam.config.min_task = serial_below, min_task
+            numadam.config.threads = threads
+            bins = square_sum_bins(table, like, g.size)
+            assert bins[NONFINITE] == 0 and bins[OVERFLOW] == 0
+            assert (bins >= 0).all()       # any number of them add up without overflow
+            assert bins_to_sum(bins) == expected, (serial_below, min_task, threads)
+            if exact is not None:
+                assert _fraction_sum(bins) == exact, (serial_below, min_task, threads)
+    finally:
+        numadam.config.serial_below, numadam.config.min_task, numadam.config.threads = saved
+
+
+def test_the_blocked_float32_norm_is_exact_on_adversarial_blocks():
+    """Blocks of 1024 that each take the float32 path's corner: the grid of a
+    block is guessed from the one before (largest square v_max, then a bound
+    2**(k-1) = 4 * 2**floor(log2(v_max))), so each block below is placed
+    after one that makes the guess exact, too small or too large."""
+    b = 1024
+    f32 = np.float32
+    big = np.finfo(np.float32).max
+    rng = np.random.default_rng(13)
+    ones = np.ones(b, f32)                              # v_max = 1: bound 4
+    above = ones.copy()
+    above[700] = np.nextafter(f32(2), f32(3))          # one square just above 4
+    # Squares at odd multiples of half a grid unit of the blocks with bound 4
+    # (units 2**-49 and 2**-101): ties of the rounding to nearest.
+    ties = np.resize(np.array([2.0 ** -25, (1 + 2.0 ** -23) * 2.0 ** -2, 2.0 ** -51, 1.0,
+                               -(1 - 2.0 ** -24), 2.0 ** -50 * 3], f32), b)
+    powers = np.resize(np.ldexp(f32(1), np.arange(-149, 128)).astype(f32), b)
+    powers[::2] *= -1
+    wide = (rng.standard_normal(b) * 10.0 ** rng.uniform(-20, 20, b)).astype(f32)
+    near = (1 + rng.integers(0, 8, b) * 2.0 ** -23).astype(f32)    # all in [1, 1 + 2**-20)
+    blocks = [ones, np.full(b, 2, f32),                 # every square at the bound: a = 2**(k+1)
+              ones, above, ones, ties, ones, near,
+              # squares 25 * 2**-54, 7 * 2**-54 below the grid point 2**-49:
+              # negative remainders, 1024 of them: negative second-level parts
+              ones, np.full(b, 5 * 2.0 ** -27, f32),
+              np.full(b, big, f32),                     # all equal, the largest squares
+              np.full(b, 1e-45, f32),                   # subnormals after them: guess too large
+              np.zeros(b, f32), ones,                   # zeros keep the guess
+              np.full(b, -3.0, f32), powers, wide, ones,
+              np.full(b, 2.0 ** -60, f32), ones]        # a guess far too large, exact anyway
+    g = np.concatenate(blocks)
+    exact = _exact_sum_of_squares(g)
+    _assert_exact_in_splits(g, [len(blocks) // 2 * b], exact)      # rows on block bounds
+    _assert_exact_in_splits(g, [1, 5000, 5001, 9000], exact)        # rows that shift them
+
+
+_segment = st.tuples(st.sampled_from(["equal", "gauss", "powers", "zeros"]),
+                     st.integers(-75, 63), st.integers(1, 2500))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(_segment, min_size=1, max_size=8), st.integers(0, 2 ** 32 - 1),
+       st.integers(0, 20_000))
+def test_the_blocked_float32_norm_is_exact_on_any_sequence_of_blocks(segments, seed, cut):
+    """Runs of equal values, Gaussians, powers of two and zeros, of any
+    scale and length, one after the other: each block's guessed grid meets
+    every kind of neighbour; any split gives the same exact sum."""
+    rng = np.random.default_rng(seed)
+    parts = []
+    for kind, exponent, length in segments:
+        scale = 2.0 ** exponent
+        if kind == "equal":
+            part = np.full(length, scale * rng.uniform(-2, 2))
+        elif kind == "gauss":
+            part = rng.standard_normal(length) * scale
+        elif kind == "powers":
+            part = np.ldexp(1.0, rng.integers(-149, 128, length)) * rng.choice([-1, 1], length)
+        else:
+            part = np.zeros(length)
+        parts.append(part.astype(np.float32))
+    g = np.concatenate(parts)
+    _assert_exact_in_splits(g, [min(cut, g.size)], _exact_sum_of_squares(g))
+
+
+def test_the_blocked_float32_norm_is_exact_over_a_huge_dynamic_range():
+    """A million float32 gradients spread over 10**-46 .. 10**37 (subnormals
+    included), whole and cut into rows."""
+    rng = np.random.default_rng(7)
+    n = 1_000_000
+    g = (rng.standard_normal(n) * 10.0 ** rng.uniform(-46, 37, n)).astype(np.float32)
+    g[rng.integers(0, n, 1000)] = 0.0
+    _assert_exact_in_splits(g, [])
+    _assert_exact_in_splits(g, [123_457, 600_000])
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_the_norm_bins_the_clamped_gradient(dtype):
     t = np.dtype(dtype).type

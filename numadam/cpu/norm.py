@@ -112,20 +112,20 @@ def _bin_span64(g, lo, hi, bins, clip):
         bins[EXPONENTS + exponent] += significand & _LOW_MASK
 
 
-# The float32 fast path: a block of _BLOCK elements at a time, its squares
-# (exact in float64) go to a float64 buffer in cache, then each level takes
-# from every buffered value its part on a grid of 2**k (a floor, by
-# Rump, Ogita and Oishi's extraction: (sigma + v) - sigma, sigma = 2**(e+1)
-# for values below 2**(e+1), corrected down where it rounded up) and leaves
-# the exact remainder below 2**k. The parts are integers < 2**52 in units of
-# 2**k, summed exactly in int64 (_BLOCK * 2**52 < 2**63), whose sum goes to
-# the bins as one integer. The next level starts below the largest
-# remainder; a float32 square has 48 significant bits, so a block of
-# gradients within a few thousand of each other's size takes two levels.
-# Vectorised (SIMD) loops instead of one scattered add per element: 12.6
-# against 24.6 ms for 1e7 float32 on one thread (this machine). The split
-# into blocks depends on the task bounds, so the bins do too; their sum
-# does not.
+# The float32 path, a block of _BLOCK elements at a time. In general (the
+# floor levels): the block's squares (exact in float64) go to a float64
+# buffer in cache, then each level takes from every buffered value its part
+# on a grid of 2**k (a floor, by Rump, Ogita and Oishi's extraction:
+# (sigma + v) - sigma, sigma = 2**(e+1) for values below 2**(e+1),
+# corrected down where it rounded up) and leaves the exact remainder below
+# 2**k. The parts are integers < 2**52 in units of 2**k, summed exactly in
+# int64 (_BLOCK * 2**52 < 2**63), whose sum goes to the bins as one
+# integer. The next level starts below the largest remainder; a float32
+# square has 48 significant bits. Most blocks take the fused two levels
+# further below instead. Vectorised (SIMD) loops instead of one scattered
+# add per element: 12.6 against 24.6 ms for 1e7 float32 on one thread
+# (this machine). The split into blocks depends on the task bounds, so the
+# bins do too; their sum does not.
 _BLOCK = 1 << 10
 _SIGN = np.int64(0x7FFFFFFFFFFFFFFF)
 _INF_BITS = np.int64(0x7FF0000000000000)
@@ -164,26 +164,122 @@ def _level(p, sigma, unit, per_unit):
     return parts, top
 
 
+# Two levels fused with the squaring (the common case): one pass over the
+# float32 block, no buffer. A level takes round-to-nearest parts instead of
+# floors: for sigma = 1.5 * 2**k and |v| <= 2**(k-1), a = fl(sigma + v)
+# lies in the binade [2**k, 2**(k+1)] (2**(k+1) included: its bits continue
+# the binade's), whose spacing is u = 2**(k-52), so
+#   q = a - sigma      is exact (both in one binade, Sterbenz),
+#   q / u = bits(a) - bits(sigma), an integer with |q / u| <= 2**51,
+#   r = v - q          is exact, |r| <= u / 2 = 2**((k-52) - 1)
+# (r is a multiple of v's spacing and, when q != 0, |v| >= u / 2 bounds
+# that spacing below by u * 2**-53; when q == 0, r = v). So the remainder
+# fits the next level with k - 52, and the part is read off the bits of a
+# (an integer subtraction instead of a multiply and a conversion). Parts
+# may be negative: at most _BLOCK * 2**51 = 2**61 in magnitude per level.
+# With k from the block's largest square v_max <= 2**(k-1), two levels hold
+# every square that is a multiple of 2**(k-104): all squares within 2**55
+# of v_max (float32 squares have 48 significant bits). k is guessed from
+# the previous block's largest square, with one bit of margin (no extra
+# pass over the block to find its own); a block with a nonzero second
+# remainder or a square above 2**(k-1) (a NaN leaves a NaN remainder) is
+# redone with k from its own largest square, then if need be by the floor
+# levels. Over 1e7 Gaussian float32 gradients 5 of 9,766 blocks were
+# redone. 0.69 against 1.32 ns an element for the squaring and two floor
+# levels (a block in cache, one thread).
+
+
+@njit(cache=CACHE, error_model="numpy")
+def _two_levels(g, clip, k):
+    """Parts of the squares of ``g`` (read under ``clip``) on the grids
+    ``2**(k-52)`` and ``2**(k-104)`` by rounding to nearest (see above);
+    returns (parts on each grid in their units, the OR of the second
+    remainders' bits (0: nothing is left), the largest bits of a square
+    (NaN with its sign bit set excepted; its remainder is not 0))."""
+    sigma1 = 1.5 * math.ldexp(1.0, k)
+    sigma2 = 1.5 * math.ldexp(1.0, k - 52)
+    bits1 = np.float64(sigma1).view(np.int64)
+    bits2 = np.float64(sigma2).view(np.int64)
+    parts1 = np.int64(0)
+    parts2 = np.int64(0)
+    rest = np.int64(0)
+    top = np.int64(0)
+    for i in range(g.size):
+        x = np.float64(gradient(g[i], clip))
+        v = x * x
+        a = sigma1 + v
+        r = v - (a - sigma1)
+        parts1 += np.float64(a).view(np.int64) - bits1
+        a = sigma2 + r
+        rest |= np.float64(r - (a - sigma2)).view(np.int64)
+        parts2 += np.float64(a).view(np.int64) - bits2
+        b = np.float64(v).view(np.int64)
+        top = b if b > top else top
+    return parts1, parts2, rest, top
+
+
+@njit(cache=CACHE, error_model="numpy")
+def _fits(top, k):
+    """Whether squares up to bits ``top`` satisfy ``v <= 2**(k-1)``."""
+    return top <= (np.int64(k - 1 + 1023) << 52)
+
+
+@njit(cache=CACHE, error_model="numpy")
+def _floor_levels(block, bins, top):
+    """Floor levels over the squares in ``block`` (largest bits ``top``,
+    finite) until nothing is left, each level's part sum to ``bins``."""
+    while top != 0:
+        e = (top >> 52) - 1023          # the largest value is below 2**(e+1)
+        parts, top = _level(block, math.ldexp(1.0, e + 1), math.ldexp(1.0, e - 51),
+                            math.ldexp(1.0, 51 - e))
+        # parts * 2**(e - 51): the low bin of biased exponent e - 51 + 1075
+        _add_bin(bins, e + 1024, parts)
+
+
+@njit(cache=CACHE, error_model="numpy")
+def _add_bin(bins, j, value):
+    """``value`` (``0 <= value < 2**63``) to bin ``j``'s high and low parts."""
+    bins[j] += value >> _LOW_BITS
+    bins[EXPONENTS + j] += value & _LOW_MASK
+
+
 @njit(cache=CACHE, error_model="numpy")
 def _sum_span32(g, lo, hi, bins, clip, p):
     """Add the squares of float32 elements ``g[lo:hi]`` (read under
     ``clip``) to ``bins``, a block at a time; ``p``: a float64 buffer of
     ``_BLOCK``."""
+    k = 0
+    guessed = False
     for start in range(lo, hi, _BLOCK):
         end = min(hi, start + _BLOCK)
-        block = p[:end - start]
-        top = _square_block(g[start:end], block, clip)
-        if top >= _INF_BITS:
-            _bin_span32(g, start, end, bins, clip)     # counts the NaN and Inf
-            continue
-        while top != 0:
-            e = (top >> 52) - 1023          # the largest value is below 2**(e+1)
-            parts, top = _level(block, math.ldexp(1.0, e + 1), math.ldexp(1.0, e - 51),
-                                math.ldexp(1.0, 51 - e))
-            # parts * 2**(e - 51): the low bin of biased exponent e - 51 + 1075
-            j = e + 1024
-            bins[j] += parts >> _LOW_BITS
-            bins[EXPONENTS + j] += parts & _LOW_MASK
+        gb = g[start:end]
+        done = False
+        if guessed:
+            parts1, parts2, rest, top = _two_levels(gb, clip, k)
+            done = rest == 0 and _fits(top, k)
+        if not done:
+            block = p[:end - start]
+            top = _square_block(gb, block, clip)
+            if top >= _INF_BITS:
+                _bin_span32(g, start, end, bins, clip)     # counts the NaN and Inf
+                continue
+            if top == 0:
+                continue
+            k = ((top >> 52) - 1023) + 2            # v_max < 2**(k-1)
+            parts1, parts2, rest, _ = _two_levels(gb, clip, k)
+            done = rest == 0
+            if not done:
+                _floor_levels(block, bins, top)
+        if top == 0:
+            continue                                # all zero: keep the guess
+        if done:
+            # parts1 * 2**52 + parts2 (units 2**(k-104)) is the block's exact
+            # sum, >= 0: a carry makes parts2 (and so parts1) nonnegative.
+            carry = parts2 >> 52
+            _add_bin(bins, k + 1023, parts1 + carry)     # units 2**(k-52)
+            _add_bin(bins, k + 971, parts2 - (carry << 52))
+        guessed = True
+        k = ((top >> 52) - 1023) + 3                # one bit of margin
 
 
 @njit(cache=CACHE, error_model="numpy")
