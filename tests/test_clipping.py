@@ -309,17 +309,25 @@ def test_the_blocked_float32_norm_is_exact_in_any_split(spread):
     like = np.empty(0, np.float32)
     table = _table_over([g[:7001], g[7001:]])
     expected = _square_sum([g])
+    for split in _splits():
+        assert bins_to_sum(square_sum_bins(table, like, n)) == expected, split
+    g[12345] = np.nan
+    bins = square_sum_bins(table, like, n)
+    assert bins[NONFINITE] == 1 and math.isnan(bins_to_sum(bins))
+    g[12345] = 0.0
+    assert bins_to_sum(square_sum_bins(table, like, n)) == _square_sum([g])
+
+
+def _splits():
+    """Yield ``(serial_below, min_task, threads)`` set in numadam.config: one
+    thread, then tasks of 1,000 elements for 2 threads and of 1 element for
+    3; the config is restored afterwards."""
     saved = (numadam.config.serial_below, numadam.config.min_task, numadam.config.threads)
     try:
         for serial_below, min_task, threads in ((1 << 40, 1, 1), (0, 1000, 2), (0, 1, 3)):
             numadam.config.serial_below, numadam.config.min_task = serial_below, min_task
             numadam.config.threads = threads
-            assert bins_to_sum(square_sum_bins(table, like, n)) == expected
-        g[12345] = np.nan
-        bins = square_sum_bins(table, like, n)
-        assert bins[NONFINITE] == 1 and math.isnan(bins_to_sum(bins))
-        g[12345] = 0.0
-        assert bins_to_sum(square_sum_bins(table, like, n)) == _square_sum([g])
+            yield serial_below, min_task, threads
     finally:
         numadam.config.serial_below, numadam.config.min_task, numadam.config.threads = saved
 
@@ -340,19 +348,13 @@ def _assert_exact_in_splits(g, cuts, exact=None):
     like = np.empty(0, np.float32)
     table = _table_over(np.split(g, cuts))
     expected = _square_sum([g])
-    saved = (numadam.config.serial_below, numadam.config.min_task, numadam.config.threads)
-    try:
-        for serial_below, min_task, threads in ((1 << 40, 1, 1), (0, 1000, 2), (0, 1, 3)):
-            numadam.config.serial_below, numadam.config.min_task = serial_below, min_task
-            numadam.config.threads = threads
-            bins = square_sum_bins(table, like, g.size)
-            assert bins[NONFINITE] == 0 and bins[OVERFLOW] == 0
-            assert (bins >= 0).all()       # any number of them add up without overflow
-            assert bins_to_sum(bins) == expected, (serial_below, min_task, threads)
-            if exact is not None:
-                assert _fraction_sum(bins) == exact, (serial_below, min_task, threads)
-    finally:
-        numadam.config.serial_below, numadam.config.min_task, numadam.config.threads = saved
+    for split in _splits():
+        bins = square_sum_bins(table, like, g.size)
+        assert bins[NONFINITE] == 0 and bins[OVERFLOW] == 0
+        assert (bins >= 0).all()       # any number of them add up without overflow
+        assert bins_to_sum(bins) == expected, split
+        if exact is not None:
+            assert _fraction_sum(bins) == exact, split
 
 
 def test_the_blocked_float32_norm_is_exact_on_adversarial_blocks():

@@ -120,6 +120,13 @@ REENTERED = (
 
 # ---------------------------------------------------------- atomic claim
 
+def _word_pointer(context, builder, signature, args):
+    """The address of ``array[index]``, the first two arguments of an intrinsic."""
+    arraytype = signature.args[0]
+    ary = context.make_array(arraytype)(context, builder, args[0])
+    return cgutils.get_item_pointer(context, builder, arraytype, ary, [args[1]])
+
+
 @intrinsic
 def _cas(typingctx, array, index, expected, new):
     """Atomically: if ``array[index] == expected``, store ``new``; return
@@ -128,9 +135,7 @@ def _cas(typingctx, array, index, expected, new):
         return None
 
     def codegen(context, builder, signature, args):
-        arraytype = signature.args[0]
-        ary = context.make_array(arraytype)(context, builder, args[0])
-        pointer = cgutils.get_item_pointer(context, builder, arraytype, ary, [args[1]])
+        pointer = _word_pointer(context, builder, signature, args)
         pair = builder.cmpxchg(pointer, args[2], args[3], "seq_cst", "seq_cst")
         return builder.extract_value(pair, 1)
 
@@ -153,9 +158,7 @@ def _store_release(typingctx, array, index, value):
         return None
 
     def codegen(context, builder, signature, args):
-        arraytype = signature.args[0]
-        ary = context.make_array(arraytype)(context, builder, args[0])
-        pointer = cgutils.get_item_pointer(context, builder, arraytype, ary, [args[1]])
+        pointer = _word_pointer(context, builder, signature, args)
         builder.store_atomic(args[2], pointer, "release", 8)
         return context.get_dummy_value()
 
