@@ -10,7 +10,7 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
-__all__ = ["fma", "mul_rn"]
+__all__ = ["fma", "mul_rn", "float_bits", "bits_float"]
 
 
 @intrinsic
@@ -54,3 +54,33 @@ def mul_rn(typingctx, a, b):
         return builder.call(function, args)
 
     return a(a, b), codegen
+
+
+@intrinsic
+def float_bits(typingctx, x):
+    """The IEEE bits of a float32 as a uint32 (or of a float64 as a uint64):
+    an LLVM ``bitcast``, free on both targets and vectorisable, where a view
+    through an array would not be."""
+    if not isinstance(x, types.Float):
+        return None
+    width = x.bitwidth
+    out = types.uint32 if width == 32 else types.uint64
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(width))
+
+    return out(x), codegen
+
+
+@intrinsic
+def bits_float(typingctx, u):
+    """The float32 whose IEEE bits are the uint32 ``u`` (float64 for a
+    uint64): the inverse of :func:`float_bits`."""
+    if not (isinstance(u, types.Integer) and u.bitwidth in (32, 64)):
+        return None
+    out = types.float32 if u.bitwidth == 32 else types.float64
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], context.get_value_type(out))
+
+    return out(u), codegen
