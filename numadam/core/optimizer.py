@@ -21,7 +21,9 @@ from numadam.core import validation as _validation
 from numadam.core.groups import ParamList, Slot, Validated
 from numadam.core.rule import KernelArgs
 from numadam.core.state_view import StateView
+from numadam import formats as _formats
 from numadam.cpu.bucket import Bucket
+from numadam.cpu.compressed_bucket import CompressedBucket, host_address
 from numadam.cpu.kernels import NCOLS, PTR_G, address
 from numadam.cpu.norm import NBINS, NONFINITE, bins_to_sum
 
@@ -116,17 +118,20 @@ class Optimizer:
             cls._fixed_unchanged = staticmethod(_identity_test(
                 [key for _, key in fixed], [i for i, _ in fixed]))
 
-    def _init(self, params, given, check_finite, max_grad_norm=None, clip_value=None):
+    def _init(self, params, given, check_finite, max_grad_norm=None, clip_value=None,
+              state_format="full", stochastic_rounding=False, seed=0):
         """The constructor's work: ``given`` holds the constructor's
         hyperparameters by name."""
         defaults = self.rule.defaults(**given)
         self.rule.validate(defaults)
+        storage = _formats.storage(state_format, stochastic_rounding, seed)
         if check_finite not in _CHECK_FINITE:
             raise ValueError(
                 f"check_finite must be one of {_CHECK_FINITE}, got {check_finite!r}")
         max_grad_norm = _clip_setting("max_grad_norm", max_grad_norm)
         clip_value = _clip_setting("clip_value", clip_value)
         self._empty(defaults, check_finite, 0)
+        self._storage = storage
         self._max_grad_norm, self._clip_value = max_grad_norm, clip_value
         self._clipping = max_grad_norm is not None or clip_value is not None
         for group in _validation.param_groups(params):
@@ -162,6 +167,7 @@ class Optimizer:
         self._host_grads = []
         self._grads = None
         self._jit = None            # what opt.jit()'s handles share (numadam.cpu.handle)
+        self._storage = _formats.Storage()  # state_format, stochastic rounding, seed
 
     # ---------------------------------------------------------- clipping
     @property
@@ -205,6 +211,8 @@ class Optimizer:
         with self._lock:
             if value is not None and self._host_grads is None:
                 raise NotImplementedError(_DEVICE_CLIPPING)
+            if value is not None and any(_formats.is_bfloat16(b.dtype) for b in self._buckets):
+                raise NotImplementedError(_BF16_CLIPPING)
             setattr(self, "_" + name, value)
             self._clipping = self._max_grad_norm is not None or self._clip_value is not None
 
@@ -245,6 +253,10 @@ class Optimizer:
         if any(_validation.is_device_array(p) for p in params):
             if self._clipping:
                 raise NotImplementedError(_DEVICE_CLIPPING)
+            if not self._storage.plain:
+                raise NotImplementedError(
+                    f"param_groups[{gi}]: state_format={self._storage.state_format!r} and "
+                    "stochastic rounding are implemented for host (NumPy) parameters only")
             from numadam.cuda.adapters import group_infos   # loads numba.cuda on first use
             infos = group_infos(params, f"param_groups[{gi}]")
         seen = set()
@@ -252,8 +264,9 @@ class Optimizer:
         for k, param in enumerate(params):
             where = f"param_groups[{gi}]['params'][{k}]"
             if infos is None:
-                _validation.parameter(param, where)
-                extent = ("host", address(param), param.nbytes)
+                _validation.parameter(param, where, bfloat16=True)
+                self._check_storage(param, where)
+                extent = ("host", host_address(param), param.nbytes)
             else:
                 info = infos[k]
                 extent = (("cuda", info.device), info.address, info.size * info.dtype.itemsize)
@@ -266,6 +279,44 @@ class Optimizer:
         _validation.no_overlap(self._extents, extents)
         return infos, extents
 
+    def _check_storage(self, param, where):
+        """Refuse a host parameter the storage settings cannot hold."""
+        bf16 = _formats.is_bfloat16(param.dtype)
+        if bf16 and self._clipping:
+            raise NotImplementedError(f"{where}: {_BF16_CLIPPING}")
+        if param.dtype == np.float64 and self._storage.state_format != "full":
+            raise ValueError(
+                f"{where} is float64; state_format={self._storage.state_format!r} stores "
+                "state computed in float32, so it needs float32 or bfloat16 parameters "
+                "(use state_format='full' for float64)")
+
+    def _host_buckets(self, params, rows, first, gi):
+        """The host buckets of the arrays ``params[k] for k in rows`` (one
+        dtype): a plain bucket, or compressed ones as the storage says (8-bit
+        state only for arrays of at least ``MIN_8BIT`` elements)."""
+        dtype = params[rows[0]].dtype
+        fmt = self._storage.state_format
+        bf16 = _formats.is_bfloat16(dtype)
+        if not bf16 and fmt == "full":
+            parts = [(rows, None)]
+        elif fmt == "8bit":
+            big = [k for k in rows if params[k].size >= _formats.MIN_8BIT]
+            small = [k for k in rows if params[k].size < _formats.MIN_8BIT]
+            parts = [(big, "8bit"), (small, "full" if bf16 else None)]
+        else:
+            parts = [(rows, fmt)]
+        out = []
+        for part, part_fmt in parts:
+            if not part:
+                continue
+            arrays, indices = [params[k] for k in part], [first + k for k in part]
+            if part_fmt is None:
+                out.append(Bucket(self.rule, arrays, indices, gi))
+            else:
+                out.append(CompressedBucket(self.rule, arrays, indices, gi, part_fmt,
+                                            self._storage))
+        return out
+
     def _install_group(self, group, params, infos, extents, validated):
         """Add group ``group`` over the checked arrays ``params``
         (``validated``: its ``_group_args`` entry): its buckets, slots and
@@ -277,8 +328,7 @@ class Optimizer:
         for dtype in dict.fromkeys(dtypes):
             rows = [k for k, d in enumerate(dtypes) if d == dtype]
             if infos is None:
-                buckets.append(Bucket(self.rule, [params[k] for k in rows],
-                                      [first + k for k in rows], gi))
+                buckets.extend(self._host_buckets(params, rows, first, gi))
             else:
                 from numadam.cuda.bucket import DeviceBucket
                 buckets.append(DeviceBucket(self.rule, [params[k] for k in rows],
@@ -307,8 +357,11 @@ class Optimizer:
         else:
             self._host_grads = None
         if self._host_grads is not None:
+            # bfloat16 gradients take the slow path (host_address): None
+            # matches no dtype.
             self._host_grads.extend(
-                (i, shape, dtype, bucket.words, row * NCOLS + PTR_G)
+                (i, shape, None if _formats.is_bfloat16(dtype) else dtype, bucket.words,
+                 row * NCOLS + PTR_G)
                 for bucket in buckets for row, (i, shape, dtype) in enumerate(bucket.expected))
         if self._grads is not None:
             self._grads = self._grads + _zeros_like(slots)
@@ -549,7 +602,7 @@ class Optimizer:
 
     def _point_buckets_at_owned_grads(self, buckets):
         for bucket in buckets:
-            address_of = bucket.address_of if bucket.on_device else address
+            address_of = bucket.address_of if bucket.on_device else host_address
             bucket.owned_grad_addresses = np.array(
                 [address_of(self._grads[i]) for i in bucket.indices], np.int64)
             bucket.uses_owned_grads = False
@@ -601,7 +654,7 @@ class Optimizer:
                 g = grads[i]
                 if (type(g) is ndarray and g.shape == shape and g.dtype is dtype
                         and g.flags.c_contiguous):
-                    append(address(g))
+                    append(host_address(g))
                 elif g is None:
                     append(0)
                 else:
@@ -609,7 +662,7 @@ class Optimizer:
                     error = _validation.gradient_error(g, param, f"grads[{i}]")
                     if error is not None:
                         raise error
-                    append(address(np.asarray(g)))
+                    append(host_address(np.asarray(g)))
             out.append(addresses)
         return out
 
@@ -643,7 +696,7 @@ class Optimizer:
                 error = _validation.gradient_error(g, param, f"grads[{i}]")
                 if error is not None:
                     raise error
-                words[word] = address(np.asarray(g))
+                words[word] = host_address(np.asarray(g))
 
     # --------------------------------------------------------------- step
     def step(self, grads=None, *, closure=None):
@@ -845,6 +898,20 @@ class Optimizer:
 
     # -------------------------------------------------------------- state
     @property
+    def state_format(self):
+        """How state is stored: ``"full"``, ``"bfloat16"`` or ``"8bit"``
+        (see :mod:`numadam.formats`); set at construction."""
+        return self._storage.state_format
+
+    @property
+    def state_nbytes(self):
+        """Bytes of optimizer state: every state array (8-bit absmax
+        included), not the step counts, parameters or gradient buffers; 0
+        before the state exists (the first step, for most rules)."""
+        with self._lock:
+            return sum(int(b.state.nbytes) for b in self._buckets if b.state is not None)
+
+    @property
     def state(self):
         """Per-parameter state, keyed by the parameter array or its index.
 
@@ -938,6 +1005,9 @@ class Optimizer:
 
 STEP_IN_CLOSURE = ("step() was called from inside its own closure; the closure only "
                    "computes the loss and gradients of the step that called it")
+
+_BF16_CLIPPING = ("max_grad_norm and clip_value are not supported with bfloat16 parameters; "
+                  "clip their gradients before step()")
 
 _DEVICE_CLIPPING = ("max_grad_norm and clip_value are not supported for parameters in CUDA "
                     "device memory; clip the device gradients before step()")

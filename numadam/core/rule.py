@@ -96,12 +96,14 @@ class StateArray:
     hyperparameter (Adagrad's ``initial_accumulator_value``). ``when`` names
     the condition under which it exists: ``None`` (always), a flag
     hyperparameter (``"amsgrad"``), or a real one that must be non-zero
-    (``"momentum"``).
+    (``"momentum"``). ``signed``: whether its values can be negative, which
+    picks the 8-bit format's signed or unsigned map.
     """
 
     name: str
     init: object = 0.0
     when: str = None
+    signed: bool = True
 
 
 @dataclass(frozen=True, eq=False)

@@ -83,16 +83,17 @@ def is_device_array(obj):
             or type(obj).__module__.startswith("numba.cuda.simulator"))
 
 
-def parameter(param, where):
-    """Check one parameter array; return it unchanged."""
+def parameter(param, where, bfloat16=False):
+    """Check one parameter array; return it unchanged (``bfloat16``: accept
+    ``ml_dtypes.bfloat16`` arrays too)."""
     if is_sparse(param):
         raise TypeError(f"{where} is a sparse matrix; Adam updates dense arrays only")
     if not isinstance(param, np.ndarray):
         raise TypeError(
             f"{where} must be a NumPy array updated in place, got {describe(param)}")
-    if param.dtype not in SUPPORTED_DTYPES:
-        raise ValueError(
-            f"{where} has unsupported dtype {param.dtype}; use float32 or float64")
+    if param.dtype not in SUPPORTED_DTYPES and not (bfloat16 and _is_bfloat16(param.dtype)):
+        allowed = "float32, float64 or bfloat16" if bfloat16 else "float32 or float64"
+        raise ValueError(f"{where} has unsupported dtype {param.dtype}; use {allowed}")
     if not param.flags.c_contiguous:
         raise ValueError(
             f"{where} is not C-contiguous (strides {param.strides}); the optimizer "
@@ -101,6 +102,10 @@ def parameter(param, where):
     if not param.flags.writeable:
         raise ValueError(f"{where} is read-only; parameters are updated in place")
     return param
+
+
+def _is_bfloat16(dtype):
+    return dtype.name == "bfloat16" and dtype.itemsize == 2
 
 
 def gradient_error(grad, param, where):

@@ -27,6 +27,7 @@ from numba import carray, njit, types
 from numba.extending import intrinsic, overload
 
 from numadam.core.jitcache import CACHE
+from numadam.formats.bf16 import to_float32
 
 __all__ = ["kernels", "Kernels", "nonfinite_task", "address", "address_as_pointer",
            "gradient", "undo_prepare", "compile_kernels", "PTR_P", "PTR_G", "OFFSET", "SIZE",
@@ -78,6 +79,11 @@ def gradient(x, clip):
 
 @overload(gradient)
 def _gradient_overload(x, clip):
+    if x == types.uint16:
+        # bfloat16 bits (numadam.formats): read as their float32 value.
+        if isinstance(clip, types.NoneType):
+            return lambda x, clip: to_float32(x)
+        return lambda x, clip: _clamp(to_float32(x), clip[0], clip[1]) * clip[2]
     if isinstance(clip, types.NoneType):
         return lambda x, clip: x
 

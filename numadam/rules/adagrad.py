@@ -94,7 +94,7 @@ RULE = UpdateRule(
     hyper=(Hyper("lr", 1e-2), Hyper("lr_decay", 0.0), Hyper("weight_decay", 0.0),
            Hyper("initial_accumulator_value", 0.0, "init"), Hyper("eps", 1e-10),
            Hyper("maximize", False, "flag")),
-    state=(StateArray("sum", init="initial_accumulator_value"),),
+    state=(StateArray("sum", init="initial_accumulator_value", signed=False),),
     # torch's Adagrad.__init__ creates step 0 and the sum for every parameter.
     eager_state=True,
     load_defaults=("maximize",),
@@ -130,6 +130,13 @@ class Adagrad(Optimizer):
     max_grad_norm, clip_value : float, optional
         Gradient clipping by the global norm and elementwise, fused into
         the step (see :class:`numadam.core.optimizer.Optimizer`).
+    state_format : {"full", "bfloat16", "8bit"}, default "full"
+        How the state arrays are stored (see :mod:`numadam.formats`).
+    stochastic_rounding : bool, default False
+        Write bfloat16 parameters back with stochastic rounding instead of
+        round-to-nearest-even.
+    seed : int, default 0
+        The seed of stochastic rounding's counter-based generator.
     foreach, fused, capturable, differentiable
         torch's implementation flags (see :class:`~numadam.core.optimizer.Optimizer`).
 
@@ -155,10 +162,12 @@ class Adagrad(Optimizer):
 
     def __init__(self, params, lr=1e-2, lr_decay=0.0, weight_decay=0.0,
                  initial_accumulator_value=0.0, eps=1e-10, *, maximize=False,
-                 check_finite=None, max_grad_norm=None, clip_value=None, foreach=None,
+                 check_finite=None, max_grad_norm=None, clip_value=None, state_format="full",
+                 stochastic_rounding=False, seed=0, foreach=None,
                  fused=None, capturable=False, differentiable=False):
         _validation.torch_only_flags(foreach, fused, capturable, differentiable)
         self._init(params, dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
                                 initial_accumulator_value=initial_accumulator_value,
                                 eps=eps, maximize=maximize),
-                   check_finite, max_grad_norm, clip_value)
+                   check_finite, max_grad_norm, clip_value, state_format,
+                   stochastic_rounding, seed)

@@ -122,8 +122,8 @@ RULE = UpdateRule(
     hyper=(Hyper("lr", 1e-3), Hyper("betas", (0.9, 0.999), "betas"), Hyper("eps", 1e-8),
            Hyper("weight_decay", 0.0), Hyper("amsgrad", False, "flag"),
            Hyper("maximize", False, "flag"), Hyper("decoupled_weight_decay", False, "flag")),
-    state=(StateArray("exp_avg"), StateArray("exp_avg_sq"),
-           StateArray("max_exp_avg_sq", when="amsgrad")),
+    state=(StateArray("exp_avg"), StateArray("exp_avg_sq", signed=False),
+           StateArray("max_exp_avg_sq", when="amsgrad", signed=False)),
     # Written by torch versions older than the flag; absent means the default.
     load_defaults=("amsgrad", "maximize", "decoupled_weight_decay"),
     scalars_into=scalars_into, loop_scalars=loop_scalars, element=element,
@@ -159,6 +159,13 @@ class Adam(Optimizer):
     max_grad_norm, clip_value : float, optional
         Gradient clipping by the global norm and elementwise, fused into
         the step (see :class:`numadam.core.optimizer.Optimizer`).
+    state_format : {"full", "bfloat16", "8bit"}, default "full"
+        How the state arrays are stored (see :mod:`numadam.formats`).
+    stochastic_rounding : bool, default False
+        Write bfloat16 parameters back with stochastic rounding instead of
+        round-to-nearest-even.
+    seed : int, default 0
+        The seed of stochastic rounding's counter-based generator.
     foreach, fused, capturable, differentiable
         torch's implementation flags (see :class:`Optimizer`).
     decoupled_weight_decay : bool, default False
@@ -187,14 +194,16 @@ class Adam(Optimizer):
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
                  amsgrad=False, *, maximize=False, check_finite=None, max_grad_norm=None,
-                 clip_value=None, foreach=None, fused=None, capturable=False,
+                 clip_value=None, state_format="full",
+                 stochastic_rounding=False, seed=0, foreach=None, fused=None, capturable=False,
                  differentiable=False, decoupled_weight_decay=False):
         _validation.torch_only_flags(foreach, fused, capturable, differentiable)
         self._init(params, dict(
             lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
             maximize=maximize, decoupled_weight_decay=_validation.torch_flag(
                 "decoupled_weight_decay", decoupled_weight_decay)),
-            check_finite, max_grad_norm, clip_value)
+            check_finite, max_grad_norm, clip_value, state_format,
+                   stochastic_rounding, seed)
 
 
 class AdamW(Adam):
@@ -212,10 +221,12 @@ class AdamW(Adam):
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
                  amsgrad=False, *, maximize=False, check_finite=None, max_grad_norm=None,
-                 clip_value=None, foreach=None, fused=None, capturable=False,
+                 clip_value=None, state_format="full",
+                 stochastic_rounding=False, seed=0, foreach=None, fused=None, capturable=False,
                  differentiable=False):
         _validation.torch_only_flags(foreach, fused, capturable, differentiable)
         self._init(params, dict(
             lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
             maximize=maximize, decoupled_weight_decay=True),
-            check_finite, max_grad_norm, clip_value)
+            check_finite, max_grad_norm, clip_value, state_format,
+                   stochastic_rounding, seed)

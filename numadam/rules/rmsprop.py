@@ -303,7 +303,7 @@ RULE = UpdateRule(
     hyper=(Hyper("lr", 1e-2), Hyper("alpha", 0.99), Hyper("eps", 1e-8),
            Hyper("weight_decay", 0.0), Hyper("momentum", 0.0),
            Hyper("centered", False, "flag"), Hyper("maximize", False, "flag")),
-    state=(StateArray("square_avg"), StateArray("momentum_buffer", when="momentum"),
+    state=(StateArray("square_avg", signed=False), StateArray("momentum_buffer", when="momentum"),
            StateArray("grad_avg", when="centered")),
     load_defaults=("momentum", "centered", "maximize"),
     scalars_into=scalars_into, loop_scalars=loop_scalars, element=element,
@@ -342,6 +342,13 @@ class RMSprop(Optimizer):
     max_grad_norm, clip_value : float, optional
         Gradient clipping by the global norm and elementwise, fused into
         the step (see :class:`numadam.core.optimizer.Optimizer`).
+    state_format : {"full", "bfloat16", "8bit"}, default "full"
+        How the state arrays are stored (see :mod:`numadam.formats`).
+    stochastic_rounding : bool, default False
+        Write bfloat16 parameters back with stochastic rounding instead of
+        round-to-nearest-even.
+    seed : int, default 0
+        The seed of stochastic rounding's counter-based generator.
     foreach, fused, capturable, differentiable
         torch's implementation flags (see :class:`~numadam.core.optimizer.Optimizer`).
 
@@ -367,9 +374,11 @@ class RMSprop(Optimizer):
 
     def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0,
                  momentum=0.0, centered=False, *, maximize=False, check_finite=None,
-                 max_grad_norm=None, clip_value=None, foreach=None, fused=None,
+                 max_grad_norm=None, clip_value=None, state_format="full",
+                 stochastic_rounding=False, seed=0, foreach=None, fused=None,
                  capturable=False, differentiable=False):
         _validation.torch_only_flags(foreach, fused, capturable, differentiable)
         self._init(params, dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
                                 momentum=momentum, centered=centered, maximize=maximize),
-                   check_finite, max_grad_norm, clip_value)
+                   check_finite, max_grad_norm, clip_value, state_format,
+                   stochastic_rounding, seed)

@@ -146,6 +146,13 @@ class SGD(Optimizer):
     max_grad_norm, clip_value : float, optional
         Gradient clipping by the global norm and elementwise, fused into
         the step (see :class:`numadam.core.optimizer.Optimizer`).
+    state_format : {"full", "bfloat16", "8bit"}, default "full"
+        How the state arrays are stored (see :mod:`numadam.formats`).
+    stochastic_rounding : bool, default False
+        Write bfloat16 parameters back with stochastic rounding instead of
+        round-to-nearest-even.
+    seed : int, default 0
+        The seed of stochastic rounding's counter-based generator.
     foreach, fused, capturable, differentiable
         torch's implementation flags (see :class:`~numadam.core.optimizer.Optimizer`).
 
@@ -170,10 +177,12 @@ class SGD(Optimizer):
 
     def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0,
                  nesterov=False, *, maximize=False, check_finite=None, max_grad_norm=None,
-                 clip_value=None, foreach=None, fused=None, capturable=False,
+                 clip_value=None, state_format="full",
+                 stochastic_rounding=False, seed=0, foreach=None, fused=None, capturable=False,
                  differentiable=False):
         _validation.torch_only_flags(foreach, fused, capturable, differentiable)
         self._init(params, dict(lr=lr, momentum=momentum, dampening=dampening,
                                 weight_decay=weight_decay, nesterov=nesterov,
                                 maximize=maximize),
-                   check_finite, max_grad_norm, clip_value)
+                   check_finite, max_grad_norm, clip_value, state_format,
+                   stochastic_rounding, seed)

@@ -1,0 +1,314 @@
+"""CPU kernels for compressed state and bfloat16 parameters.
+
+The same rule functions as :mod:`numadam.cpu.kernels` (``scalars_into``,
+``loop_scalars``, ``element``) around load and store functions chosen by the
+types of the arrays, so every rule gets every format without a kernel
+written for it:
+
+- a parameter or gradient of bfloat16 (passed as a ``uint16`` view) is
+  widened to float32 (exact) and narrowed back by round-to-nearest-even or
+  stochastic rounding (:mod:`numadam.formats.bf16`);
+- state of ``uint16`` is bfloat16, narrowed with round-to-nearest-even;
+- state of ``uint8`` is 8-bit block-quantised (:mod:`numadam.formats.dynamic8`).
+
+The element math runs in float32 whatever the storage. Host scalars are the
+rule's own float64 ones rounded once to float32 (the rule's ``prepare``),
+never bfloat16.
+
+8-bit state, row layout: the ``total`` codes of the bucket (every parameter
+starts at a multiple of :data:`~numadam.formats.BLOCK`), then the float32
+absmax of each block as ``4 * total / BLOCK`` bytes, so one uint8 array
+holds the whole state and copies, pickles and loads move it as one. A block
+is updated in three passes over at most 256 elements held in a scratch
+buffer: decode and update (writing the parameter), the block maximum per row,
+encode. The update reads the new state values in float32 before they are
+quantised, as bitsandbytes' blockwise kernels do. Tasks start at multiples of
+the block, so no block is split between threads and the bits do not depend
+on the thread count.
+"""
+
+import functools
+import types as pytypes
+from collections import namedtuple
+
+import numpy as np
+from numba import carray, njit, types
+from numba.extending import overload
+
+from numadam.core.jitcache import CACHE
+from numadam.cpu import kernels as _cpu
+from numadam.cpu.kernels import (OFFSET, PTR_G, PTR_P, SIZE, STEP, _first_param,
+                                 address_as_pointer, gradient)
+from numadam.formats import BLOCK
+from numadam.formats.bf16 import (noise16, round_nearest, round_stochastic, stream_key,
+                                  to_float32)
+from numadam.formats.dynamic8 import (decode_signed, decode_unsigned, encode_signed,
+                                      encode_unsigned)
+
+__all__ = ["kernels", "Kernels", "widen", "narrow_state", "narrow_param"]
+
+
+def widen(x):
+    """A stored value as float32: bfloat16 bits (uint16) widened, a float as it is."""
+    raise NotImplementedError("widen is only callable from compiled code")
+
+
+@overload(widen)
+def _widen(x):
+    if x == types.uint16:
+        return lambda x: to_float32(x)
+    return lambda x: x
+
+
+def narrow_state(v, like):
+    """The float32 ``v`` stored as ``like``'s type: bfloat16 bits by
+    round-to-nearest-even for uint16, else ``v``."""
+    raise NotImplementedError("narrow_state is only callable from compiled code")
+
+
+@overload(narrow_state)
+def _narrow_state(v, like):
+    if like == types.uint16:
+        return lambda v, like: round_nearest(v)
+    return lambda v, like: v
+
+
+def narrow_param(v, like, sr, skey, index):
+    """The float32 ``v`` stored as ``like``'s type: for bfloat16 bits,
+    stochastic rounding with the draw of element ``index`` under ``skey``
+    when ``sr``, else round-to-nearest-even."""
+    raise NotImplementedError("narrow_param is only callable from compiled code")
+
+
+@overload(narrow_param)
+def _narrow_param(v, like, sr, skey, index):
+    if like == types.uint16:
+        def impl(v, like, sr, skey, index):
+            if sr:
+                return round_stochastic(v, noise16(skey, index))
+            return round_nearest(v)
+        return impl
+    return lambda v, like, sr, skey, index: v
+
+
+@njit(cache=CACHE, error_model="numpy", inline="always")
+def _decode(code, signed):
+    return decode_signed(code) if signed else decode_unsigned(code)
+
+
+@njit(cache=CACHE, error_model="numpy", inline="always")
+def _block_absmax(x, n):
+    """max |x[:n]|, or NaN if any of them is NaN or infinite. Two
+    reductions LLVM vectorises (a max, an integer OR), not a NaN-aware max."""
+    m = np.float32(0)
+    bad = 0
+    for i in range(n):
+        a = abs(x[i])
+        m = max(m, a)
+        bad |= np.int32((a - a) != 0)
+    return np.float32(np.nan) if bad else m
+
+
+@njit(cache=CACHE, error_model="numpy", inline="always")
+def _quantise(x, n, codes, signed):
+    """Encode ``x[:n]`` into ``codes[:n]``; returns the block's absmax."""
+    m = _block_absmax(x, n)
+    inv = np.float32(1) / m if m > 0 else np.float32(0)
+    if m != m:
+        inv = m     # every code then decodes to NaN times the map: NaN
+    if signed:
+        for i in range(n):
+            codes[i] = encode_signed(x[i] * inv)
+    else:
+        for i in range(n):
+            codes[i] = encode_unsigned(x[i] * inv)
+    return m
+
+
+# ------------------------------------------------------------------ templates
+# As in :mod:`numadam.cpu.kernels`: compiled once per rule with the rule's
+# functions as globals; the closure holds only the rule's cache stamp.
+
+def _templates(stamp):
+    def _span(p, g, st, nrows, lo, hi, base, s, flags, clip, sr, skey, signed, total, buf):
+        """Elements ``lo:hi`` of one parameter, elementwise state (float32 or
+        bfloat16 rows of ``st`` from column ``base``); ``signed``, ``total``
+        and ``buf`` are :func:`_span8`'s, unused."""
+        stamp  # noqa: B018
+        sc = loop_scalars(s, flags)
+        p = p[lo:hi]
+        g = g[lo:hi]
+        if nrows == 0:
+            for i in range(p.size):
+                x = gradient(widen(g[i]), clip)
+                q, _, _, _ = element(widen(p[i]), x, x, x, x, sc, flags)
+                p[i] = narrow_param(q, p[i], sr, skey, lo + i)
+        elif nrows == 1:
+            a = st[0, base + lo:base + hi]
+            for i in range(p.size):
+                x = widen(a[i])
+                q, na, _, _ = element(widen(p[i]), gradient(widen(g[i]), clip), x, x, x, sc,
+                                      flags)
+                p[i] = narrow_param(q, p[i], sr, skey, lo + i)
+                a[i] = narrow_state(na, a[i])
+        elif nrows == 2:
+            a = st[0, base + lo:base + hi]
+            b = st[1, base + lo:base + hi]
+            for i in range(p.size):
+                x = widen(a[i])
+                q, na, nb, _ = element(widen(p[i]), gradient(widen(g[i]), clip), x,
+                                       widen(b[i]), x, sc, flags)
+                p[i] = narrow_param(q, p[i], sr, skey, lo + i)
+                a[i] = narrow_state(na, a[i])
+                b[i] = narrow_state(nb, b[i])
+        else:
+            a = st[0, base + lo:base + hi]
+            b = st[1, base + lo:base + hi]
+            c = st[2, base + lo:base + hi]
+            for i in range(p.size):
+                q, na, nb, nc = element(widen(p[i]), gradient(widen(g[i]), clip),
+                                        widen(a[i]), widen(b[i]), widen(c[i]), sc, flags)
+                p[i] = narrow_param(q, p[i], sr, skey, lo + i)
+                a[i] = narrow_state(na, a[i])
+                b[i] = narrow_state(nb, b[i])
+                c[i] = narrow_state(nc, c[i])
+
+    def _span8(p, g, st, nrows, lo, hi, base, s, flags, clip, sr, skey, signed, total, buf):
+        """Elements ``lo:hi`` (``lo`` a multiple of the block) of one
+        parameter whose 8-bit state starts at column ``base`` of ``st``."""
+        stamp  # noqa: B018
+        sc = loop_scalars(s, flags)
+        s0 = signed[0] if nrows > 0 else False
+        s1 = signed[1] if nrows > 1 else False
+        s2 = signed[2] if nrows > 2 else False
+        ba = buf[0]
+        bb = buf[1]
+        bc = buf[2]
+        for start in range(lo, hi, BLOCK):
+            n = min(BLOCK, hi - start)
+            block = (base + start) // BLOCK
+            pp = p[start:start + n]
+            gg = g[start:start + n]
+            col = base + start
+            if nrows == 0:
+                for i in range(n):
+                    x = gradient(widen(gg[i]), clip)
+                    q, _, _, _ = element(widen(pp[i]), x, x, x, x, sc, flags)
+                    pp[i] = narrow_param(q, pp[i], sr, skey, start + i)
+                continue
+            ca = st[0, col:col + n]
+            ma = st[0, total:].view(np.float32)[block]
+            if nrows == 1:
+                for i in range(n):
+                    x = _decode(ca[i], s0) * ma
+                    q, ba[i], _, _ = element(widen(pp[i]), gradient(widen(gg[i]), clip), x, x,
+                                             x, sc, flags)
+                    pp[i] = narrow_param(q, pp[i], sr, skey, start + i)
+            elif nrows == 2:
+                cb = st[1, col:col + n]
+                mb = st[1, total:].view(np.float32)[block]
+                for i in range(n):
+                    x = _decode(ca[i], s0) * ma
+                    q, ba[i], bb[i], _ = element(widen(pp[i]), gradient(widen(gg[i]), clip), x,
+                                                 _decode(cb[i], s1) * mb, x, sc, flags)
+                    pp[i] = narrow_param(q, pp[i], sr, skey, start + i)
+            else:
+                cb = st[1, col:col + n]
+                mb = st[1, total:].view(np.float32)[block]
+                cc = st[2, col:col + n]
+                mc = st[2, total:].view(np.float32)[block]
+                for i in range(n):
+                    q, ba[i], bb[i], bc[i] = element(
+                        widen(pp[i]), gradient(widen(gg[i]), clip), _decode(ca[i], s0) * ma,
+                        _decode(cb[i], s1) * mb, _decode(cc[i], s2) * mc, sc, flags)
+                    pp[i] = narrow_param(q, pp[i], sr, skey, start + i)
+            st[0, total:].view(np.float32)[block] = _quantise(ba, n, ca, s0)
+            if nrows > 1:
+                st[1, total:].view(np.float32)[block] = _quantise(
+                    bb, n, st[1, col:col + n], s1)
+            if nrows > 2:
+                st[2, total:].view(np.float32)[block] = _quantise(
+                    bc, n, st[2, col:col + n], s2)
+
+    def _run_task(table, keys, st, scal, lo, hi, flags, clip, sr, signed, total, like):
+        """Update elements ``lo:hi`` of the bucket (``like``: an array of the
+        parameters' stored type, float32 or uint16). ``span`` is :func:`_span`
+        or, for 8-bit state, :func:`_span8`: this template is built once with
+        each."""
+        stamp  # noqa: B018
+        k = _first_param(table, lo)
+        n = table.shape[0]
+        nrows = st.shape[0]
+        buf = np.empty((3, BLOCK), np.float32)
+        while lo < hi and k < n:
+            offset = table[k, OFFSET]
+            size = table[k, SIZE]
+            end = min(hi, offset + size)
+            if end > lo and table[k, PTR_G] != 0:
+                p = carray(address_as_pointer(table[k, PTR_P], like), size)
+                g = carray(address_as_pointer(table[k, PTR_G], like), size)
+                skey = stream_key(keys[k], table[k, STEP])
+                span(p, g, st, nrows, lo - offset, end - offset, offset, scal[k], flags, clip,
+                     sr, skey, signed, total, buf)
+            if end > lo:
+                lo = max(lo, end)
+            k += 1
+
+    def _step_serial(table, keys, st, carrier, hyp, flags, clip, sr, signed, total, like):
+        """One step of a bucket on the calling thread (``carrier``: an empty
+        2-D float32 array, the dtype of the scalars)."""
+        stamp  # noqa: B018
+        scal = prepare(table, carrier, hyp)
+        run_task(table, keys, st, scal, 0, total, flags, clip, sr, signed, total, like)
+
+    def _step_task(table, keys, st, scal, lo, hi, flags, clip, sr, signed, total, like):
+        """:func:`run_task` releasing the GIL: the tasks of one step run at once."""
+        stamp  # noqa: B018
+        run_task(table, keys, st, scal, lo, hi, flags, clip, sr, signed, total, like)
+
+    return dict(span=_span, span8=_span8, run_task=_run_task, step_serial=_step_serial,
+                step_task=_step_task)
+
+
+# (name, options, which span the template calls): the run_task, step_serial
+# and step_task templates are built twice, for elementwise and 8-bit state.
+_BUILD = (("span", {}, None), ("span8", {}, None),
+          ("run_task", {}, "span"), ("step_serial", {}, "span"),
+          ("step_task", dict(nogil=True), "span"),
+          ("run_task8", {}, "span8"), ("step_serial8", {}, "span8"),
+          ("step_task8", dict(nogil=True), "span8"))
+
+Kernels = namedtuple("Kernels", [name for name, _, _ in _BUILD] + ["prepare_step"])
+Kernels.__doc__ = "The compiled compressed-format CPU kernels of one rule."
+
+
+def _build(function, namespace, name, rule, options):
+    clone = pytypes.FunctionType(function.__code__, namespace, function.__name__.lstrip("_"),
+                                 function.__defaults__, function.__closure__)
+    clone.__qualname__ = f"compressed.{name}.{rule.name}"
+    clone.__doc__ = function.__doc__
+    clone.__module__ = function.__module__
+    return njit(cache=CACHE, error_model="numpy", **options)(clone)
+
+
+@functools.lru_cache(maxsize=None)
+def kernels(rule):
+    """The compressed-format CPU kernels of ``rule``, built on first use."""
+    base = _cpu.kernels(rule)
+    common = dict(globals(), scalars_into=rule.scalars_into,
+                  loop_scalars=rule.loop_scalars, element=rule.element,
+                  prepare=base.prepare)
+    templates = _templates(rule.stamp())
+    built = {}
+    spaces = {}
+    for name, options, span in _BUILD:
+        if span is None:
+            built[name] = _build(templates[name], common, name, rule, options)
+            continue
+        if span not in spaces:
+            spaces[span] = dict(common, span=built[span])
+        namespace = spaces[span]
+        plain = name.rstrip("8")
+        built[name] = namespace[plain] = _build(templates[plain], namespace, name, rule,
+                                                options)
+    return Kernels(**built, prepare_step=base.prepare_step)
