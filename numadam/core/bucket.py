@@ -37,6 +37,10 @@ class BucketBase:
             self.table[k, SIZE] = size
             offset += -(-size // align) * align
         self.total = offset
+        # The stored state array: (rows, width) of store_dtype (compressed
+        # buckets store other types, and 8-bit rows are wider than total).
+        self.store_dtype = np.dtype(dtype)
+        self.width = offset
         # (global index, shape, dtype) of each parameter: what a gradient must match.
         self.expected = [(i, tuple(shape), dtype) for i, shape in zip(self.indices, shapes)]
         self.state = None
@@ -89,6 +93,21 @@ class BucketBase:
         (the rows themselves put those the hyperparameters use first: after
         a load, an unused RMSprop momentum_buffer follows grad_avg)."""
         return tuple(s.name for s in self.rule.state if s.name in self.rows)
+
+    def stored_arrays(self, name, k):
+        """``(key, shape, dtype)`` of each array a state dict holds for state
+        array ``name`` of parameter ``k`` (compressed buckets hold more)."""
+        _, shape, dtype = self.expected[k]
+        return ((name, shape, dtype),)
+
+    def put(self, state, k, row, arrays, name):
+        """Write parameter ``k``'s state array ``name`` from the checked
+        ``arrays`` (a state dict entry) into row ``row`` of ``state``."""
+        lo = self.table[k, OFFSET]
+        state[row, lo:lo + self.table[k, SIZE]] = arrays[name].reshape(-1)
+
+    def installed(self):
+        """Called once ``state`` and ``rows`` were replaced (a load, a copy)."""
 
     def has_state(self, k):
         """Whether parameter ``k`` has state, as torch's ``state[p]`` is non-empty."""

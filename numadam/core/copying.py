@@ -6,7 +6,9 @@ subclass adds travel as they are.
 """
 
 from numadam.cpu.kernels import LIVE, STEP
+from numadam import formats
 from numadam.core.groups import STALE, Validated
+from numadam.formats import Storage
 
 __all__ = ["values", "restore"]
 
@@ -23,6 +25,7 @@ def values(opt):
         return {
             "defaults": opt.defaults,
             "check_finite": opt.check_finite,
+            "storage": opt._storage,
             "skipped_steps": opt.skipped_steps,
             "clipping": (opt.max_grad_norm, opt.clip_value, opt.last_grad_norm),
             "param_groups": opt.param_groups,
@@ -47,6 +50,10 @@ def _own_attributes(opt):
 def restore(opt, state):
     """Make the empty ``opt`` (from ``__new__``) the optimizer ``state`` describes."""
     opt._empty(state["defaults"], state["check_finite"], state["skipped_steps"])
+    storage = state.get("storage", Storage())
+    # Validated again, as the constructor would (a pickle is only data).
+    opt._storage = formats.storage(storage.state_format, storage.stochastic_rounding,
+                                   storage.seed)
     # Validated again, as the constructor would.
     opt.max_grad_norm, opt.clip_value, opt.last_grad_norm = state.get("clipping",
                                                                      (None, None, None))
@@ -59,13 +66,14 @@ def restore(opt, state):
     if len(saved) != len(opt._buckets):
         raise ValueError("the pickled optimizer's buckets do not match its parameters")
     for bucket, (state_rows, names, steps, live, grad_buffer) in zip(opt._buckets, saved):
-        if state_rows is not None and (state_rows.dtype != bucket.dtype
-                                       or state_rows.shape != (len(names), bucket.total)):
+        if state_rows is not None and (state_rows.dtype != bucket.store_dtype
+                                       or state_rows.shape != (len(names), bucket.width)):
             raise ValueError("the pickled optimizer's state does not match its parameters")
         bucket.state = _own(state_rows)
         bucket.rows = tuple(names)
         bucket.table[:, STEP] = steps
         bucket.table[:, LIVE] = live
+        bucket.installed()
         bucket.grad_buffer = _own(grad_buffer)
     if state["owned_grads"]:
         # Views of the restored buffers.

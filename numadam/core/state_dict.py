@@ -6,7 +6,8 @@ from dataclasses import replace
 
 import numpy as np
 
-from numadam.cpu.kernels import LIVE, OFFSET, SIZE, STEP
+from numadam.cpu.kernels import LIVE, STEP
+from numadam.formats import FORMATS
 
 # Written by torch but meaningless here; dropped on load.
 _TORCH_ONLY_KEYS = frozenset({"foreach", "capturable", "differentiable", "fused"})
@@ -50,7 +51,11 @@ def export(opt):
         saved["params"] = list(range(first, first + len(group["params"])))
         first += len(group["params"])
         groups.append(saved)
-    return {"state": state, "param_groups": groups}
+    out = {"state": state, "param_groups": groups}
+    if opt.state_format != "full":
+        # Only then: a full state dict keeps torch's exact layout.
+        out["state_format"] = opt.state_format
+    return out
 
 
 def _merged_group(opt, saved, gi):
@@ -94,6 +99,16 @@ def _parse(opt, state_dict):
     """Check ``state_dict`` against ``opt``; return what to install."""
     if not isinstance(state_dict, Mapping) or not {"state", "param_groups"} <= state_dict.keys():
         raise ValueError("a state dict is a dict with 'state' and 'param_groups'")
+    saved_format = state_dict.get("state_format", "full")
+    if saved_format != opt.state_format:
+        if saved_format not in FORMATS:
+            raise ValueError(f"state_dict['state_format'] must be one of {FORMATS}, got "
+                             f"{saved_format!r}")
+        raise ValueError(
+            f"the state dict's state is stored as state_format={saved_format!r}, this "
+            f"optimizer's as {opt.state_format!r}; convert it explicitly with "
+            f"numadam.formats.convert_state_dict(state_dict, {opt.state_format!r}), or "
+            f"build the optimizer with state_format={saved_format!r}")
     saved_groups = state_dict["param_groups"]
     if len(saved_groups) != len(opt.param_groups):
         raise ValueError(f"the state dict has {len(saved_groups)} parameter groups, "
@@ -141,6 +156,8 @@ def _parse(opt, state_dict):
         rows = group_args[bucket.group_index].args.rows
         declared = tuple(s.name for s in opt.rule.state)
         known = (("step",) if opt.rule.keeps_step else ()) + declared
+        if getattr(bucket, "fmt", None) == "8bit":
+            known += tuple(name + "_absmax" for name in declared)
         unknown = set(entry) - set(known)
         if unknown:
             raise ValueError(
@@ -153,8 +170,11 @@ def _parse(opt, state_dict):
         if opt.rule.keeps_step and "step" not in entry:
             raise ValueError(f"{where} has no 'step'")
         step = as_step(entry["step"], f"{where}['step']") if opt.rule.keeps_step else 0
-        entries[index] = (step, {key: _state_array(entry, key, shape, dtype, where)
-                                 for key in rows})
+        arrays = {}
+        for key in rows:
+            for stored, stored_shape, stored_dtype in bucket.stored_arrays(key, row):
+                arrays[stored] = _state_array(entry, stored, stored_shape, stored_dtype, where)
+        entries[index] = (step, arrays)
     return groups, group_args, entries
 
 
@@ -165,8 +185,9 @@ def _rows(args, bucket, entries):
     a whole bucket: an unused buffer only some of its parameters have is
     dropped (the steps never read it)."""
     loaded = [entries[index] for index in bucket.indices if index in entries]
+    declared = {s.name for s in bucket.rule.state}      # not 8-bit's absmax arrays
     extra = [key for key in (loaded[0][1] if loaded else ())
-             if key not in args.rows and all(key in e[1] for e in loaded)]
+             if key in declared and key not in args.rows and all(key in e[1] for e in loaded)]
     return args.rows + tuple(extra)
 
 
@@ -192,9 +213,8 @@ def load(opt, state_dict):
                     continue
                 step, arrays = entries[index]
                 steps[row], live[row] = step, 1
-                lo = bucket.table[row, OFFSET]
                 for r, key in enumerate(rows):
-                    state[r, lo:lo + bucket.table[row, SIZE]] = arrays[key].reshape(-1)
+                    bucket.put(state, row, r, arrays, key)
             if bucket.on_device:
                 state = bucket.upload_state(state)   # before anything changes
         installs.append((bucket, state, rows, steps, live))
@@ -210,3 +230,4 @@ def load(opt, state_dict):
         bucket.rows = rows if state is not None else ()
         bucket.table[:, STEP] = steps
         bucket.table[:, LIVE] = live
+        bucket.installed()

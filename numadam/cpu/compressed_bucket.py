@@ -143,6 +143,16 @@ class CompressedBucket(Bucket):
                 out[name + "_absmax"] = absmax
         return out
 
+    def stored_arrays(self, name, k):
+        """``(key, shape, dtype)`` of the arrays a state dict holds for state
+        array ``name`` of parameter ``k``: the stored values, and for 8-bit
+        state the absmax of each block."""
+        shape, size = self.params[k].shape, int(self.table[k, SIZE])
+        out = [(name, shape, self.store_dtype)]
+        if self.fmt == "8bit":
+            out.append((name + "_absmax", (codec.nblocks(size),), np.dtype(np.float32)))
+        return tuple(out)
+
     def put(self, state, k, row, entry, name):
         """Write parameter ``k``'s stored arrays from state dict ``entry``
         into row ``row`` of ``state`` (checked by the loader)."""
