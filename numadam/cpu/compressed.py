@@ -144,7 +144,10 @@ def _templates(stamp):
                 q, _, _, _ = element(widen(p[i]), x, x, x, x, sc, flags)
                 p[i] = narrow_param(q, p[i], sr, skey, lo + i)
         elif nrows == 1:
-            a = st[0, base + lo:base + hi]
+            # A row taken whole, then sliced, keeps a contiguous layout that
+            # LLVM vectorises; st[0, lo:hi] in one index does not.
+            a = st[0]
+            a = a[base + lo:base + hi]
             for i in range(p.size):
                 x = widen(a[i])
                 q, na, _, _ = element(widen(p[i]), gradient(widen(g[i]), clip), x, x, x, sc,
@@ -152,8 +155,10 @@ def _templates(stamp):
                 p[i] = narrow_param(q, p[i], sr, skey, lo + i)
                 a[i] = narrow_state(na, a[i])
         elif nrows == 2:
-            a = st[0, base + lo:base + hi]
-            b = st[1, base + lo:base + hi]
+            a = st[0]
+            b = st[1]
+            a = a[base + lo:base + hi]
+            b = b[base + lo:base + hi]
             for i in range(p.size):
                 x = widen(a[i])
                 q, na, nb, _ = element(widen(p[i]), gradient(widen(g[i]), clip), x,
@@ -162,9 +167,12 @@ def _templates(stamp):
                 a[i] = narrow_state(na, a[i])
                 b[i] = narrow_state(nb, b[i])
         else:
-            a = st[0, base + lo:base + hi]
-            b = st[1, base + lo:base + hi]
-            c = st[2, base + lo:base + hi]
+            a = st[0]
+            b = st[1]
+            c = st[2]
+            a = a[base + lo:base + hi]
+            b = b[base + lo:base + hi]
+            c = c[base + lo:base + hi]
             for i in range(p.size):
                 q, na, nb, nc = element(widen(p[i]), gradient(widen(g[i]), clip),
                                         widen(a[i]), widen(b[i]), widen(c[i]), sc, flags)
