@@ -27,15 +27,19 @@ import numpy as np
 
 from numadam.core import checkpoint_file as _checkpoint_file
 from numadam.core.state_dict import as_step
+from numadam.formats import FORMATS
 
 __all__ = ["save", "load", "CheckpointError", "FORMAT", "VERSION"]
 
 FORMAT = "numadam-checkpoint"
-VERSION = 3
+VERSION = 4
 # Version 1 held Adam's state only; its files read unchanged. Version 2 keeps
 # every state array a rule names, and a null step count for rules without one.
-# Version 3 adds "schedule": null, or a schedule's state dict.
-_READABLE = (1, 2, 3)
+# Version 3 adds "schedule": null, or a schedule's state dict. Version 4 adds
+# "state_format" (numadam.formats) and its stored arrays: bfloat16 bits as
+# uint16, 8-bit codes as uint8 beside float32 "<name>_absmax" arrays.
+_READABLE = (1, 2, 3, 4)
+_STATE_FORMAT = "state_format"
 _STATE_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
 _ADAM_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
 _HEADER = "__numadam__"
@@ -48,9 +52,10 @@ _NONFINITE = {"inf": float("inf"), "-inf": float("-inf"), "nan": float("nan")}
 # Nesting of a schedule's state (a SequentialLR of ChainedSchedulers of ...).
 _MAX_DEPTH = 32
 # The only .npy headers numadam writes: a C-ordered float32/float64 array of
-# any shape, or the 0-d unicode string that holds the JSON header.
+# any shape (uint16 or uint8 for compressed state), or the 0-d unicode string
+# that holds the JSON header. NumPy writes a one-byte type's order as "|".
 _NPY_HEADER = re.compile(
-    rb"\{'descr': '([<>])(f4|f8|U[1-9][0-9]{0,11})', 'fortran_order': False, "
+    rb"\{'descr': '([<>|])(f4|f8|u2|u1|U[1-9][0-9]{0,11})', 'fortran_order': False, "
     rb"'shape': \((|[0-9]{1,19},|[0-9]{1,19}(?:, [0-9]{1,19})+)\), \}"
     rb" *\n")
 _NPY_MAGIC = b"\x93NUMPY"
@@ -131,9 +136,9 @@ def _schedule_state(schedule):
 
 def _state_array(value, where):
     array = np.asarray(value)
-    if array.dtype not in (np.float32, np.float64):
+    if array.dtype not in (np.float32, np.float64, np.uint16, np.uint8):
         raise TypeError(f"{where} has dtype {array.dtype}; a checkpoint holds float32 "
-                        "and float64 state arrays")
+                        "and float64 state arrays (uint16 and uint8 for compressed state)")
     # C order: the reader accepts only what write_array writes for C-ordered
     # arrays. np.ascontiguousarray would turn a 0-d array into shape (1,).
     return array if array.flags.c_contiguous else array.copy(order="C")
@@ -168,9 +173,14 @@ def _header_and_arrays(state_dict, schedule=None):
         members[str(int(pid))] = [key for key in entry if key != "step"]
         for key in members[str(int(pid))]:
             arrays[f"state.{int(pid)}.{key}"] = _state_array(entry[key], f"{where}[{key!r}]")
+    state_format = state_dict.get(_STATE_FORMAT, "full")
+    if not isinstance(state_format, str) or state_format not in FORMATS:
+        raise ValueError(f"state_dict['state_format'] must be one of {FORMATS}, got "
+                         f"{state_format!r}")
     header = {"format": FORMAT, "version": VERSION, "param_groups": groups,
               "steps": steps, "members": members,
-              _SCHEDULE: None if schedule is None else _schedule_state(schedule)}
+              _SCHEDULE: None if schedule is None else _schedule_state(schedule),
+              _STATE_FORMAT: state_format}
     return header, arrays
 
 
@@ -247,7 +257,7 @@ def _member_array(archive, info, size_limit, kind, path):
         order, code, shape = match.groups()
         dtype = np.dtype(order.decode() + code.decode())
         shape = tuple(int(n) for n in shape.split(b",") if n.strip())
-        if dtype.kind != kind:
+        if dtype.kind not in kind:
             raise CheckpointError(f"{name} has dtype {dtype}")
         count = 1
         for n in shape:
@@ -278,9 +288,13 @@ def _checked_header(header, path):
         raise CheckpointError(f"{path} has checkpoint format version {version!r}; this "
                               f"numadam reads versions {list(_READABLE)}")
     keys = _HEADER_KEYS | {_SCHEDULE} if version >= 3 else _HEADER_KEYS
+    keys = keys | {_STATE_FORMAT} if version >= 4 else keys
     if header.keys() != keys:
         raise CheckpointError(f"{path} has a header with entries {sorted(header)}; "
                               f"version {version} has {sorted(keys)}")
+    if version >= 4 and header[_STATE_FORMAT] not in FORMATS:
+        raise CheckpointError(f"{path} has state_format {header[_STATE_FORMAT]!r}; numadam "
+                              f"knows {list(FORMATS)}")
     if header.get(_SCHEDULE) is not None:
         if not isinstance(header[_SCHEDULE], dict):
             raise CheckpointError(f"{path} has a schedule that is not a state dict")
@@ -390,8 +404,8 @@ def _read(file, path):
             step = header["steps"][pid]
             entry = {} if step is None else {"step": step}
             for key in keys:
-                entry[key] = _member_array(archive, by_name[f"state.{pid}.{key}.npy"], size, "f",
-                                           path)
+                entry[key] = _member_array(archive, by_name[f"state.{pid}.{key}.npy"], size,
+                                           "f" if header["version"] < 4 else "fu", path)
             state[int(pid)] = entry
     groups = []
     for group in header["param_groups"]:
@@ -399,6 +413,8 @@ def _read(file, path):
             group["betas"] = tuple(group["betas"])
         groups.append(group)
     out = {"state": state, "param_groups": groups}
+    if header.get(_STATE_FORMAT, "full") != "full":
+        out[_STATE_FORMAT] = header[_STATE_FORMAT]
     if header.get(_SCHEDULE) is not None:
         out[_SCHEDULE] = _decoded(header[_SCHEDULE], path)
     return out

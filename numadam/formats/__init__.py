@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["FORMATS", "BLOCK", "MIN_8BIT", "Storage", "storage", "is_bfloat16",
+__all__ = ["FORMATS", "BLOCK", "MIN_8BIT", "Storage", "storage", "is_bfloat16", "convert_state_dict",
            "state_store_dtype", "bytes_per_value"]
 
 FORMATS = ("full", "bfloat16", "8bit")
@@ -85,3 +85,11 @@ def bytes_per_value(fmt, compute_dtype):
     if fmt == "8bit":
         return 1 + 4 / BLOCK
     return state_store_dtype(fmt, compute_dtype).itemsize
+
+
+def __getattr__(name):
+    # Lazy: the conversion imports the codecs and every rule.
+    if name == "convert_state_dict":
+        from numadam.formats.convert import convert_state_dict
+        return convert_state_dict
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
