@@ -40,6 +40,7 @@ class BucketBase:
         # The stored state array: (rows, width) of store_dtype (compressed
         # buckets store other types, and 8-bit rows are wider than total).
         self.store_dtype = np.dtype(dtype)
+        self.encoded = False    # state rows are not values of the dtype (see write)
         self.width = offset
         # (global index, shape, dtype) of each parameter: what a gradient must match.
         self.expected = [(i, tuple(shape), dtype) for i, shape in zip(self.indices, shapes)]

@@ -69,7 +69,7 @@ class ParamState(MutableMapping):
         if key == "step" and self._bucket.rule.keeps_step:
             self._bucket.table[self._row, STEP] = _state_dict.as_step(value, "step")
         elif key in self._keys():
-            if self._bucket.on_device:
+            if self._bucket.on_device or self._bucket.encoded:
                 self._bucket.write(self._row, self._bucket.rows.index(key), value)
             else:
                 np.copyto(self[key], value, casting="same_kind")

@@ -52,6 +52,7 @@ class CompressedBucket(Bucket):
         self.sr = bool(storage.stochastic_rounding and is_bfloat16(self.dtype))
         self.param_keys = np.array([param_key(storage.seed, i) for i in self.indices], np.uint64)
         self.signed = np.zeros(3, np.bool_)
+        self.encoded = fmt != "full"
         if fmt == "bfloat16":
             self.store_dtype, self.width = np.dtype(np.uint16), self.total
         elif fmt == "8bit":
@@ -162,9 +163,16 @@ class CompressedBucket(Bucket):
             amax = state[row, self.total:].view(np.float32)
             amax[lo // BLOCK:lo // BLOCK + codec.nblocks(size)] = entry[name + "_absmax"]
 
-    @property
-    def state_nbytes(self):
-        return 0 if self.state is None else int(self.state.nbytes)
+    def write(self, k, row, value):
+        """``opt.state[p][name] = value``: ``value`` (broadcast to the
+        parameter's shape) stored as the kernels would store it."""
+        lo, size = int(self.table[k, OFFSET]), int(self.table[k, SIZE])
+        values = np.broadcast_to(np.asarray(value, np.float32), self.params[k].shape)
+        if self.fmt == "bfloat16":
+            self.state[row, lo:lo + size] = codec.bf16_bits(values).reshape(-1)
+            return
+        codes, absmax = codec.encode8(values, self._is_signed(self.rows[row]))
+        self.put(self.state, k, row, {"v": codes, "v_absmax": absmax}, "v")
 
     # ------------------------------------------------------------------ step
     def step(self, args):

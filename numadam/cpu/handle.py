@@ -710,6 +710,11 @@ def make_handle(opt):
                             "has device (CUDA) parameters: call opt.step() instead")
         if not opt._buckets:
             raise ValueError("opt.jit() needs an optimizer with parameters")
+        if not opt._storage.plain or any(b.store_dtype != b.dtype for b in opt._buckets):
+            raise NotImplementedError(
+                "opt.jit() steps full-precision state of float32 or float64 parameters; "
+                f"this optimizer has state_format={opt.state_format!r} or bfloat16 "
+                "parameters: call opt.step() instead")
         opt.grads                                   # noqa: B018 (makes the owned buffers)
         args = opt._kernel_args()
         # The state exists from here on (zeros, not live: the first step
