@@ -19,6 +19,7 @@ this numadam does not offer ``state_format`` (only full state then runs).
     python scripts/format_quality.py
 """
 
+import functools
 import importlib.util
 import math
 import os
@@ -39,7 +40,10 @@ class Unsupported(Exception):
     """This numadam (or environment) does not offer the format."""
 
 
+@functools.cache
 def _example(name):
+    """The example module ``name``, loaded once (its Numba functions compile
+    on first use, about two seconds for the Lotka-Volterra fit's)."""
     spec = importlib.util.spec_from_file_location(f"example_{name}",
                                                   os.path.join(EXAMPLES, f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
