@@ -59,21 +59,24 @@ def _bf16_state_body(p, g, m, v, a, b, nthreads):
 
 
 def _8bit_body(p, g, cm, cv, am, av, a, b, nthreads):
+    # The elements, then the task's blocks' absmax values, each as one flat
+    # loop: a loop per block of 256 ran 2.4x slower at 1e7 elements (in L3
+    # cache), where the yardstick must not be the slower one.
     n = p.size
     for task in prange(nthreads):
         lo, hi = task_bounds(task, n, nthreads, BLOCK)
-        if lo >= hi:    # an empty task past the end: the last block is another's
-            continue
-        for blk in range(lo // BLOCK, (hi + BLOCK - 1) // BLOCK):
-            s = blk * BLOCK
-            e = min(s + BLOCK, n)
-            pp, gg, mm, vv = p[s:e], g[s:e], cm[s:e], cv[s:e]
-            for i in range(pp.size):
-                pp[i] = pp[i] + a * gg[i]
-                mm[i] = np.uint8(mm[i] + np.uint8(1))
-                vv[i] = np.uint8(vv[i] + np.uint8(3))
-            am[blk] = am[blk] * b
-            av[blk] = av[blk] * b
+        pp, gg, mm, vv = p[lo:hi], g[lo:hi], cm[lo:hi], cv[lo:hi]
+        for i in range(pp.size):
+            pp[i] = pp[i] + a * gg[i]
+            mm[i] = mm[i] ^ np.uint8(1)
+            vv[i] = vv[i] ^ np.uint8(3)
+        # lo is a multiple of BLOCK (or n, for an empty task past the end).
+        first = lo // BLOCK
+        last = (hi + BLOCK - 1) // BLOCK if hi > lo else first
+        qm, qv = am[first:last], av[first:last]
+        for k in range(qm.size):
+            qm[k] = qm[k] * b
+            qv[k] = qv[k] * b
 
 
 def _bf16_params_body(p, g, m, v, a, b, nthreads):
