@@ -64,16 +64,21 @@ CONTENDERS = tuple(STEPS.values()) + tuple(STREAMS.values())
 _FORMAT_OF = {c.name: fmt for fmt in FORMATS for c in (STEPS[fmt], STREAMS[fmt])}
 
 
-def annotate(rows):
-    """Give the section's rows their own format's traffic (``gbps``), its
-    streaming kernel's speed over theirs (``stream_fraction``), the full-state
-    step's time over theirs (``vs_numadam`` keeps the table's meaning: time /
-    the full-state step's) and ``state_bytes_per_param`` where known."""
+def _by_size(rows):
+    """``{elements: {contender: row}}`` of the section's rows."""
     by_size = {}
     for r in rows:
         if r["section"] == SECTION:
             by_size.setdefault(r["elements"], {})[r["contender"]] = r
-    for n, named in by_size.items():
+    return by_size
+
+
+def annotate(rows):
+    """Give the section's rows their own format's traffic (``gbps``,
+    ``bytes_per_element``), its streaming kernel's time over theirs
+    (``stream_fraction``) and ``state_bytes_per_param`` where known
+    (``vs_numadam`` stays time over the full-state step's)."""
+    for n, named in _by_size(rows).items():
         for name, r in named.items():
             fmt = _FORMAT_OF[name]
             r["bytes_per_element"] = TRAFFIC[fmt]
@@ -97,12 +102,8 @@ def summary(rows):
     step's time over each compressed step's; the full-state kernel's time over
     each compressed kernel's (the most any step of that format can gain); and
     the state's bytes per parameter."""
-    by_size = {}
-    for r in rows:
-        if r["section"] == SECTION:
-            by_size.setdefault(r["elements"], {})[r["contender"]] = r
     lines = []
-    for n, named in by_size.items():
+    for n, named in _by_size(rows).items():
         t = {name: r["seconds"] for name, r in named.items()}
         steps = {fmt: STEPS[fmt].name for fmt in FORMATS}
         streams = {fmt: STREAMS[fmt].name for fmt in FORMATS}
