@@ -21,6 +21,7 @@ import importlib
 
 # alias -> internal module
 MODULES = {
+    "bench_streams": "numadam.bench.streams",
     "core_checkpoint_file": "numadam.core.checkpoint_file",
     "cpu_kernels": "numadam.cpu.kernels",
     "cpu_pool": "numadam.cpu.pool",

@@ -31,6 +31,12 @@ The "clipping" scenario (only with ``--sections clipping``) times Adam's
 step at the sweep's sizes and ``--big``: plain, with ``max_grad_norm`` (and
 ``clip_value``) fused, and after a separate NumPy clip pass (the norm in
 float32 or in float64, a multiply into a buffer, then numadam's plain step).
+
+The "compressed" scenario (only with ``--sections compressed``, at the
+``--sizes`` given) times Adam's step over float32 parameters with full,
+bfloat16 and 8-bit state, and over bfloat16 parameters with bfloat16 state,
+each against the streaming kernel of its own format's traffic (see
+:mod:`numadam.bench.compressed`).
 """
 
 import gc
@@ -45,6 +51,7 @@ import numpy as np
 
 import numadam
 
+from numadam.bench import compressed as bz
 from numadam.bench import contenders as bc
 from numadam.bench import rules as br
 from numadam.cpu.pool import thread_count
@@ -65,7 +72,8 @@ FIT = ("numadam loop", "NumPy Adam loop", "gradient only", "numadam", "NumPy Ada
 SECTIONS = ("sweep", "big", "tiny", "mixed", "fit") + tuple(br.RULES)
 # Run when asked for (--sections clipping): at 1e8 its contenders do not fit
 # in memory together and are built afresh in every round.
-EXTRA_SECTIONS = ("clipping",)
+# compressed: runs at --sizes only, so that 1e8 is timed only when asked for.
+EXTRA_SECTIONS = ("clipping", "compressed")
 # A contender at more than this multiple of the streaming kernel's speed (or
 # an in-process kernel past it) means a sample of the baseline was hit by
 # other work on the machine, not that numadam outran memory.
@@ -243,6 +251,10 @@ def _plan(args):
     if "clipping" in args.sections:
         for n in dict.fromkeys([*args.sizes, args.big]):
             plan.append(("clipping", f"{n:.0e} x1", list(bc.CLIPPING), [n], "numadam"))
+    if "compressed" in args.sections:
+        for n in args.sizes:
+            plan.append(("compressed", f"{n:.0e} x1", list(bz.CONTENDERS), [n],
+                         bz.STEPS["full"].name, bz.STREAMS["full"].name))
     for name, rule in br.RULES.items():
         if name not in args.sections:
             continue
@@ -274,6 +286,7 @@ def run(args, out=sys.stdout, err=sys.stderr):
                           stream_name=stream, accesses=accesses, per_call=per_call))
     progress.close()
     _fit_summary(rows)
+    bz.annotate(rows)
     if flat_numadam:
         # The mixed scenario's question: how far are 200 arrays from one flat one?
         many = [r for r in rows if r["section"] == "mixed" and r["arrays"] > 1
@@ -457,6 +470,9 @@ def main(args):
           "with the same traffic (4r/3w; 3r/2w for sgd, adagrad, rmsprop) at the same size, "
           "this run. x numadam: time / numadam's time (mixed: against the same layout; fit: "
           "against the numadam loop; sgd, adagrad, rmsprop: against numadam's same rule).")
+    if any(r["section"] == "compressed" for r in rows):
+        print("compressed: GB/s and % stream at each format's own bytes per element and "
+              "against its own streaming kernel; x numadam against the full-state step.")
     for r in rows:
         if "vs_flat_numadam" in r:
             print(f"mixed: {r['contender']} over {r['arrays']} arrays takes "
@@ -470,6 +486,8 @@ def main(args):
                   f"{r['vs_parts']:.2f}x the gradient's plus numadam's step's, each timed "
                   "alone (1.00: numadam adds its step and nothing more; the NumPy Adam "
                   f"loop: {_fmt(control, '.2f')}x its parts)")
+    for line in bz.summary(rows):
+        print(line)
     warnings = warnings_for(rows)
     for line in warnings:
         print(line)

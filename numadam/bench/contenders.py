@@ -26,7 +26,7 @@ from numadam.core.jitcache import CACHE
 __all__ = ["Contender", "Unavailable", "make_arrays", "stream_traffic", "CONTENDERS",
            "numadam_step", "numadam_owned", "numadam_flat", "stream", "noop_call",
            "fit_gradient", "fit_numadam", "fit_numpy", "fit_gradient_only", "fit_numpy_step",
-           "stream_3r2w", "CLIPPING"]
+           "stream_3r2w", "CLIPPING", "task_bounds"]
 
 LR, BETA1, BETA2, EPS = 1e-3, 0.9, 0.999, 1e-8
 
@@ -137,14 +137,21 @@ CLIPPING = (numadam_step, numadam_clip_norm, numadam_clip_both, numpy_clip32, nu
 
 
 # ------------------------------------------------------------ streaming kernel
+@njit(cache=CACHE, inline="always")
+def task_bounds(task, n, nthreads, align):
+    """``[lo, hi)`` of ``task``'s slice when ``n`` elements are cut like
+    numadam's kernel: one contiguous task per thread, each starting at a
+    multiple of ``align``, which lets LLVM vectorise the slice (about 10%
+    faster than a prange over elements)."""
+    chunk = ((n + nthreads - 1) // nthreads + align - 1) // align * align
+    lo = min(task * chunk, n)
+    return lo, min(lo + chunk, n)
+
+
 def _stream_body(p, g, m, v, a, b, nthreads):
-    # Cut like numadam's kernel: one contiguous, sliced task per thread, which
-    # lets LLVM vectorise (about 10% faster than a prange over elements).
     n = p.size
-    chunk = ((n + nthreads - 1) // nthreads + 15) // 16 * 16
     for task in prange(nthreads):
-        lo = min(task * chunk, n)
-        hi = min(lo + chunk, n)
+        lo, hi = task_bounds(task, n, nthreads, 16)
         pp, gg, mm, vv = p[lo:hi], g[lo:hi], m[lo:hi], v[lo:hi]
         for i in range(pp.size):
             gi = gg[i]
@@ -155,10 +162,8 @@ def _stream_body(p, g, m, v, a, b, nthreads):
 
 def _stream_body_ams(p, g, m, v, w, a, b, nthreads):
     n = p.size
-    chunk = ((n + nthreads - 1) // nthreads + 15) // 16 * 16
     for task in prange(nthreads):
-        lo = min(task * chunk, n)
-        hi = min(lo + chunk, n)
+        lo, hi = task_bounds(task, n, nthreads, 16)
         pp, gg, mm, vv, ww = p[lo:hi], g[lo:hi], m[lo:hi], v[lo:hi], w[lo:hi]
         for i in range(pp.size):
             gi = gg[i]
@@ -172,10 +177,8 @@ def _stream_body_ams(p, g, m, v, w, a, b, nthreads):
 def _stream_body_3r2w(p, g, m, a, b, nthreads):
     # The traffic of SGD with momentum, Adagrad and plain RMSprop.
     n = p.size
-    chunk = ((n + nthreads - 1) // nthreads + 15) // 16 * 16
     for task in prange(nthreads):
-        lo = min(task * chunk, n)
-        hi = min(lo + chunk, n)
+        lo, hi = task_bounds(task, n, nthreads, 16)
         pp, gg, mm = p[lo:hi], g[lo:hi], m[lo:hi]
         for i in range(pp.size):
             gi = gg[i]
