@@ -107,8 +107,8 @@ def test_other_format_version_and_other_npz(tmp_path):
     opt, _ = _trained()
     path = tmp_path / "c.npz"
     opt.save(path)
-    _rewrite_header(path, version=4)
-    with pytest.raises(CheckpointError, match="version 4"):
+    _rewrite_header(path, version=5)
+    with pytest.raises(CheckpointError, match="version 5"):
         numadam.load(path)
     for version in (True, 1.0, "1"):
         _rewrite_header(path, version=version)
