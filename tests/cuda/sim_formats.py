@@ -58,8 +58,10 @@ CONFIGS = {
 }
 # Under 4096 elements (full state under "8bit"), a whole number of blocks,
 # and a last block of 4 elements.
-SHAPES = [300, (64, 72), 4100]
-STEPS = 3
+SHAPES = [300, (16, 256), 4100]
+# The simulator runs a Python thread per CUDA thread: 2 steps of 33 blocks
+# take about 10 s.
+STEPS = 2
 
 
 def _problem(name, fmt, shapes=SHAPES, **extra):
@@ -76,8 +78,10 @@ def _problem(name, fmt, shapes=SHAPES, **extra):
 def _gradients(rng, shapes, step):
     grads = [(rng.standard_normal(s) * 2.0 ** rng.integers(-8, 4)).astype(np.float32)
              for s in shapes]
-    if step == 2:
-        grads[-1] = None    # a parameter without a gradient: its blocks are skipped
+    if step == 1:
+        # A parameter without a gradient: its blocks are skipped, and at the
+        # next step the parameters' step counts (and scalars) differ.
+        grads[-1] = None
     return grads
 
 
@@ -121,23 +125,23 @@ def test_every_rule_matches_the_cpu_bit_for_bit(name, fmt):
 
 def test_stored_state_is_what_the_format_says():
     cpu, host, dev, params, rng = _problem("amsgrad_adamw_maximize", "8bit")
-    _steps(cpu, dev, rng, SHAPES, steps=1)
+    _steps(cpu, dev, rng, SHAPES)
     entry = dev.state_dict()["state"][2]        # 4100 elements: 17 blocks
     assert entry["exp_avg"].dtype == np.uint8 and entry["exp_avg"].shape == (4100,)
     assert entry["exp_avg_absmax"].dtype == np.float32 and entry["exp_avg_absmax"].shape == (17,)
     assert dev.state_dict()["state"][0]["exp_avg"].dtype == np.float32   # under 4096: full
-    # 3 rows of codes and absmax for 4608 + 4352 padded columns, and 3 full rows of 300
-    assert dev.state_nbytes == 3 * (8960 + 4 * 35) + 3 * 4 * 300
+    # 3 rows of codes and absmax for 4096 + 4352 padded columns, and 3 full rows of 300
+    assert dev.state_nbytes == 3 * (8448 + 4 * 33) + 3 * 4 * 300
     bf16, _, bdev, _, brng = _problem("adam", "bfloat16")
-    _steps(bf16, bdev, brng, SHAPES, steps=1)
+    _steps(bf16, bdev, brng, SHAPES)
     assert bdev.state_dict()["state"][1]["exp_avg_sq"].dtype == np.uint16
-    assert bdev.state_nbytes == 2 * 2 * (300 + 4608 + 4100)
+    assert bdev.state_nbytes == 2 * 2 * (300 + 4096 + 4100)
 
 
 @pytest.mark.parametrize("fmt", ["bfloat16", "8bit"])
 def test_state_views_are_decoded_copies_that_cannot_be_written(fmt):
     cpu, host, dev, params, rng = _problem("adam", fmt)
-    _steps(cpu, dev, rng, SHAPES, steps=1)
+    _steps(cpu, dev, rng, SHAPES)
     for k in (1, 2):
         view = dev.state[params[k]]["exp_avg"]
         assert isinstance(view, np.ndarray) and view.dtype == np.float32
@@ -152,12 +156,12 @@ def test_a_non_finite_state_value_makes_its_block_nan_on_both():
     code then decodes to NaN), the other blocks are untouched by it."""
     def edit(step, grads):
         if step == 1:
-            grads[1][3, 5] = np.inf
+            grads[1][3, 5] = np.inf     # in block 3
     cpu, host, dev, params, rng = _problem("adam", "8bit")
-    _steps(cpu, dev, rng, SHAPES, steps=2, edit=edit)
+    _steps(cpu, dev, rng, SHAPES, edit=edit)
     _same(cpu, host, dev, params, "inf gradient")
     absmax = dev.state_dict()["state"][1]["exp_avg_absmax"]
-    assert np.isnan(absmax[(3 * 72 + 5) // 256]) and np.isfinite(absmax[1:]).all()
+    assert np.isnan(absmax[3]) and np.isfinite(np.delete(absmax, 3)).all()
 
 
 def test_parameters_the_device_cannot_hold_compressed_are_refused():
