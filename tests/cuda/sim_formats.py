@@ -59,8 +59,9 @@ CONFIGS = {
 # Under 4096 elements (full state under "8bit"), a whole number of blocks,
 # and a last block of 4 elements.
 SHAPES = [300, (16, 256), 4100]
-# The simulator runs a Python thread per CUDA thread: 2 steps of 33 blocks
-# take about 10 s.
+# Every rule's check has one 8-bit parameter: the simulator runs a Python
+# thread per CUDA thread, and a step of 17 blocks takes seconds.
+RULE_SHAPES = [300, 4100]
 STEPS = 2
 
 
@@ -114,8 +115,8 @@ def _same(cpu, host, dev, params, what):
 @pytest.mark.parametrize("fmt", ["bfloat16", "8bit"])
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_every_rule_matches_the_cpu_bit_for_bit(name, fmt):
-    cpu, host, dev, params, rng = _problem(name, fmt)
-    _steps(cpu, dev, rng, SHAPES)
+    cpu, host, dev, params, rng = _problem(name, fmt, RULE_SHAPES)
+    _steps(cpu, dev, rng, RULE_SHAPES)
     _same(cpu, host, dev, params, f"{name} {fmt}")
     kinds = sorted(type(b).__name__ for b in dev._buckets)
     assert kinds == (["CompressedDeviceBucket"] if fmt == "bfloat16"
@@ -124,8 +125,11 @@ def test_every_rule_matches_the_cpu_bit_for_bit(name, fmt):
 
 
 def test_stored_state_is_what_the_format_says():
+    """Two 8-bit parameters (the second's blocks start at block 16), AMSGrad's
+    three rows, and the stored arrays' types and sizes."""
     cpu, host, dev, params, rng = _problem("amsgrad_adamw_maximize", "8bit")
     _steps(cpu, dev, rng, SHAPES)
+    _same(cpu, host, dev, params, "two 8-bit parameters")
     entry = dev.state_dict()["state"][2]        # 4100 elements: 17 blocks
     assert entry["exp_avg"].dtype == np.uint8 and entry["exp_avg"].shape == (4100,)
     assert entry["exp_avg_absmax"].dtype == np.float32 and entry["exp_avg_absmax"].shape == (17,)
@@ -140,15 +144,14 @@ def test_stored_state_is_what_the_format_says():
 
 @pytest.mark.parametrize("fmt", ["bfloat16", "8bit"])
 def test_state_views_are_decoded_copies_that_cannot_be_written(fmt):
-    cpu, host, dev, params, rng = _problem("adam", fmt)
-    _steps(cpu, dev, rng, SHAPES)
-    for k in (1, 2):
-        view = dev.state[params[k]]["exp_avg"]
-        assert isinstance(view, np.ndarray) and view.dtype == np.float32
-        assert_bits_equal(view, cpu.state[k]["exp_avg"], f"view {k}")
-        assert not view.flags.writeable
-        with pytest.raises(ValueError, match="read-only"):
-            dev.state[params[k]]["exp_avg"] = np.zeros(view.shape, np.float32)
+    cpu, host, dev, params, rng = _problem("adam", fmt, RULE_SHAPES)
+    _steps(cpu, dev, rng, RULE_SHAPES)
+    view = dev.state[params[1]]["exp_avg"]
+    assert isinstance(view, np.ndarray) and view.dtype == np.float32
+    assert_bits_equal(view, cpu.state[1]["exp_avg"], "view")
+    assert not view.flags.writeable
+    with pytest.raises(ValueError, match="read-only"):
+        dev.state[params[1]]["exp_avg"] = np.zeros(view.shape, np.float32)
 
 
 def test_a_non_finite_state_value_makes_its_block_nan_on_both():
