@@ -26,6 +26,10 @@ Checks (any failure exits 1, after the table):
     CPU reference takes the correctly rounded square root, which is CUDA's;
     how far the RMSprop class itself (MKL's root on an AVX512 CPU) is from
     the GPU is reported beside it, not failed.
+  * format parity: compressed state (bfloat16, 8-bit) of float32 parameters,
+    one configuration of each rule or all of them, GPU parameters and stored
+    state bit-identical to the CPU's (scripts/gpu_formats.py; Numba's
+    launcher, the only one compressed state uses).
   * adapters: Numba device arrays (aligned, unaligned), CuPy (on a non-default
     stream), torch CUDA tensors (on a side stream), a raw
     __cuda_array_interface__ object, and numadam.cuda.flat_parameters; each
@@ -38,6 +42,8 @@ Timings (printed against the issue's targets; a miss is reported, not failed):
     comparison, and streaming kernels with Adam's traffic and no arithmetic
     (scalar; 16-byte; two 16-byte groups a thread): the ceiling. step() of
     the other rules (their traffic: 12 B/element plus 8 per state row).
+  * Adam's step() at 1e8 float32 with full, bfloat16 and 8-bit state, and the
+    speed-ups over full state against the issue's targets (1.2x, 1.3x).
   * a 10-element step from Python: microseconds per call of step([g]) and
     step(), Numba / CuPy / torch arrays, driver and Numba launchers.
   * 200 arrays of 1e2..1e6 elements: numadam (torch tensors, owned grads,
@@ -54,11 +60,13 @@ import time
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [ROOT, os.path.join(ROOT, "tests"), os.path.join(ROOT, "tests", "cuda")]
+sys.path[:0] = [ROOT, os.path.join(ROOT, "tests"), os.path.join(ROOT, "tests", "cuda"),
+                os.path.join(ROOT, "scripts")]
 
 import numadam  # noqa: E402
 import numadam.cuda.kernels  # noqa: E402
 import numadam.cuda  # noqa: E402
+import gpu_formats  # noqa: E402
 import optim_configs as oc  # noqa: E402
 from numba import cuda  # noqa: E402
 
@@ -67,9 +75,9 @@ FAILURES = []
 LAUNCHERS = ["numba"]   # numadam.cuda.config.launcher values to check; probe adds "driver"
 # Problem sizes; --smoke shrinks them so that CI can run this script under the
 # CUDA simulator (every line runs; no figure means anything there).
-SCALE = dict(n=1 << 28, chunk=1 << 20, reps=20, small_reps=2000, parity_steps=12,
+SCALE = dict(n=1 << 28, n_formats=10 ** 8, chunk=1 << 20, reps=20, small_reps=2000, parity_steps=12,
              many=(1e2, 1e6, 200), shapes=[(4099,), (64, 129), (3, 1000), (1,)])
-SMOKE = dict(n=1 << 10, chunk=1 << 8, reps=2, small_reps=3, parity_steps=2,
+SMOKE = dict(n=1 << 10, n_formats=4096, chunk=1 << 8, reps=2, small_reps=3, parity_steps=2,
              many=(10, 100, 5), shapes=[(41,), (6, 13), (3, 10), (1,)])
 
 
@@ -678,6 +686,10 @@ def time_first_step():
                ok=bool(lines) and done.returncode == 0)
 
 
+def time_formats():
+    gpu_formats.time_formats(record, event_ms, SCALE["n_formats"], SCALE["reps"])
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default=None, help="folder for results.json")
@@ -707,13 +719,15 @@ def main():
             check_parity(name)
             check_adapters(name)
     report_driver_launch()
+    gpu_formats.check_parity(record, reference_class, SCALE["parity_steps"], options.smoke,
+                             "numba")
     check_example()
     record("time", "checks", f"{time.perf_counter() - started:.0f} s")
     if not options.quick:
         for section in (time_first_step, time_bandwidth, time_stream_kernels,
                         lambda: time_bandwidth(amsgrad=True), time_rules_bandwidth,
                         time_small_step,
-                        time_many_arrays):
+                        time_many_arrays, time_formats):
             try:
                 section()
             except ImportError as error:   # no torch or CuPy here

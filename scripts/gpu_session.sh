@@ -10,8 +10,10 @@
 # Then the device tool's run, with carry [".whl"] and timeout_s 540:
 #   bash scripts/gpu_session.sh
 # Results: $OUT/gpu_check.log and $OUT/gpu_check.json. Every rule (Adam/AdamW/AMSGrad, SGD,
-# Adagrad, RMSprop) is checked for exactness in the one run. Both launchers are checked (Numba's,
-# the default, and the opt-in driver launch); the "driver launch, overall" row says whether
+# Adagrad, RMSprop) is checked for exactness in the one run, with full state and with bfloat16
+# and 8-bit state (scripts/gpu_formats.py, which also times them at 1e8). Both launchers are
+# checked for full state (Numba's, the default, and the opt-in driver launch; compressed state
+# uses Numba's only); the "driver launch, overall" row says whether
 # the driver launch passed everything, the condition for making it the default. Extra
 # arguments go to gpu_check.py (--quick: checks without timings; --smoke: tiny sizes, for the
 # CUDA simulator).

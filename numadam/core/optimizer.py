@@ -253,10 +253,14 @@ class Optimizer:
         if any(_validation.is_device_array(p) for p in params):
             if self._clipping:
                 raise NotImplementedError(_DEVICE_CLIPPING)
-            if not self._storage.plain:
-                raise NotImplementedError(
-                    f"param_groups[{gi}]: state_format={self._storage.state_format!r} and "
-                    "stochastic rounding are implemented for host (NumPy) parameters only")
+            for k, param in enumerate(params):
+                # Before the adapters, which would call the dtype unsupported.
+                if "bfloat16" in str(getattr(param, "dtype", "")):
+                    raise NotImplementedError(
+                        f"param_groups[{gi}]['params'][{k}] is a bfloat16 device array; "
+                        "bfloat16 parameters are implemented for host (NumPy, ml_dtypes) "
+                        "arrays only (CuPy has no bfloat16 dtype). Keep float32 device "
+                        "parameters and use state_format='bfloat16' or '8bit' for their state")
             from numadam.cuda.adapters import group_infos   # loads numba.cuda on first use
             infos = group_infos(params, f"param_groups[{gi}]")
         seen = set()
@@ -269,6 +273,8 @@ class Optimizer:
                 extent = ("host", host_address(param), param.nbytes)
             else:
                 info = infos[k]
+                if info.dtype == np.float64 and self._storage.state_format != "full":
+                    raise ValueError(_float64_compressed(where, self._storage.state_format))
                 extent = (("cuda", info.device), info.address, info.size * info.dtype.itemsize)
             if id(param) in self._index_of or id(param) in seen:
                 raise ValueError(f"{where} appears in more than one place; each array "
@@ -285,10 +291,7 @@ class Optimizer:
         if bf16 and self._clipping:
             raise NotImplementedError(f"{where}: {_BF16_CLIPPING}")
         if param.dtype == np.float64 and self._storage.state_format != "full":
-            raise ValueError(
-                f"{where} is float64; state_format={self._storage.state_format!r} stores "
-                "state computed in float32, so it needs float32 or bfloat16 parameters "
-                "(use state_format='full' for float64)")
+            raise ValueError(_float64_compressed(where, self._storage.state_format))
 
     def _host_buckets(self, params, rows, first, gi):
         """The host buckets of the arrays ``params[k] for k in rows`` (one
@@ -317,6 +320,31 @@ class Optimizer:
                                             self._storage))
         return out
 
+    def _device_buckets(self, params, infos, rows, first, gi):
+        """The device buckets of the arrays ``params[k] for k in rows`` (one
+        dtype, float32 unless the state is full), split as
+        :meth:`_host_buckets` splits host arrays."""
+        from numadam.cuda.bucket import DeviceBucket
+        from numadam.cuda.compressed_bucket import CompressedDeviceBucket
+        fmt = self._storage.state_format
+        if fmt == "8bit":
+            parts = [([k for k in rows if infos[k].size >= _formats.MIN_8BIT], "8bit"),
+                     ([k for k in rows if infos[k].size < _formats.MIN_8BIT], "full")]
+        else:
+            parts = [(rows, fmt)]
+        out = []
+        for part, part_fmt in parts:
+            if not part:
+                continue
+            arrays, part_infos = [params[k] for k in part], [infos[k] for k in part]
+            indices = [first + k for k in part]
+            if part_fmt == "full":
+                out.append(DeviceBucket(self.rule, arrays, part_infos, indices, gi))
+            else:
+                out.append(CompressedDeviceBucket(self.rule, arrays, part_infos, indices, gi,
+                                                  part_fmt))
+        return out
+
     def _install_group(self, group, params, infos, extents, validated):
         """Add group ``group`` over the checked arrays ``params``
         (``validated``: its ``_group_args`` entry): its buckets, slots and
@@ -330,10 +358,7 @@ class Optimizer:
             if infos is None:
                 buckets.extend(self._host_buckets(params, rows, first, gi))
             else:
-                from numadam.cuda.bucket import DeviceBucket
-                buckets.append(DeviceBucket(self.rule, [params[k] for k in rows],
-                                            [infos[k] for k in rows],
-                                            [first + k for k in rows], gi))
+                buckets.extend(self._device_buckets(params, infos, rows, first, gi))
         if self.rule.eager_state and validated.args is not None:
             # torch creates this rule's state at construction (Adagrad's sum).
             for bucket in buckets:
@@ -1005,6 +1030,11 @@ class Optimizer:
 
 STEP_IN_CLOSURE = ("step() was called from inside its own closure; the closure only "
                    "computes the loss and gradients of the step that called it")
+
+def _float64_compressed(where, fmt):
+    return (f"{where} is float64; state_format={fmt!r} stores state computed in float32, "
+            "so it needs float32 or bfloat16 parameters (use state_format='full' for float64)")
+
 
 _BF16_CLIPPING = ("max_grad_norm and clip_value are not supported with bfloat16 parameters; "
                   "clip their gradients before step()")

@@ -40,7 +40,7 @@ from numadam.cuda.adapters import (FIXED, TORCH, _on_device, _torch_stream, devi
                                    memory_kind, stream_for, zeros_like)
 
 _DRIVER_KERNELS = {}     # (rule, dtype) -> DriverKernel of the rule's step kernel
-_COMPILED = set()        # (rule, dtype, device) the step kernel is loaded for (Numba's launcher)
+_COMPILED = set()        # (rule, signature, device) loaded for Numba's launcher
 
 
 def _threads():
@@ -94,12 +94,15 @@ class DeviceBucket(BucketBase):
     ``indices``) of group ``group_index`` under ``rule``."""
 
     on_device = True
+    driver_launch = True    # config.launcher = "driver" applies (full state only)
 
-    def __init__(self, rule, params, infos, indices, group_index):
+    def __init__(self, rule, params, infos, indices, group_index, align=_cuda_kernels.VEC):
+        """``align``: every parameter's state starts at a multiple of it (the
+        kernel's vector width, or the 8-bit format's block)."""
         self.infos = list(infos)
         super().__init__(rule, params, indices, group_index, self.infos[0].dtype,
                          [info.address for info in self.infos],
-                         [info.shape for info in self.infos], align=_cuda_kernels.VEC)
+                         [info.shape for info in self.infos], align=align)
         self.device = self.infos[0].device
         self.like = np.empty((0, 0), self.dtype)  # carries the dtype into prepare_uniform
         self.kernels = _cuda_kernels.kernels(rule)   # compiled at ready() or first launch
@@ -292,15 +295,21 @@ class DeviceBucket(BucketBase):
         bucket as it was. (After ``numadam.cuda.config.launcher`` changes
         between steps, the other launcher is made ready by the step itself.)"""
         if not _cuda_kernels.SIMULATED:
-            if config.launcher == "driver":
+            if config.launcher == "driver" and self.driver_launch:
                 if self._launch is None:
                     self._driver_args()
-            elif (self.rule, self.dtype, self.device) not in _COMPILED:
-                with _on_device(self.device):   # compile() loads it into the current context
-                    self.kernels.step.compile(
-                        tuple(_cuda_kernels.step_signature(self.rule, self.dtype)))
-                _COMPILED.add((self.rule, self.dtype, self.device))
+            else:
+                kernel, signature = self._numba_kernel()
+                key = (self.rule, tuple(signature), self.device)
+                if key not in _COMPILED:
+                    with _on_device(self.device):   # compile() loads it into the current context
+                        kernel.compile(tuple(signature))
+                    _COMPILED.add(key)
         self.unready = False
+
+    def _numba_kernel(self):
+        """The step kernel Numba's launcher launches, and its one signature."""
+        return self.kernels.step, _cuda_kernels.step_signature(self.rule, self.dtype)
 
     def step(self, args):
         """Enqueue one update of the whole bucket with validated kernel args
@@ -323,19 +332,14 @@ class DeviceBucket(BucketBase):
     def _enqueue(self, scal, mode, flags):
         handle = self._stream_handle = self._read_stream_handle()
         others = [h for h in self._grad_streams if h != handle] if self._grad_streams else ()
-        if _cuda_kernels.SIMULATED or config.launcher != "driver":
+        if _cuda_kernels.SIMULATED or config.launcher != "driver" or not self.driver_launch:
             stream = stream_for(handle)
             with _on_device(self.device):
                 self._wait_for(others, stream)
                 self._upload_table(stream)
                 if mode == 2:
                     self._scal_d.copy_to_device(scal, stream=stream)
-                _cuda_kernels.launch_step(
-                    self.kernels.step,
-                    _cuda_kernels.StepArgs(table=self._table_d, scal=self._scal_d,
-                                           state=self.state, uniform=mode == 1,
-                                           s=self._scalars, flags=flags),
-                    stream, _threads())
+                self._launch_numba(mode == 1, flags, stream)
             return
         launch = self._launch or self._driver_args()   # made by ready() as a rule
         if others:
@@ -358,6 +362,15 @@ class DeviceBucket(BucketBase):
             self._grid_for = (self.total, config.threads_per_block,
                               *_cuda_kernels.step_grid(self.total, config.threads_per_block))
         launch.launch(self._grid_for[2], self._grid_for[3], raw)
+
+    def _launch_numba(self, uniform, flags, stream):
+        """Launch the step through Numba's launcher (the table and scalars
+        are on the device)."""
+        _cuda_kernels.launch_step(
+            self.kernels.step,
+            _cuda_kernels.StepArgs(table=self._table_d, scal=self._scal_d, state=self.state,
+                                   uniform=uniform, s=self._scalars, flags=flags),
+            stream, _threads())
 
     def _driver_args(self):
         """The argument buffer of the driver launch, made at the first step.

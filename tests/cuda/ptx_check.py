@@ -20,6 +20,12 @@ every rule of the registry and both dtypes:
 * launch ABI: the ``.param`` list of the kernel's entry is, type for type,
   the flattened argument list that ``numadam.cuda.launch`` builds for the
   driver launch.
+* compressed state (:mod:`numadam.cuda.compressed`, float32): the same
+  arithmetic checks (the decode ``code value * absmax`` and the encode
+  ``x * (1 / absmax)`` are ``mul.rn`` too, so no FMA can absorb them); the
+  bfloat16 kernel moves its state rows as 16-bit global accesses; the 8-bit
+  kernel moves codes as bytes and reduces the block's absmax through
+  shared memory between barriers.
 
 Used by tests/test_cuda_sim.py and scripts/gpu_check.py.
 """
@@ -110,6 +116,49 @@ def check(rule, name, width, ptx, counts):
     return [f"{rule.name} {name}: {failure}" for failure in failures]
 
 
+def compile_compressed(rule, name):
+    """``(ptx, Counter of instructions)`` of ``rule``'s compressed-state kernel
+    ``name`` (``"step16"`` or ``"step8"``)."""
+    from numba.cuda import compile_ptx
+
+    from numadam.cuda import compressed
+
+    signature = compressed.signature16(rule) if name == "step16" else \
+        compressed.signature8(rule)
+    ptx, _ = compile_ptx(getattr(compressed.kernels(rule), name).py_func, tuple(signature),
+                         cc=(9, 0))
+    ops = [line.split()[0] for line in ptx.splitlines()
+           if re.match(r"\s*(fma|mul|add|sub|div|sqrt|ld|st|bar|max)\.\S*", line)]
+    return ptx, Counter(ops)
+
+
+def check_compressed(rule, name, counts):
+    failures = []
+    element = rule.element.py_func
+    if counts["mul.f32"]:
+        failures.append(f"{counts['mul.f32']} plain mul.f32 (contractible)")
+    if (name == "step8" or source_calls(element, "mul_rn")) and not counts["mul.rn.f32"]:
+        failures.append("no mul.rn.f32")
+    if source_calls(element, "fma") and not counts["fma.rn.f32"]:
+        failures.append("no fma.rn.f32, though the element calls fma")
+    for op in ("div", "sqrt"):
+        approx = [k for k in counts if k.startswith(op + ".") and ".rn." not in k]
+        if approx:
+            failures.append(f"non-IEEE {approx}")
+    generic = {k: n for k, n in counts.items() if k.split(".")[0] in ("ld", "st")
+               and k.split(".")[1] not in ("global", "param", "shared", "const")}
+    if generic:
+        failures.append(f"generic accesses: {generic}")
+    rows = len(rule.state)
+    if name == "step16" and (counts["ld.global.u16"] < rows or counts["st.global.u16"] < rows):
+        failures.append(f"state rows not moved as 16-bit accesses: {dict(counts)}")
+    if name == "step8" and not (counts["bar.sync"] and counts["st.shared.f32"]
+                                and counts["ld.global.u8"] >= rows
+                                and counts["st.global.u8"] >= 1):
+        failures.append(f"no shared-memory absmax or byte codes: {dict(counts)}")
+    return [f"{rule.name} {name}: {failure}" for failure in failures]
+
+
 def main():
     try:
         import numba.cuda.dispatcher as dispatcher
@@ -138,6 +187,10 @@ def main():
                 raise
             print(rule.name, name, dict(sorted(counts.items())))
             failures += check(rule, name, width, ptx, counts)
+        for name in ("step16", "step8"):
+            _, counts = compile_compressed(rule, name)
+            print(rule.name, name, dict(sorted(counts.items())))
+            failures += check_compressed(rule, name, counts)
     for failure in failures:
         print("FAIL", failure)
     return 1 if failures else 0
