@@ -479,17 +479,21 @@ def test_a_checkpoint_relabelled_as_another_format_is_refused(label, tmp_path):
 
 # ------------------------------------------------- 7. non-finite gradients
 @pytest.mark.parametrize("bits", BAD_BITS, ids=hex)
-@pytest.mark.parametrize("fmt, sr", [("full", False), ("bfloat16", True), ("8bit", False),
-                                     ("8bit", True)])
-def test_check_finite_catches_bfloat16_nan_and_inf(fmt, sr, bits):
+@pytest.mark.parametrize("fmt, dtype, sr", [
+    ("full", BF16, False), ("bfloat16", BF16, True), ("8bit", BF16, False),
+    ("8bit", BF16, True), ("8bit", np.float32, False), ("bfloat16", np.float32, False)])
+def test_check_finite_catches_bfloat16_nan_and_inf(fmt, dtype, sr, bits):
     for mode in ("raise", "skip"):
-        opt, params = _optimizer(fmt, BF16, sr, check_finite=mode)
-        clean, clean_params = _optimizer(fmt, BF16, sr)
+        opt, params = _optimizer(fmt, dtype, sr, check_finite=mode)
+        clean, clean_params = _optimizer(fmt, dtype, sr)
         for o, ps in ((opt, params), (clean, clean_params)):
             o.step(_grads(ps, 0))
         before = _snapshot(opt, params)
         grads = _grads(params, 1)
-        grads[0].view(np.uint16)[MIN_8BIT - 1] = bits
+        if dtype == BF16:
+            grads[0].view(np.uint16)[MIN_8BIT - 1] = bits
+        else:                       # the same NaN or Inf widened to float32
+            grads[0].view(np.uint32)[MIN_8BIT - 1] = bits << 16
         if mode == "raise":
             with pytest.raises(FloatingPointError, match="parameter 0"):
                 opt.step(grads)

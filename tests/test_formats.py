@@ -17,6 +17,7 @@ import pytest
 from numba import njit
 
 import numadam
+import numadam.formats
 import optim_configs as oc
 from helpers import assert_bits_equal, build
 from numadam.formats import MIN_8BIT, bf16, codec
@@ -420,3 +421,18 @@ def test_8bit_blocks_of_zeros_and_of_a_constant_decode_exactly():
     stored = opt.state_dict()["state"][0]
     assert np.all(stored["momentum_buffer"][256:512] == 255)
     assert list(stored["momentum_buffer_absmax"][:3]) == [0, 0.75, 0]
+
+
+@pytest.mark.parametrize("src, dst", [("full", "bfloat16"), ("full", "8bit"),
+                                      ("bfloat16", "8bit"), ("8bit", "bfloat16")])
+def test_converted_state_dicts_hold_what_the_kernels_store(src, dst):
+    """convert_state_dict encodes as the kernels do: the converted state
+    loads, and the optimizer's state dict gives it back bit for bit."""
+    opt, params = make("amsgrad", "float32", src)
+    run("amsgrad", opt, params, 1, 3)
+    converted = numadam.formats.convert_state_dict(opt.state_dict(), dst)
+    expected = {i: encoded(e, dst) for i, e in decoded(opt.state_dict())["state"].items()}
+    assert_state_equal(converted["state"], expected, "converted")
+    other, _ = make("amsgrad", "float32", dst)
+    other.load_state_dict(converted)
+    assert_state_equal(other.state_dict()["state"], expected, "loaded")
