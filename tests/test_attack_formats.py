@@ -6,7 +6,6 @@ threads. Every refusal leaves every parameter and stored state bit as it was.
 import functools
 import io
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -68,6 +67,15 @@ def _assert_unchanged(opt, params, before, what=""):
                 assert now["state"][index][key] == value
             else:
                 assert_bits_equal(now["state"][index][key], value, f"{what} {index} {key}")
+
+
+def _assert_unchanged_dict(a, b):
+    """State dicts ``a`` and ``b`` hold the same arrays, bit for bit."""
+    assert a["state"].keys() == b["state"].keys()
+    for index, entry in b["state"].items():
+        for key, value in entry.items():
+            if key != "step":
+                assert_bits_equal(a["state"][index][key], value, f"{index} {key}")
 
 
 # ------------------------------------------------- the kernels' known defect
@@ -562,14 +570,6 @@ def test_threads_sharing_a_compressed_optimizer_take_turns(fmt, dtype):
     for snapshot in snapshots:      # each one a state the serial run passed through
         step = snapshot["state"][0]["step"]
         _assert_unchanged_dict(snapshot, states[step])
-
-
-def _assert_unchanged_dict(a, b):
-    assert a["state"].keys() == b["state"].keys()
-    for index, entry in b["state"].items():
-        for key, value in entry.items():
-            if key != "step":
-                assert_bits_equal(a["state"][index][key], value, f"{index} {key}")
 
 
 @pytest.mark.parametrize("fmt, dtype", [("8bit", np.float32), ("bfloat16", BF16)],
