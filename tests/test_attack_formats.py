@@ -295,6 +295,12 @@ def test_any_bad_state_dict_entry_is_a_value_error_with_nothing_changed(fmt, ind
     else:
         entry[key] = value
     bad = {**sd, "state": {**sd["state"], index: entry}}
+    for target in FORMATS:          # the explicit conversion: a result or ValueError
+        try:
+            with np.errstate(over="ignore"):    # float64 values beyond float32's range
+                convert_state_dict(bad, target)
+        except ValueError:
+            pass
     opt, params = _stepped(fmt, 3)
     before = _snapshot(opt, params)
     try:
