@@ -311,19 +311,24 @@ def test_stochastic_rounding_is_unbiased():
 def test_seeds_steps_and_parameters_draw_differently_and_a_seed_repeats():
     grad = np.full(4096, -0.5 * 2.0 ** -7, np.float32).astype(BF16)
 
-    def bits(seed, steps=1):
+    def bits(seed, step=0):
+        """One step from the same values, as step ``step + 1``."""
         opt, p = _sgd_bf16(np.ones(4096), seed)
         q = np.ones(4096, np.float32).astype(BF16)
         opt.add_param_group({"params": [q]})
-        for _ in range(steps):
-            opt.step([grad, grad])
+        if step:
+            sd = opt.state_dict()
+            sd["state"] = {0: {"step": step}, 1: {"step": step}}
+            opt.load_state_dict(sd)
+        opt.step([grad, grad])
         return p.view(np.uint16).copy(), q.view(np.uint16).copy()
 
     a, b = bits(7), bits(7)
     assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
     assert not np.array_equal(a[0], bits(8)[0])
     assert not np.array_equal(a[0], a[1]), "two parameters drew the same bits"
-    assert not np.array_equal(bits(7, 2)[0], a[0])
+    assert not np.array_equal(bits(7, step=1)[0], a[0])
+    assert np.array_equal(bits(7, step=1)[0], bits(7, step=1)[0])
     assert not np.array_equal(bits(2 ** 63 - 1)[0], a[0])
 
 
