@@ -286,6 +286,18 @@ def test_a_resumed_run_equals_the_uninterrupted_one(name, fmt, variant, how, tmp
     assert_same(_resumed(name, variant, fmt, how, tmp_path), snapshot(opt, params), how)
 
 
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_sgd_saves_step_counts_only_where_stochastic_rounding_draws_by_them(momentum):
+    for sr in (False, True):
+        p = np.ones(MIN_8BIT, BF16)
+        opt = numadam.SGD([p], lr=0.1, momentum=momentum, stochastic_rounding=sr)
+        opt.step([np.ones_like(p)])
+        opt.step([np.ones_like(p)])
+        entry = opt.state_dict()["state"].get(0, {})
+        # Without stochastic rounding, torch's layout: SGD keeps no step.
+        assert ("step" in entry) is sr and entry.get("step", 2) == 2
+
+
 # -------------------------------------------------- 4. stochastic rounding
 def _sgd_bf16(values, seed, lr=1.0, **kwargs):
     p = np.asarray(values, np.float32).astype(BF16)
