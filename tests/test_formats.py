@@ -64,10 +64,10 @@ def perturb(opt, seed):
                 group[key] *= rng.uniform(0.5, 1.5)
 
 
-def make(name, variant, fmt, shapes=SHAPES, seed=SEED, perturbed=True):
+def make(name, variant, fmt, perturbed=True):
     dtype, sr = PARAMS[variant]
-    opt, params = build(name, "float32", params=params_of(dtype, shapes), state_format=fmt,
-                        stochastic_rounding=sr, seed=seed)
+    opt, params = build(name, "float32", params=params_of(dtype), state_format=fmt,
+                        stochastic_rounding=sr, seed=SEED)
     if perturbed:
         perturb(opt, oc.index(name))
     return opt, params
@@ -125,19 +125,19 @@ def stochastic_bits(values, seed, index, step):
     return (bits >> np.uint64(16)).astype(np.uint16).reshape(values.shape)
 
 
-def reference_step(name, opt, params, grads, counts):
+def reference_step(name, opt, params, grads, counts, sr):
     """The parameters and state dict entries one step of ``opt`` must give:
     a full float32 optimizer stepped from the decoded state, re-encoded.
     ``counts``: per group-order index, the steps that parameter has taken
-    (this one included): the stochastic-rounding draw's step."""
-    fmt, storage = opt.state_format, opt._storage
+    (this one included): the draw's step where ``sr`` (stochastic rounding
+    under :data:`SEED`)."""
+    fmt = opt.state_format
     before = opt.state_dict()
     assert before.get("state_format", "full") == fmt
     copies = [p.astype(np.float32) for p in params]
     # Stochastic rounding leaves float32 parameters alone; it only makes
     # SGD's state dict carry the step counts.
-    ref, _ = build(name, "float32", params=copies,
-                   stochastic_rounding=storage.stochastic_rounding)
+    ref, _ = build(name, "float32", params=copies, stochastic_rounding=sr)
     ref.load_state_dict(decoded(before))
     ref.step([None if g is None else g.astype(np.float32) for g in grads])
     order = oc.param_order(oc.CONFIGS[name])
@@ -145,8 +145,8 @@ def reference_step(name, opt, params, grads, counts):
     for position, k in enumerate(order):
         if params[k].dtype == np.float32:
             expected.append(copies[k])
-        elif storage.stochastic_rounding and grads[position] is not None:
-            expected.append(stochastic_bits(copies[k], storage.seed, position,
+        elif sr and grads[position] is not None:
+            expected.append(stochastic_bits(copies[k], SEED, position,
                                             counts[position]).view(BF16))
         else:
             expected.append(copies[k].astype(BF16))
@@ -203,7 +203,8 @@ def test_every_step_equals_the_decoded_full_precision_step(name, fmt, variant):
                 group["lr"] = group["lr"] * 0.7
         grads = grads_of(name, step, params)
         counts = [c + (g is not None) for c, g in zip(counts, grads)]
-        expected_params, expected_state = reference_step(name, opt, params, grads, counts)
+        expected_params, expected_state = reference_step(name, opt, params, grads, counts,
+                                                         PARAMS[variant][1])
         opt.step(grads)
         for k, value in expected_params:
             assert_bits_equal(params[k], value, f"step {step} param {k}")
