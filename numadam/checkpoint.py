@@ -388,6 +388,10 @@ def _read(file, path):
         text = _member_array(archive, by_name[f"{_HEADER}.npy"], size, "U", path)
         if text.shape != ():
             raise CheckpointError(f"{path} has a header of shape {text.shape}")
+        # NumPy makes a str of any UTF-32 code, even beyond U+10FFFF, and
+        # json.loads then fails on it with SystemError.
+        if np.frombuffer(text.tobytes(), np.uint32).max(initial=0) > 0x10FFFF:
+            raise CheckpointError(f"{path} has a header that is not Unicode text")
         try:
             header = json.loads(str(text[()]))
         except (ValueError, RecursionError) as error:

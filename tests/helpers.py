@@ -2,6 +2,7 @@
 
 import functools
 import os
+import threading
 
 import numpy as np
 
@@ -89,3 +90,23 @@ def patch_kernel(monkeypatch, name, make):
         return real._replace(**{name: make(getattr(real, name))})
 
     monkeypatch.setattr(_cpu, "kernels", patched)
+
+
+def run_threads(target, count):
+    """Run ``target(k)`` for ``k < count`` on as many threads at once; fail
+    on a hang or on any thread's exception."""
+    errors = []
+
+    def guarded(k):
+        try:
+            target(k)
+        except BaseException as error:     # noqa: BLE001 - reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=guarded, args=(k,)) for k in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not any(thread.is_alive() for thread in threads), "a thread hung"
+    assert not errors, errors

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import numadam
-from helpers import assert_bits_equal
+from helpers import assert_bits_equal, run_threads
 
 THREADS, STEPS = 4, 40
 SHAPES = [(7,), (3, 5), (4,), (2, 2)]
@@ -38,24 +38,6 @@ def _params():
 
 def _grads(value, params):
     return [np.full(p.shape, value * (k + 1), p.dtype) for k, p in enumerate(params)]
-
-
-def _run_threads(target, count=THREADS):
-    errors = []
-
-    def guarded(k):
-        try:
-            target(k)
-        except BaseException as error:     # noqa: BLE001 - reported below
-            errors.append(error)
-
-    threads = [threading.Thread(target=guarded, args=(k,)) for k in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
-    assert not any(thread.is_alive() for thread in threads), "a thread hung"
-    assert not errors, errors
 
 
 def _assert_same(a, pa, b, pb):
@@ -88,7 +70,7 @@ def test_one_optimizer_stepped_from_several_threads_equals_the_same_steps_in_tur
 
     if owned:
         opt.grads
-    _run_threads(work)
+    run_threads(work, THREADS)
     assert sorted(order) == sorted(list(range(THREADS)) * STEPS)
     replay_params = _params()
     replay = numadam.AdamW(replay_params, lr=0.05, amsgrad=True)
@@ -128,7 +110,7 @@ def test_snapshots_taken_while_another_thread_steps_are_never_torn(take):
             if snapshot:
                 snapshots.append(snapshot)
 
-    _run_threads(lambda k: stepper() if k == 0 else reader(), count=2)
+    run_threads(lambda k: stepper() if k == 0 else reader(), count=2)
     steps_seen = [{entry["step"] for entry in s.values()} for s in snapshots]
     assert len(steps_seen) >= 10
     assert all(len(steps) == 1 for steps in steps_seen), "a snapshot is torn"
@@ -156,7 +138,7 @@ def test_a_closure_may_call_back_into_the_optimizer():
         opt.grads[0][...] = 2 * x
         return opt.state_dict()
 
-    _run_threads(lambda _: opt.step(closure), count=1)
+    run_threads(lambda _: opt.step(closure), count=1)
     assert opt.state[x]["step"] == 1 and x[0] < 3.0
 
 
@@ -173,7 +155,7 @@ def test_two_optimizers_in_two_threads_stay_independent():
     def work(k):
         opts[k] = fit(threaded[k], 0.25 * (k + 1))
 
-    _run_threads(work)
+    run_threads(work, THREADS)
     for k in range(THREADS):
         alone_params = _params()
         alone = fit(alone_params, 0.25 * (k + 1))
@@ -208,7 +190,7 @@ def test_a_closure_that_raises_releases_the_lock(error):
     with pytest.raises(error):
         opt.step([2 * x], closure=closure)
     assert x[0] == 3.0
-    _run_threads(lambda _: opt.step([2 * x]), count=1)     # another thread gets the lock
+    run_threads(lambda _: opt.step([2 * x]), count=1)     # another thread gets the lock
     assert opt.state[x]["step"] == 1
 
 
@@ -232,7 +214,7 @@ def test_fits_with_a_blas_gradient_in_two_threads_equal_the_same_fits_alone():
             opt.step(closure)
 
     threaded = [np.linspace(0.5, 1.5, n) for _ in range(2)]
-    _run_threads(lambda k: fit(threaded[k]), count=2)
+    run_threads(lambda k: fit(threaded[k]), count=2)
     alone = np.linspace(0.5, 1.5, n)
     fit(alone)
     for x in threaded:

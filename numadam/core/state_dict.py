@@ -41,9 +41,14 @@ def as_step(value, where):
 def export(opt):
     """``opt``'s state dict, holding copies of its state arrays."""
     state = {}
+    # Stochastic rounding draws by step count: a rule that keeps none in
+    # torch's layout (SGD) saves it too, or a resumed run would draw anew.
+    counted = opt._storage.stochastic_rounding and not opt.rule.keeps_step
     for index, (bucket, row) in enumerate(opt._slots):
         if bucket.has_state(row):
             state[index] = bucket.param_state(row)
+        if counted and bucket.table[row, STEP] > 0:
+            state[index] = {"step": int(bucket.table[row, STEP]), **state.get(index, {})}
     groups = []
     first = 0
     for group in opt.param_groups:
@@ -155,7 +160,9 @@ def _parse(opt, state_dict):
             continue
         rows = group_args[bucket.group_index].args.rows
         declared = tuple(s.name for s in opt.rule.state)
-        known = (("step",) if opt.rule.keeps_step else ()) + declared
+        # A rule without a step in torch's layout takes one where stochastic
+        # rounding saved it (see export).
+        known = ("step",) + declared
         if getattr(bucket, "fmt", None) == "8bit":
             known += tuple(name + "_absmax" for name in declared)
         unknown = set(entry) - set(known)
@@ -169,7 +176,7 @@ def _parse(opt, state_dict):
         _, shape, dtype = bucket.expected[row]   # NumPy terms for device arrays too
         if opt.rule.keeps_step and "step" not in entry:
             raise ValueError(f"{where} has no 'step'")
-        step = as_step(entry["step"], f"{where}['step']") if opt.rule.keeps_step else 0
+        step = as_step(entry["step"], f"{where}['step']") if "step" in entry else 0
         arrays = {}
         for key in rows:
             for stored, stored_shape, stored_dtype in bucket.stored_arrays(key, row):
