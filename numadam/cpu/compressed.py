@@ -36,13 +36,14 @@ from numba import carray, njit, types
 from numba.extending import overload
 
 from numadam.core.jitcache import CACHE
+from numadam.core.math import bits_float, float_bits
 from numadam.cpu import kernels as _cpu
 from numadam.cpu.kernels import (OFFSET, PTR_G, PTR_P, SIZE, STEP, _first_param,
                                  address_as_pointer, gradient)
 from numadam.formats import BLOCK
 from numadam.formats.bf16 import (noise16, round_nearest, round_stochastic, stream_key,
                                   to_float32)
-from numadam.formats.dynamic8 import (decode_signed, decode_unsigned, encode_signed,
+from numadam.formats.dynamic8 import (SIGNED_MAP, UNSIGNED_MAP, encode_signed,
                                       encode_unsigned)
 
 __all__ = ["kernels", "Kernels", "widen", "narrow_state", "narrow_param"]
@@ -91,28 +92,37 @@ def _narrow_param(v, like, sr, skey, index):
     return lambda v, like, sr, skey, index: v
 
 
-@njit(cache=CACHE, error_model="numpy", inline="always")
-def _decode(code, signed):
-    return decode_signed(code) if signed else decode_unsigned(code)
+# Both maps in one array, indexed by ``signed``: a row's map is picked once
+# per task, and the decode is one table read.
+_MAPS = np.stack([UNSIGNED_MAP, SIGNED_MAP])
 
 
 @njit(cache=CACHE, error_model="numpy", inline="always")
-def _block_absmax(x, n):
-    """max |x[:n]|, or NaN if any of them is NaN or infinite. Two
-    reductions LLVM vectorises (a max, an integer OR), not a NaN-aware max."""
-    m = np.float32(0)
-    bad = 0
-    for i in range(n):
-        a = abs(x[i])
-        m = max(m, a)
-        bad |= np.int32((a - a) != 0)
-    return np.float32(np.nan) if bad else m
+def _abs_bits(v):
+    """The bits of ``|v|`` as a uint32: ordered as the magnitudes, with every
+    NaN and infinity at or above ``0x7F800000``. A maximum of these is an
+    integer reduction LLVM keeps in vector registers across the update loop."""
+    return np.uint32(float_bits(v) & np.uint32(0x7FFFFFFF))
 
 
 @njit(cache=CACHE, error_model="numpy", inline="always")
-def _quantise(x, n, codes, signed):
-    """Encode ``x[:n]`` into ``codes[:n]``; returns the block's absmax."""
-    m = _block_absmax(x, n)
+def _absmax_of(row, total, block):
+    return row[total:].view(np.float32)[block]
+
+
+@njit(cache=CACHE, error_model="numpy", inline="always")
+def _set_absmax(row, total, block, m):
+    row[total:].view(np.float32)[block] = m
+
+
+@njit(cache=CACHE, error_model="numpy", inline="always")
+def _quantise(x, n, codes, signed, top):
+    """Encode ``x[:n]`` into ``codes[:n]`` given ``top``, the largest
+    :func:`_abs_bits` of ``x[:n]``; returns the block's absmax: the largest
+    magnitude, or NaN if any value is NaN or infinite."""
+    m = bits_float(top)
+    if top >= np.uint32(0x7F800000):
+        m = np.float32(np.nan)
     inv = np.float32(1) / m if m > 0 else np.float32(0)
     if m != m:
         inv = m     # every code then decodes to NaN times the map: NaN
@@ -186,57 +196,76 @@ def _templates(stamp):
         parameter whose 8-bit state starts at column ``base`` of ``st``."""
         stamp  # noqa: B018
         sc = loop_scalars(s, flags)
-        s0 = signed[0] if nrows > 0 else False
-        s1 = signed[1] if nrows > 1 else False
-        s2 = signed[2] if nrows > 2 else False
+        p = p[lo:hi]
+        g = g[lo:hi]
+        if nrows == 0:
+            for i in range(p.size):
+                x = gradient(widen(g[i]), clip)
+                q, _, _, _ = element(widen(p[i]), x, x, x, x, sc, flags)
+                p[i] = narrow_param(q, p[i], sr, skey, lo + i)
+            return
+        # Rows taken whole, then sliced: contiguous layouts LLVM vectorises.
+        # Each row's map is chosen once here, not per element.
+        ra = st[0]
+        rb = st[1] if nrows > 1 else ra
+        rc = st[2] if nrows > 2 else ra
+        xa = _MAPS[np.int64(signed[0])]
+        xb = _MAPS[np.int64(signed[1] if nrows > 1 else False)]
+        xc = _MAPS[np.int64(signed[2] if nrows > 2 else False)]
         ba = buf[0]
         bb = buf[1]
         bc = buf[2]
-        for start in range(lo, hi, BLOCK):
-            n = min(BLOCK, hi - start)
-            block = (base + start) // BLOCK
+        for start in range(0, hi - lo, BLOCK):
+            n = min(BLOCK, hi - lo - start)
+            col = base + lo + start
+            block = col // BLOCK
             pp = p[start:start + n]
             gg = g[start:start + n]
-            col = base + start
-            if nrows == 0:
-                for i in range(n):
-                    x = gradient(widen(gg[i]), clip)
-                    q, _, _, _ = element(widen(pp[i]), x, x, x, x, sc, flags)
-                    pp[i] = narrow_param(q, pp[i], sr, skey, start + i)
-                continue
-            ca = st[0, col:col + n]
-            ma = st[0, total:].view(np.float32)[block]
+            ca = ra[col:col + n]
+            cb = rb[col:col + n]
+            cc = rc[col:col + n]
+            ma = _absmax_of(ra, total, block)
+            mb = _absmax_of(rb, total, block)
+            mc = _absmax_of(rc, total, block)
+            # The block maxima ride along as integer maxima of |bits|.
+            ua = np.uint32(0)
+            ub = np.uint32(0)
+            uc = np.uint32(0)
             if nrows == 1:
                 for i in range(n):
-                    x = _decode(ca[i], s0) * ma
-                    q, ba[i], _, _ = element(widen(pp[i]), gradient(widen(gg[i]), clip), x, x,
-                                             x, sc, flags)
-                    pp[i] = narrow_param(q, pp[i], sr, skey, start + i)
+                    x = xa[ca[i]] * ma
+                    q, na, _, _ = element(widen(pp[i]), gradient(widen(gg[i]), clip), x, x,
+                                          x, sc, flags)
+                    pp[i] = narrow_param(q, pp[i], sr, skey, lo + start + i)
+                    ba[i] = na
+                    ua = max(ua, _abs_bits(na))
             elif nrows == 2:
-                cb = st[1, col:col + n]
-                mb = st[1, total:].view(np.float32)[block]
                 for i in range(n):
-                    x = _decode(ca[i], s0) * ma
-                    q, ba[i], bb[i], _ = element(widen(pp[i]), gradient(widen(gg[i]), clip), x,
-                                                 _decode(cb[i], s1) * mb, x, sc, flags)
-                    pp[i] = narrow_param(q, pp[i], sr, skey, start + i)
+                    x = xa[ca[i]] * ma
+                    q, na, nb, _ = element(widen(pp[i]), gradient(widen(gg[i]), clip), x,
+                                           xb[cb[i]] * mb, x, sc, flags)
+                    pp[i] = narrow_param(q, pp[i], sr, skey, lo + start + i)
+                    ba[i] = na
+                    bb[i] = nb
+                    ua = max(ua, _abs_bits(na))
+                    ub = max(ub, _abs_bits(nb))
             else:
-                cb = st[1, col:col + n]
-                mb = st[1, total:].view(np.float32)[block]
-                cc = st[2, col:col + n]
-                mc = st[2, total:].view(np.float32)[block]
                 for i in range(n):
-                    q, ba[i], bb[i], bc[i] = element(
-                        widen(pp[i]), gradient(widen(gg[i]), clip), _decode(ca[i], s0) * ma,
-                        _decode(cb[i], s1) * mb, _decode(cc[i], s2) * mc, sc, flags)
-                    pp[i] = narrow_param(q, pp[i], sr, skey, start + i)
-            st[0, total:].view(np.float32)[block] = _quantise(ba, n, ca, s0)
+                    q, na, nb, nc = element(
+                        widen(pp[i]), gradient(widen(gg[i]), clip), xa[ca[i]] * ma,
+                        xb[cb[i]] * mb, xc[cc[i]] * mc, sc, flags)
+                    pp[i] = narrow_param(q, pp[i], sr, skey, lo + start + i)
+                    ba[i] = na
+                    bb[i] = nb
+                    bc[i] = nc
+                    ua = max(ua, _abs_bits(na))
+                    ub = max(ub, _abs_bits(nb))
+                    uc = max(uc, _abs_bits(nc))
+            _set_absmax(ra, total, block, _quantise(ba, n, ca, signed[0], ua))
             if nrows > 1:
-                st[1, total:].view(np.float32)[block] = _quantise(
-                    bb, n, st[1, col:col + n], s1)
+                _set_absmax(rb, total, block, _quantise(bb, n, cb, signed[1], ub))
             if nrows > 2:
-                st[2, total:].view(np.float32)[block] = _quantise(
-                    bc, n, st[2, col:col + n], s2)
+                _set_absmax(rc, total, block, _quantise(bc, n, cc, signed[2], uc))
 
     def _run_task(table, keys, st, scal, lo, hi, flags, clip, sr, signed, total, like):
         """Update elements ``lo:hi`` of the bucket (``like``: an array of the
@@ -251,6 +280,9 @@ def _templates(stamp):
         while lo < hi and k < n:
             offset = table[k, OFFSET]
             size = table[k, SIZE]
+            # 8-bit state pads each parameter to whole blocks: the previous
+            # parameter's end can lie before this one's offset.
+            lo = max(lo, offset)
             end = min(hi, offset + size)
             if end > lo and table[k, PTR_G] != 0:
                 p = carray(address_as_pointer(table[k, PTR_P], like), size)
