@@ -93,7 +93,10 @@ def _narrow_param(v, like, sr, skey, index):
 
 
 # Both maps in one array, indexed by ``signed``: a row's map is picked once
-# per task, and the decode is one table read.
+# per task, and the decode is one table read. Read as this global in the loops
+# (not through an array argument) it is a constant LLVM knows no store can
+# touch; through an argument the loops needed overlap checks it cannot bound
+# for an indirect read, and stayed scalar.
 _MAPS = np.stack([UNSIGNED_MAP, SIGNED_MAP])
 
 
@@ -116,10 +119,12 @@ def _set_absmax(row, total, block, m):
 
 
 @njit(cache=CACHE, error_model="numpy", inline="always")
-def _quantise(x, n, codes, signed, top):
-    """Encode ``x[:n]`` into ``codes[:n]`` given ``top``, the largest
-    :func:`_abs_bits` of ``x[:n]``; returns the block's absmax: the largest
+def _quantise(x, off, n, codes, signed):
+    """Encode ``x[off:off + n]`` into ``codes[:n]``; returns the block's absmax: the largest
     magnitude, or NaN if any value is NaN or infinite."""
+    top = np.uint32(0)
+    for i in range(n):
+        top = max(top, _abs_bits(x[off + i]))
     m = bits_float(top)
     if top >= np.uint32(0x7F800000):
         m = np.float32(np.nan)
@@ -128,10 +133,10 @@ def _quantise(x, n, codes, signed, top):
         inv = m     # every code then decodes to NaN times the map: NaN
     if signed:
         for i in range(n):
-            codes[i] = encode_signed(x[i] * inv)
+            codes[i] = encode_signed(x[off + i] * inv)
     else:
         for i in range(n):
-            codes[i] = encode_unsigned(x[i] * inv)
+            codes[i] = encode_unsigned(x[off + i] * inv)
     return m
 
 
@@ -191,6 +196,47 @@ def _templates(stamp):
                 b[i] = narrow_state(nb, b[i])
                 c[i] = narrow_state(nc, c[i])
 
+    def _block8(pp, gg, ca, cb, cc, sa, sb, sc_, ma, mb, mc, buf, nrows, sc, flags, clip, sr,
+                skey, first):
+        """Decode and update one block: parameter elements ``pp`` (``first``:
+        the index of ``pp[0]``), codes ``ca, cb, cc`` (the first ``nrows``
+        exist) with maps ``_MAPS[sa]``... (1 signed, 0 unsigned) and absmax
+        ``ma, mb, mc``; the new state values go to ``buf`` (row ``r`` at
+        ``r * BLOCK``)."""
+        # A function of its own: inlined in the block loop of :func:`_span8`,
+        # the same loops were left scalar (LLVM: "value that could not be
+        # identified as reduction is used outside the loop").
+        stamp  # noqa: B018
+        if nrows == 1:
+            for i in range(pp.size):
+                x = _MAPS[sa, ca[i]] * ma
+                q, na, _, _ = element(widen(pp[i]), gradient(widen(gg[i]), clip), x, x, x, sc,
+                                      flags)
+                pp[i] = narrow_param(q, pp[i], sr, skey, first + i)
+                buf[i] = na
+        elif nrows == 2:
+            for i in range(pp.size):
+                x = _MAPS[sa, ca[i]] * ma
+                q, na, nb, _ = element(widen(pp[i]), gradient(widen(gg[i]), clip), x,
+                                       _MAPS[sb, cb[i]] * mb, x, sc, flags)
+                pp[i] = narrow_param(q, pp[i], sr, skey, first + i)
+                buf[i] = na
+                buf[BLOCK + i] = nb
+        else:
+            # Three code rows read in the update loop exceed LLVM's budget of
+            # run-time overlap checks: they are decoded first.
+            for i in range(pp.size):
+                buf[i] = _MAPS[sa, ca[i]] * ma
+                buf[BLOCK + i] = _MAPS[sb, cb[i]] * mb
+                buf[2 * BLOCK + i] = _MAPS[sc_, cc[i]] * mc
+            for i in range(pp.size):
+                q, na, nb, nc = element(widen(pp[i]), gradient(widen(gg[i]), clip), buf[i],
+                                        buf[BLOCK + i], buf[2 * BLOCK + i], sc, flags)
+                pp[i] = narrow_param(q, pp[i], sr, skey, first + i)
+                buf[i] = na
+                buf[BLOCK + i] = nb
+                buf[2 * BLOCK + i] = nc
+
     def _span8(p, g, st, nrows, lo, hi, base, s, flags, clip, sr, skey, signed, total, buf):
         """Elements ``lo:hi`` (``lo`` a multiple of the block) of one
         parameter whose 8-bit state starts at column ``base`` of ``st``."""
@@ -209,12 +255,12 @@ def _templates(stamp):
         ra = st[0]
         rb = st[1] if nrows > 1 else ra
         rc = st[2] if nrows > 2 else ra
-        xa = _MAPS[np.int64(signed[0])]
-        xb = _MAPS[np.int64(signed[1] if nrows > 1 else False)]
-        xc = _MAPS[np.int64(signed[2] if nrows > 2 else False)]
-        ba = buf[0]
-        bb = buf[1]
-        bc = buf[2]
+        sa = np.int64(signed[0])
+        sb = np.int64(signed[1] if nrows > 1 else False)
+        sc_ = np.int64(signed[2] if nrows > 2 else False)
+        # One scratch buffer, the rows at fixed distances: to LLVM one object,
+        # so the loops need few run-time overlap checks (it vectorises a loop
+        # only under a small budget of them, and a buffer per row exceeded it).
         for start in range(0, hi - lo, BLOCK):
             n = min(BLOCK, hi - lo - start)
             col = base + lo + start
@@ -227,45 +273,13 @@ def _templates(stamp):
             ma = _absmax_of(ra, total, block)
             mb = _absmax_of(rb, total, block)
             mc = _absmax_of(rc, total, block)
-            # The block maxima ride along as integer maxima of |bits|.
-            ua = np.uint32(0)
-            ub = np.uint32(0)
-            uc = np.uint32(0)
-            if nrows == 1:
-                for i in range(n):
-                    x = xa[ca[i]] * ma
-                    q, na, _, _ = element(widen(pp[i]), gradient(widen(gg[i]), clip), x, x,
-                                          x, sc, flags)
-                    pp[i] = narrow_param(q, pp[i], sr, skey, lo + start + i)
-                    ba[i] = na
-                    ua = max(ua, _abs_bits(na))
-            elif nrows == 2:
-                for i in range(n):
-                    x = xa[ca[i]] * ma
-                    q, na, nb, _ = element(widen(pp[i]), gradient(widen(gg[i]), clip), x,
-                                           xb[cb[i]] * mb, x, sc, flags)
-                    pp[i] = narrow_param(q, pp[i], sr, skey, lo + start + i)
-                    ba[i] = na
-                    bb[i] = nb
-                    ua = max(ua, _abs_bits(na))
-                    ub = max(ub, _abs_bits(nb))
-            else:
-                for i in range(n):
-                    q, na, nb, nc = element(
-                        widen(pp[i]), gradient(widen(gg[i]), clip), xa[ca[i]] * ma,
-                        xb[cb[i]] * mb, xc[cc[i]] * mc, sc, flags)
-                    pp[i] = narrow_param(q, pp[i], sr, skey, lo + start + i)
-                    ba[i] = na
-                    bb[i] = nb
-                    bc[i] = nc
-                    ua = max(ua, _abs_bits(na))
-                    ub = max(ub, _abs_bits(nb))
-                    uc = max(uc, _abs_bits(nc))
-            _set_absmax(ra, total, block, _quantise(ba, n, ca, signed[0], ua))
+            block8(pp, gg, ca, cb, cc, sa, sb, sc_, ma, mb, mc, buf, nrows, sc, flags, clip, sr,
+                   skey, lo + start)
+            _set_absmax(ra, total, block, _quantise(buf, 0, n, ca, signed[0]))
             if nrows > 1:
-                _set_absmax(rb, total, block, _quantise(bb, n, cb, signed[1], ub))
+                _set_absmax(rb, total, block, _quantise(buf, BLOCK, n, cb, signed[1]))
             if nrows > 2:
-                _set_absmax(rc, total, block, _quantise(bc, n, cc, signed[2], uc))
+                _set_absmax(rc, total, block, _quantise(buf, 2 * BLOCK, n, cc, signed[2]))
 
     def _run_task(table, keys, st, scal, lo, hi, flags, clip, sr, signed, total, like):
         """Update elements ``lo:hi`` of the bucket (``like``: an array of the
@@ -276,7 +290,7 @@ def _templates(stamp):
         k = _first_param(table, lo)
         n = table.shape[0]
         nrows = st.shape[0]
-        buf = np.empty((3, BLOCK), np.float32)
+        buf = np.empty(3 * BLOCK, np.float32)
         while lo < hi and k < n:
             offset = table[k, OFFSET]
             size = table[k, SIZE]
@@ -306,13 +320,13 @@ def _templates(stamp):
         stamp  # noqa: B018
         run_task(table, keys, st, scal, lo, hi, flags, clip, sr, signed, total, like)
 
-    return dict(span=_span, span8=_span8, run_task=_run_task, step_serial=_step_serial,
+    return dict(span=_span, block8=_block8, span8=_span8, run_task=_run_task, step_serial=_step_serial,
                 step_task=_step_task)
 
 
 # (name, options, which span the template calls): the run_task, step_serial
 # and step_task templates are built twice, for elementwise and 8-bit state.
-_BUILD = (("span", {}, None), ("span8", {}, None),
+_BUILD = (("span", {}, None), ("block8", {}, None), ("span8", {}, None),
           ("run_task", {}, "span"), ("step_serial", {}, "span"),
           ("step_task", dict(nogil=True), "span"),
           ("run_task8", {}, "span8"), ("step_serial8", {}, "span8"),
@@ -343,7 +357,7 @@ def kernels(rule):
     spaces = {}
     for name, options, span in _BUILD:
         if span is None:
-            built[name] = _build(templates[name], common, name, rule, options)
+            built[name] = common[name] = _build(templates[name], common, name, rule, options)
             continue
         if span not in spaces:
             spaces[span] = dict(common, span=built[span])
