@@ -109,16 +109,6 @@ def _abs_bits(v):
 
 
 @njit(cache=CACHE, error_model="numpy", inline="always")
-def _absmax_of(row, total, block):
-    return row[total:].view(np.float32)[block]
-
-
-@njit(cache=CACHE, error_model="numpy", inline="always")
-def _set_absmax(row, total, block, m):
-    row[total:].view(np.float32)[block] = m
-
-
-@njit(cache=CACHE, error_model="numpy", inline="always")
 def _quantise(x, off, n, codes, signed):
     """Encode ``x[off:off + n]`` into ``codes[:n]``; returns the block's absmax: the largest
     magnitude, or NaN if any value is NaN or infinite."""
@@ -261,6 +251,9 @@ def _templates(stamp):
         # One scratch buffer, the rows at fixed distances: to LLVM one object,
         # so the loops need few run-time overlap checks (it vectorises a loop
         # only under a small budget of them, and a buffer per row exceeded it).
+        aa = ra[total:].view(np.float32)
+        ab = rb[total:].view(np.float32)
+        ac = rc[total:].view(np.float32)
         for start in range(0, hi - lo, BLOCK):
             n = min(BLOCK, hi - lo - start)
             col = base + lo + start
@@ -270,16 +263,13 @@ def _templates(stamp):
             ca = ra[col:col + n]
             cb = rb[col:col + n]
             cc = rc[col:col + n]
-            ma = _absmax_of(ra, total, block)
-            mb = _absmax_of(rb, total, block)
-            mc = _absmax_of(rc, total, block)
-            block8(pp, gg, ca, cb, cc, sa, sb, sc_, ma, mb, mc, buf, nrows, sc, flags, clip, sr,
-                   skey, lo + start)
-            _set_absmax(ra, total, block, _quantise(buf, 0, n, ca, signed[0]))
+            block8(pp, gg, ca, cb, cc, sa, sb, sc_, aa[block], ab[block], ac[block], buf, nrows,
+                   sc, flags, clip, sr, skey, lo + start)
+            aa[block] = _quantise(buf, 0, n, ca, signed[0])
             if nrows > 1:
-                _set_absmax(rb, total, block, _quantise(buf, BLOCK, n, cb, signed[1]))
+                ab[block] = _quantise(buf, BLOCK, n, cb, signed[1])
             if nrows > 2:
-                _set_absmax(rc, total, block, _quantise(buf, 2 * BLOCK, n, cc, signed[2]))
+                ac[block] = _quantise(buf, 2 * BLOCK, n, cc, signed[2])
 
     def _run_task(table, keys, st, scal, lo, hi, flags, clip, sr, signed, total, like):
         """Update elements ``lo:hi`` of the bucket (``like``: an array of the
