@@ -109,12 +109,10 @@ def _abs_bits(v):
 
 
 @njit(cache=CACHE, error_model="numpy", inline="always")
-def _quantise(x, off, n, codes, signed):
-    """Encode ``x[off:off + n]`` into ``codes[:n]``; returns the block's absmax: the largest
+def _quantise(x, off, n, codes, signed, top):
+    """Encode ``x[off:off + n]`` into ``codes[:n]`` given ``top``, the largest
+    :func:`_abs_bits` of those values; returns the block's absmax: the largest
     magnitude, or NaN if any value is NaN or infinite."""
-    top = np.uint32(0)
-    for i in range(n):
-        top = max(top, _abs_bits(x[off + i]))
     m = bits_float(top)
     if top >= np.uint32(0x7F800000):
         m = np.float32(np.nan)
@@ -192,11 +190,16 @@ def _templates(stamp):
         the index of ``pp[0]``), codes ``ca, cb, cc`` (the first ``nrows``
         exist) with maps ``_MAPS[sa]``... (1 signed, 0 unsigned) and absmax
         ``ma, mb, mc``; the new state values go to ``buf`` (row ``r`` at
-        ``r * BLOCK``)."""
+        ``r * BLOCK``). Returns the largest :func:`_abs_bits` of each row's."""
         # A function of its own: inlined in the block loop of :func:`_span8`,
         # the same loops were left scalar (LLVM: "value that could not be
         # identified as reduction is used outside the loop").
         stamp  # noqa: B018
+        # The block maxima of the new values ride along as integer maxima of
+        # their |bits| (:func:`_abs_bits`), vector registers across the loop.
+        ua = np.uint32(0)
+        ub = np.uint32(0)
+        uc = np.uint32(0)
         if nrows == 1:
             for i in range(pp.size):
                 x = _MAPS[sa, ca[i]] * ma
@@ -204,6 +207,7 @@ def _templates(stamp):
                                       flags)
                 pp[i] = narrow_param(q, pp[i], sr, skey, first + i)
                 buf[i] = na
+                ua = max(ua, _abs_bits(na))
         elif nrows == 2:
             for i in range(pp.size):
                 x = _MAPS[sa, ca[i]] * ma
@@ -212,6 +216,8 @@ def _templates(stamp):
                 pp[i] = narrow_param(q, pp[i], sr, skey, first + i)
                 buf[i] = na
                 buf[BLOCK + i] = nb
+                ua = max(ua, _abs_bits(na))
+                ub = max(ub, _abs_bits(nb))
         else:
             # Three code rows read in the update loop exceed LLVM's budget of
             # run-time overlap checks: they are decoded first.
@@ -226,6 +232,10 @@ def _templates(stamp):
                 buf[i] = na
                 buf[BLOCK + i] = nb
                 buf[2 * BLOCK + i] = nc
+                ua = max(ua, _abs_bits(na))
+                ub = max(ub, _abs_bits(nb))
+                uc = max(uc, _abs_bits(nc))
+        return ua, ub, uc
 
     def _span8(p, g, st, nrows, lo, hi, base, s, flags, clip, sr, skey, signed, total, buf):
         """Elements ``lo:hi`` (``lo`` a multiple of the block) of one
@@ -263,13 +273,13 @@ def _templates(stamp):
             ca = ra[col:col + n]
             cb = rb[col:col + n]
             cc = rc[col:col + n]
-            block8(pp, gg, ca, cb, cc, sa, sb, sc_, aa[block], ab[block], ac[block], buf, nrows,
-                   sc, flags, clip, sr, skey, lo + start)
-            aa[block] = _quantise(buf, 0, n, ca, signed[0])
+            ua, ub, uc = block8(pp, gg, ca, cb, cc, sa, sb, sc_, aa[block], ab[block], ac[block],
+                                buf, nrows, sc, flags, clip, sr, skey, lo + start)
+            aa[block] = _quantise(buf, 0, n, ca, signed[0], ua)
             if nrows > 1:
-                ab[block] = _quantise(buf, BLOCK, n, cb, signed[1])
+                ab[block] = _quantise(buf, BLOCK, n, cb, signed[1], ub)
             if nrows > 2:
-                ac[block] = _quantise(buf, 2 * BLOCK, n, cc, signed[2])
+                ac[block] = _quantise(buf, 2 * BLOCK, n, cc, signed[2], uc)
 
     def _run_task(table, keys, st, scal, lo, hi, flags, clip, sr, signed, total, like):
         """Update elements ``lo:hi`` of the bucket (``like``: an array of the
