@@ -19,9 +19,9 @@ never bfloat16.
 starts at a multiple of :data:`~numadam.formats.BLOCK`), then the float32
 absmax of each block as ``4 * total / BLOCK`` bytes, so one uint8 array
 holds the whole state and copies, pickles and loads move it as one. A block
-is updated in three passes over at most 256 elements held in a scratch
-buffer: decode and update (writing the parameter), the block maximum per row,
-encode. The update reads the new state values in float32 before they are
+is updated in two vectorised passes over at most 256 elements held in a
+scratch buffer: decode and update (writing the parameter, and keeping each
+row's block maximum as it goes), then encode. The update reads the new state values in float32 before they are
 quantised, as bitsandbytes' blockwise kernels do. Tasks start at multiples of
 the block, so no block is split between threads and the bits do not depend
 on the thread count.
