@@ -21,10 +21,10 @@ absmax of each block as ``4 * total / BLOCK`` bytes, so one uint8 array
 holds the whole state and copies, pickles and loads move it as one. A block
 is updated in two vectorised passes over at most 256 elements held in a
 scratch buffer: decode and update (writing the parameter, and keeping each
-row's block maximum as it goes), then encode. The update reads the new state values in float32 before they are
-quantised, as bitsandbytes' blockwise kernels do. Tasks start at multiples of
-the block, so no block is split between threads and the bits do not depend
-on the thread count.
+row's block maximum as it goes), then encode. The update reads the new state
+values in float32 before they are quantised, as bitsandbytes' blockwise
+kernels do. Tasks start at multiples of the block, so no block is split
+between threads and the bits do not depend on the thread count.
 """
 
 import functools
@@ -320,12 +320,14 @@ def _templates(stamp):
         stamp  # noqa: B018
         run_task(table, keys, st, scal, lo, hi, flags, clip, sr, signed, total, like)
 
-    return dict(span=_span, block8=_block8, span8=_span8, run_task=_run_task, step_serial=_step_serial,
-                step_task=_step_task)
+    return dict(span=_span, block8=_block8, span8=_span8, run_task=_run_task,
+                step_serial=_step_serial, step_task=_step_task)
 
 
 # (name, options, which span the template calls): the run_task, step_serial
 # and step_task templates are built twice, for elementwise and 8-bit state.
+# Those without a span are globals of the ones built after them (span8 calls
+# block8).
 _BUILD = (("span", {}, None), ("block8", {}, None), ("span8", {}, None),
           ("run_task", {}, "span"), ("step_serial", {}, "span"),
           ("step_task", dict(nogil=True), "span"),
