@@ -19,12 +19,12 @@ never bfloat16.
 starts at a multiple of :data:`~numadam.formats.BLOCK`), then the float32
 absmax of each block as ``4 * total / BLOCK`` bytes, so one uint8 array
 holds the whole state and copies, pickles and loads move it as one. A block
-is updated in three passes over at most 256 elements held in a scratch
-buffer: decode and update (writing the parameter), the block maximum per row,
-encode. The update reads the new state values in float32 before they are
-quantised, as bitsandbytes' blockwise kernels do. Tasks start at multiples of
-the block, so no block is split between threads and the bits do not depend
-on the thread count.
+is updated in two vectorised passes over at most 256 elements held in a
+scratch buffer: decode and update (writing the parameter, and keeping each
+row's block maximum as it goes), then encode. The update reads the new state
+values in float32 before they are quantised, as bitsandbytes' blockwise
+kernels do. Tasks start at multiples of the block, so no block is split
+between threads and the bits do not depend on the thread count.
 """
 
 import functools
@@ -36,13 +36,14 @@ from numba import carray, njit, types
 from numba.extending import overload
 
 from numadam.core.jitcache import CACHE
+from numadam.core.math import bits_float, float_bits
 from numadam.cpu import kernels as _cpu
 from numadam.cpu.kernels import (OFFSET, PTR_G, PTR_P, SIZE, STEP, _first_param,
                                  address_as_pointer, gradient)
 from numadam.formats import BLOCK
 from numadam.formats.bf16 import (noise16, round_nearest, round_stochastic, stream_key,
                                   to_float32)
-from numadam.formats.dynamic8 import (decode_signed, decode_unsigned, encode_signed,
+from numadam.formats.dynamic8 import (SIGNED_MAP, UNSIGNED_MAP, encode_signed,
                                       encode_unsigned)
 
 __all__ = ["kernels", "Kernels", "widen", "narrow_state", "narrow_param"]
@@ -91,37 +92,39 @@ def _narrow_param(v, like, sr, skey, index):
     return lambda v, like, sr, skey, index: v
 
 
-@njit(cache=CACHE, error_model="numpy", inline="always")
-def _decode(code, signed):
-    return decode_signed(code) if signed else decode_unsigned(code)
+# Both maps in one array, indexed by ``signed``: a row's map is picked once
+# per task, and the decode is one table read. Read as this global in the loops
+# (not through an array argument) it is a constant LLVM knows no store can
+# touch; through an argument the loops needed overlap checks it cannot bound
+# for an indirect read, and stayed scalar.
+_MAPS = np.stack([UNSIGNED_MAP, SIGNED_MAP])
 
 
 @njit(cache=CACHE, error_model="numpy", inline="always")
-def _block_absmax(x, n):
-    """max |x[:n]|, or NaN if any of them is NaN or infinite. Two
-    reductions LLVM vectorises (a max, an integer OR), not a NaN-aware max."""
-    m = np.float32(0)
-    bad = 0
-    for i in range(n):
-        a = abs(x[i])
-        m = max(m, a)
-        bad |= np.int32((a - a) != 0)
-    return np.float32(np.nan) if bad else m
+def _abs_bits(v):
+    """The bits of ``|v|`` as a uint32: ordered as the magnitudes, with every
+    NaN and infinity at or above ``0x7F800000``. A maximum of these is an
+    integer reduction LLVM keeps in vector registers across the update loop."""
+    return np.uint32(float_bits(v) & np.uint32(0x7FFFFFFF))
 
 
 @njit(cache=CACHE, error_model="numpy", inline="always")
-def _quantise(x, n, codes, signed):
-    """Encode ``x[:n]`` into ``codes[:n]``; returns the block's absmax."""
-    m = _block_absmax(x, n)
+def _quantise(x, off, n, codes, signed, top):
+    """Encode ``x[off:off + n]`` into ``codes[:n]`` given ``top``, the largest
+    :func:`_abs_bits` of those values; returns the block's absmax: the largest
+    magnitude, or NaN if any value is NaN or infinite."""
+    m = bits_float(top)
+    if top >= np.uint32(0x7F800000):
+        m = np.float32(np.nan)
     inv = np.float32(1) / m if m > 0 else np.float32(0)
     if m != m:
         inv = m     # every code then decodes to NaN times the map: NaN
     if signed:
         for i in range(n):
-            codes[i] = encode_signed(x[i] * inv)
+            codes[i] = encode_signed(x[off + i] * inv)
     else:
         for i in range(n):
-            codes[i] = encode_unsigned(x[i] * inv)
+            codes[i] = encode_unsigned(x[off + i] * inv)
     return m
 
 
@@ -181,62 +184,102 @@ def _templates(stamp):
                 b[i] = narrow_state(nb, b[i])
                 c[i] = narrow_state(nc, c[i])
 
+    def _block8(pp, gg, ca, cb, cc, sa, sb, sc_, ma, mb, mc, buf, nrows, sc, flags, clip, sr,
+                skey, first):
+        """Decode and update one block: parameter elements ``pp`` (``first``:
+        the index of ``pp[0]``), codes ``ca, cb, cc`` (the first ``nrows``
+        exist) with maps ``_MAPS[sa]``... (1 signed, 0 unsigned) and absmax
+        ``ma, mb, mc``; the new state values go to ``buf`` (row ``r`` at
+        ``r * BLOCK``). Returns the largest :func:`_abs_bits` of each row's."""
+        # A function of its own: inlined in the block loop of :func:`_span8`,
+        # the same loops were left scalar (LLVM: "value that could not be
+        # identified as reduction is used outside the loop").
+        stamp  # noqa: B018
+        # The block maxima of the new values ride along as integer maxima of
+        # their |bits| (:func:`_abs_bits`), vector registers across the loop.
+        ua = np.uint32(0)
+        ub = np.uint32(0)
+        uc = np.uint32(0)
+        if nrows == 1:
+            for i in range(pp.size):
+                x = _MAPS[sa, ca[i]] * ma
+                q, na, _, _ = element(widen(pp[i]), gradient(widen(gg[i]), clip), x, x, x, sc,
+                                      flags)
+                pp[i] = narrow_param(q, pp[i], sr, skey, first + i)
+                buf[i] = na
+                ua = max(ua, _abs_bits(na))
+        elif nrows == 2:
+            for i in range(pp.size):
+                x = _MAPS[sa, ca[i]] * ma
+                q, na, nb, _ = element(widen(pp[i]), gradient(widen(gg[i]), clip), x,
+                                       _MAPS[sb, cb[i]] * mb, x, sc, flags)
+                pp[i] = narrow_param(q, pp[i], sr, skey, first + i)
+                buf[i] = na
+                buf[BLOCK + i] = nb
+                ua = max(ua, _abs_bits(na))
+                ub = max(ub, _abs_bits(nb))
+        else:
+            # Three code rows read in the update loop exceed LLVM's budget of
+            # run-time overlap checks: they are decoded first.
+            for i in range(pp.size):
+                buf[i] = _MAPS[sa, ca[i]] * ma
+                buf[BLOCK + i] = _MAPS[sb, cb[i]] * mb
+                buf[2 * BLOCK + i] = _MAPS[sc_, cc[i]] * mc
+            for i in range(pp.size):
+                q, na, nb, nc = element(widen(pp[i]), gradient(widen(gg[i]), clip), buf[i],
+                                        buf[BLOCK + i], buf[2 * BLOCK + i], sc, flags)
+                pp[i] = narrow_param(q, pp[i], sr, skey, first + i)
+                buf[i] = na
+                buf[BLOCK + i] = nb
+                buf[2 * BLOCK + i] = nc
+                ua = max(ua, _abs_bits(na))
+                ub = max(ub, _abs_bits(nb))
+                uc = max(uc, _abs_bits(nc))
+        return ua, ub, uc
+
     def _span8(p, g, st, nrows, lo, hi, base, s, flags, clip, sr, skey, signed, total, buf):
         """Elements ``lo:hi`` (``lo`` a multiple of the block) of one
         parameter whose 8-bit state starts at column ``base`` of ``st``."""
         stamp  # noqa: B018
         sc = loop_scalars(s, flags)
-        s0 = signed[0] if nrows > 0 else False
-        s1 = signed[1] if nrows > 1 else False
-        s2 = signed[2] if nrows > 2 else False
-        ba = buf[0]
-        bb = buf[1]
-        bc = buf[2]
-        for start in range(lo, hi, BLOCK):
-            n = min(BLOCK, hi - start)
-            block = (base + start) // BLOCK
+        p = p[lo:hi]
+        g = g[lo:hi]
+        if nrows == 0:
+            for i in range(p.size):
+                x = gradient(widen(g[i]), clip)
+                q, _, _, _ = element(widen(p[i]), x, x, x, x, sc, flags)
+                p[i] = narrow_param(q, p[i], sr, skey, lo + i)
+            return
+        # Rows taken whole, then sliced: contiguous layouts LLVM vectorises.
+        # Each row's map is chosen once here, not per element.
+        ra = st[0]
+        rb = st[1] if nrows > 1 else ra
+        rc = st[2] if nrows > 2 else ra
+        sa = np.int64(signed[0])
+        sb = np.int64(signed[1] if nrows > 1 else False)
+        sc_ = np.int64(signed[2] if nrows > 2 else False)
+        # One scratch buffer, the rows at fixed distances: to LLVM one object,
+        # so the loops need few run-time overlap checks (it vectorises a loop
+        # only under a small budget of them, and a buffer per row exceeded it).
+        aa = ra[total:].view(np.float32)
+        ab = rb[total:].view(np.float32)
+        ac = rc[total:].view(np.float32)
+        for start in range(0, hi - lo, BLOCK):
+            n = min(BLOCK, hi - lo - start)
+            col = base + lo + start
+            block = col // BLOCK
             pp = p[start:start + n]
             gg = g[start:start + n]
-            col = base + start
-            if nrows == 0:
-                for i in range(n):
-                    x = gradient(widen(gg[i]), clip)
-                    q, _, _, _ = element(widen(pp[i]), x, x, x, x, sc, flags)
-                    pp[i] = narrow_param(q, pp[i], sr, skey, start + i)
-                continue
-            ca = st[0, col:col + n]
-            ma = st[0, total:].view(np.float32)[block]
-            if nrows == 1:
-                for i in range(n):
-                    x = _decode(ca[i], s0) * ma
-                    q, ba[i], _, _ = element(widen(pp[i]), gradient(widen(gg[i]), clip), x, x,
-                                             x, sc, flags)
-                    pp[i] = narrow_param(q, pp[i], sr, skey, start + i)
-            elif nrows == 2:
-                cb = st[1, col:col + n]
-                mb = st[1, total:].view(np.float32)[block]
-                for i in range(n):
-                    x = _decode(ca[i], s0) * ma
-                    q, ba[i], bb[i], _ = element(widen(pp[i]), gradient(widen(gg[i]), clip), x,
-                                                 _decode(cb[i], s1) * mb, x, sc, flags)
-                    pp[i] = narrow_param(q, pp[i], sr, skey, start + i)
-            else:
-                cb = st[1, col:col + n]
-                mb = st[1, total:].view(np.float32)[block]
-                cc = st[2, col:col + n]
-                mc = st[2, total:].view(np.float32)[block]
-                for i in range(n):
-                    q, ba[i], bb[i], bc[i] = element(
-                        widen(pp[i]), gradient(widen(gg[i]), clip), _decode(ca[i], s0) * ma,
-                        _decode(cb[i], s1) * mb, _decode(cc[i], s2) * mc, sc, flags)
-                    pp[i] = narrow_param(q, pp[i], sr, skey, start + i)
-            st[0, total:].view(np.float32)[block] = _quantise(ba, n, ca, s0)
+            ca = ra[col:col + n]
+            cb = rb[col:col + n]
+            cc = rc[col:col + n]
+            ua, ub, uc = block8(pp, gg, ca, cb, cc, sa, sb, sc_, aa[block], ab[block], ac[block],
+                                buf, nrows, sc, flags, clip, sr, skey, lo + start)
+            aa[block] = _quantise(buf, 0, n, ca, signed[0], ua)
             if nrows > 1:
-                st[1, total:].view(np.float32)[block] = _quantise(
-                    bb, n, st[1, col:col + n], s1)
+                ab[block] = _quantise(buf, BLOCK, n, cb, signed[1], ub)
             if nrows > 2:
-                st[2, total:].view(np.float32)[block] = _quantise(
-                    bc, n, st[2, col:col + n], s2)
+                ac[block] = _quantise(buf, 2 * BLOCK, n, cc, signed[2], uc)
 
     def _run_task(table, keys, st, scal, lo, hi, flags, clip, sr, signed, total, like):
         """Update elements ``lo:hi`` of the bucket (``like``: an array of the
@@ -247,10 +290,13 @@ def _templates(stamp):
         k = _first_param(table, lo)
         n = table.shape[0]
         nrows = st.shape[0]
-        buf = np.empty((3, BLOCK), np.float32)
+        buf = np.empty(3 * BLOCK, np.float32)
         while lo < hi and k < n:
             offset = table[k, OFFSET]
             size = table[k, SIZE]
+            # 8-bit state pads each parameter to whole blocks: the previous
+            # parameter's end can lie before this one's offset.
+            lo = max(lo, offset)
             end = min(hi, offset + size)
             if end > lo and table[k, PTR_G] != 0:
                 p = carray(address_as_pointer(table[k, PTR_P], like), size)
@@ -274,13 +320,15 @@ def _templates(stamp):
         stamp  # noqa: B018
         run_task(table, keys, st, scal, lo, hi, flags, clip, sr, signed, total, like)
 
-    return dict(span=_span, span8=_span8, run_task=_run_task, step_serial=_step_serial,
-                step_task=_step_task)
+    return dict(span=_span, block8=_block8, span8=_span8, run_task=_run_task,
+                step_serial=_step_serial, step_task=_step_task)
 
 
 # (name, options, which span the template calls): the run_task, step_serial
 # and step_task templates are built twice, for elementwise and 8-bit state.
-_BUILD = (("span", {}, None), ("span8", {}, None),
+# Those without a span are globals of the ones built after them (span8 calls
+# block8).
+_BUILD = (("span", {}, None), ("block8", {}, None), ("span8", {}, None),
           ("run_task", {}, "span"), ("step_serial", {}, "span"),
           ("step_task", dict(nogil=True), "span"),
           ("run_task8", {}, "span8"), ("step_serial8", {}, "span8"),
@@ -311,7 +359,7 @@ def kernels(rule):
     spaces = {}
     for name, options, span in _BUILD:
         if span is None:
-            built[name] = _build(templates[name], common, name, rule, options)
+            built[name] = common[name] = _build(templates[name], common, name, rule, options)
             continue
         if span not in spaces:
             spaces[span] = dict(common, span=built[span])

@@ -18,7 +18,9 @@ without any saved generator state.
 """
 
 import numpy as np
-from numba import njit
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic
 
 from numadam.core.jitcache import CACHE
 from numadam.core.math import bits_float, float_bits
@@ -73,15 +75,33 @@ def round_stochastic(x, r):
     return np.uint16(np.uint32(b + r) >> np.uint32(16))
 
 
-@njit(cache=CACHE, error_model="numpy", inline="always")
-def _mix32(x):
+def _mix32_ir(builder, x):
     # Chris Wellons' two-round 32-bit integer hash (bias 0.107, "hash
-    # prospector"); 32-bit multiplies vectorise on AVX2, 64-bit ones do not.
-    x = np.uint32(x ^ (x >> np.uint32(16)))
-    x = np.uint32(x * np.uint32(0x21F0AAAD))
-    x = np.uint32(x ^ (x >> np.uint32(15)))
-    x = np.uint32(x * np.uint32(0x735A2D97))
-    return np.uint32(x ^ (x >> np.uint32(15)))
+    # prospector"), emitted as 32-bit LLVM operations.
+    i32 = ir.IntType(32)
+    x = builder.xor(x, builder.lshr(x, ir.Constant(i32, 16)))
+    x = builder.mul(x, ir.Constant(i32, 0x21F0AAAD))
+    x = builder.xor(x, builder.lshr(x, ir.Constant(i32, 15)))
+    x = builder.mul(x, ir.Constant(i32, 0x735A2D97))
+    return builder.xor(x, builder.lshr(x, ir.Constant(i32, 15)))
+
+
+@intrinsic
+def _noise_bits(typingctx, index_lo, index_hi, key_lo, key_hi):
+    """``mix32(mix32(index_lo ^ key_lo) + key_hi + index_hi) >> 16``, all
+    uint32. An intrinsic, so every operation stays in 32 bits: written in
+    Numba (which widens integer arithmetic to 64 bits) the vectorised loops
+    kept the hash in 64-bit lanes with 64-bit multiplies (``vpmullq``)."""
+    if not all(a == types.uint32 for a in (index_lo, index_hi, key_lo, key_hi)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        ilo, ihi, klo, khi = args
+        x = _mix32_ir(builder, builder.xor(ilo, klo))
+        x = _mix32_ir(builder, builder.add(builder.add(x, khi), ihi))
+        return builder.lshr(x, ir.Constant(ir.IntType(32), 16))
+
+    return types.uint32(index_lo, index_hi, key_lo, key_hi), codegen
 
 
 @njit(cache=CACHE, error_model="numpy", inline="always")
@@ -111,9 +131,6 @@ def noise16(skey, index):
     """16 random bits (a uint32 below 2**16) for element ``index`` under the
     stream key ``skey`` (:func:`stream_key`): a pure function of both, so
     every thread and device draws the same bits for the same element."""
-    lo = np.uint32(skey & np.uint64(_MASK32))
-    hi = np.uint32(skey >> np.uint64(32))
     i = np.uint64(index)
-    x = _mix32(np.uint32(np.uint32(i & np.uint64(_MASK32)) ^ lo))
-    x = _mix32(np.uint32(x + hi + np.uint32(i >> np.uint64(32))))
-    return np.uint32(x >> np.uint32(16))
+    return _noise_bits(np.uint32(i & np.uint64(_MASK32)), np.uint32(i >> np.uint64(32)),
+                       np.uint32(skey & np.uint64(_MASK32)), np.uint32(skey >> np.uint64(32)))
