@@ -78,12 +78,7 @@ def _assert_unchanged_dict(a, b):
                 assert_bits_equal(a["state"][index][key], value, f"{index} {key}")
 
 
-# ------------------------------------------------- the kernels' known defect
-@pytest.mark.xfail(strict=True, reason=(
-    "compressed.py's run_task passes lo - offset < 0 to span8 for a parameter "
-    "that follows one whose size is not a multiple of BLOCK (the padding gap): "
-    "its state lands at the wrong columns and span8 writes past the parameter "
-    "(heap corruption, a segfault)"))
+# ------------------------------------- parameters after a partial 8-bit block
 def test_8bit_state_of_a_parameter_after_a_partial_block():
     # In a child process: the bug writes past the end of a NumPy array.
     code = textwrap.dedent("""

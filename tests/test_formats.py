@@ -20,7 +20,7 @@ import numadam
 import numadam.formats
 import optim_configs as oc
 from helpers import assert_bits_equal, build
-from numadam.formats import MIN_8BIT, bf16, codec
+from numadam.formats import MIN_8BIT, bf16, codec, stochastic
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 # Two parameters big enough for 8-bit state and one small one, which keeps
@@ -31,7 +31,8 @@ SHAPES = [(16, 256), (36, 125), (3, 16)]
 # State that can be negative uses the signed map (the design's list).
 SIGNED = {"exp_avg", "momentum_buffer", "grad_avg"}
 # (parameter dtype, stochastic rounding)
-PARAMS = {"float32": (np.float32, False), "bf16": (BF16, False), "bf16_sr": (BF16, True)}
+PARAMS = {"float32": (np.float32, False), "float32_sr": (np.float32, True),
+          "bf16": (BF16, False), "bf16_sr": (BF16, True)}
 SEED = 1234567
 
 
@@ -94,16 +95,21 @@ def decoded(state_dict):
     return {"state": state, "param_groups": state_dict["param_groups"]}
 
 
-def encoded(entry, fmt):
-    """The stored arrays of a full-precision float32 state dict entry."""
+def encoded(entry, fmt, skey=None):
+    """The stored arrays of a full-precision float32 state dict entry; with
+    the parameter's stream key ``skey``, rounded stochastically (state row
+    ``r`` drawing under ``state_key(skey, r)``)."""
     out = {}
+    rows = [key for key in entry if key != "step"]
     for key, value in entry.items():
         if key == "step":
             out[key] = value
-        elif fmt == "bfloat16":
-            out[key] = codec.bf16_bits(value)
+            continue
+        rkey = None if skey is None else stochastic.state_key(np.uint64(skey), rows.index(key))
+        if fmt == "bfloat16":
+            out[key] = codec.bf16_bits(value, rkey)
         elif fmt == "8bit" and value.size >= MIN_8BIT:
-            out[key], out[key + "_absmax"] = codec.encode8(value, key in SIGNED)
+            out[key], out[key + "_absmax"] = codec.encode8(value, key in SIGNED, rkey)
         else:
             out[key] = value
     return out
@@ -150,7 +156,15 @@ def reference_step(name, opt, params, grads, counts, sr):
                                             counts[position]).view(BF16))
         else:
             expected.append(copies[k].astype(BF16))
-    state = {i: encoded(entry, fmt) for i, entry in ref.state_dict()["state"].items()}
+    state = {}
+    for i, entry in ref.state_dict()["state"].items():
+        if not (sr and fmt != "full"):
+            state[i] = encoded(entry, fmt)
+        elif grads[i] is None:
+            state[i] = before["state"][i]       # not stepped: the stored arrays as they were
+        else:
+            key = bf16.stream_key(np.uint64(bf16.param_key(SEED, i)), counts[i])
+            state[i] = encoded(entry, fmt, key)
     return [(order[i], e) for i, e in enumerate(expected)], state
 
 

@@ -253,6 +253,11 @@ class Optimizer:
         if any(_validation.is_device_array(p) for p in params):
             if self._clipping:
                 raise NotImplementedError(_DEVICE_CLIPPING)
+            if self._storage.stochastic_rounding and self._storage.state_format != "full":
+                raise NotImplementedError(
+                    f"param_groups[{gi}]: stochastic rounding of compressed state is "
+                    "implemented on the CPU only; device parameters take "
+                    f"state_format={self._storage.state_format!r} with stochastic_rounding=False")
             for k, param in enumerate(params):
                 # Before the adapters, which would call the dtype unsupported.
                 if "bfloat16" in str(getattr(param, "dtype", "")):

@@ -41,12 +41,19 @@ from numadam.cpu import kernels as _cpu
 from numadam.cpu.kernels import (OFFSET, PTR_G, PTR_P, SIZE, STEP, _first_param,
                                  address_as_pointer, gradient)
 from numadam.formats import BLOCK
+from numadam.formats.stochastic import encode_signed_sr, encode_unsigned_sr, state_key
 from numadam.formats.bf16 import (noise16, round_nearest, round_stochastic, stream_key,
                                   to_float32)
 from numadam.formats.dynamic8 import (SIGNED_MAP, UNSIGNED_MAP, encode_signed,
                                       encode_unsigned)
 
-__all__ = ["kernels", "Kernels", "widen", "narrow_state", "narrow_param"]
+__all__ = ["kernels", "Kernels", "widen", "narrow_state", "narrow_param", "PARAM_SR",
+           "STATE_SR"]
+
+# Bits of the kernels' ``sr`` argument (``stochastic_rounding=True``): round
+# bfloat16 parameters, and bfloat16 or 8-bit state, stochastically.
+PARAM_SR = 1
+STATE_SR = 2
 
 
 def widen(x):
@@ -61,23 +68,28 @@ def _widen(x):
     return lambda x: x
 
 
-def narrow_state(v, like):
-    """The float32 ``v`` stored as ``like``'s type: bfloat16 bits by
-    round-to-nearest-even for uint16, else ``v``."""
+def narrow_state(v, like, sr, rkey, index):
+    """The float32 ``v`` stored as ``like``'s type: for bfloat16 bits,
+    stochastic rounding with the draw of element ``index`` under the row key
+    ``rkey`` when ``sr & STATE_SR``, else round-to-nearest-even; else ``v``."""
     raise NotImplementedError("narrow_state is only callable from compiled code")
 
 
 @overload(narrow_state)
-def _narrow_state(v, like):
+def _narrow_state(v, like, sr, rkey, index):
     if like == types.uint16:
-        return lambda v, like: round_nearest(v)
-    return lambda v, like: v
+        def impl(v, like, sr, rkey, index):
+            if sr & STATE_SR:
+                return round_stochastic(v, noise16(rkey, index))
+            return round_nearest(v)
+        return impl
+    return lambda v, like, sr, rkey, index: v
 
 
 def narrow_param(v, like, sr, skey, index):
     """The float32 ``v`` stored as ``like``'s type: for bfloat16 bits,
     stochastic rounding with the draw of element ``index`` under ``skey``
-    when ``sr``, else round-to-nearest-even."""
+    when ``sr & PARAM_SR``, else round-to-nearest-even."""
     raise NotImplementedError("narrow_param is only callable from compiled code")
 
 
@@ -85,7 +97,7 @@ def narrow_param(v, like, sr, skey, index):
 def _narrow_param(v, like, sr, skey, index):
     if like == types.uint16:
         def impl(v, like, sr, skey, index):
-            if sr:
+            if sr & PARAM_SR:
                 return round_stochastic(v, noise16(skey, index))
             return round_nearest(v)
         return impl
@@ -109,16 +121,26 @@ def _abs_bits(v):
 
 
 @njit(cache=CACHE, error_model="numpy", inline="always")
-def _quantise(x, off, n, codes, signed, top):
+def _quantise(x, off, n, codes, signed, top, sr, rkey, first):
     """Encode ``x[off:off + n]`` into ``codes[:n]`` given ``top``, the largest
     :func:`_abs_bits` of those values; returns the block's absmax: the largest
-    magnitude, or NaN if any value is NaN or infinite."""
+    magnitude, or NaN if any value is NaN or infinite. With ``sr & STATE_SR``
+    the codes are rounded stochastically, element ``first + i`` drawing under
+    the row key ``rkey``."""
     m = bits_float(top)
     if top >= np.uint32(0x7F800000):
         m = np.float32(np.nan)
     inv = np.float32(1) / m if m > 0 else np.float32(0)
     if m != m:
         inv = m     # every code then decodes to NaN times the map: NaN
+    if sr & STATE_SR:
+        if signed:
+            for i in range(n):
+                codes[i] = encode_signed_sr(x[off + i] * inv, noise16(rkey, first + i))
+        else:
+            for i in range(n):
+                codes[i] = encode_unsigned_sr(x[off + i] * inv, noise16(rkey, first + i))
+        return m
     if signed:
         for i in range(n):
             codes[i] = encode_signed(x[off + i] * inv)
@@ -141,6 +163,9 @@ def _templates(stamp):
         sc = loop_scalars(s, flags)
         p = p[lo:hi]
         g = g[lo:hi]
+        ka = state_key(skey, 0)
+        kb = state_key(skey, 1)
+        kc = state_key(skey, 2)
         if nrows == 0:
             for i in range(p.size):
                 x = gradient(widen(g[i]), clip)
@@ -156,7 +181,7 @@ def _templates(stamp):
                 q, na, _, _ = element(widen(p[i]), gradient(widen(g[i]), clip), x, x, x, sc,
                                       flags)
                 p[i] = narrow_param(q, p[i], sr, skey, lo + i)
-                a[i] = narrow_state(na, a[i])
+                a[i] = narrow_state(na, a[i], sr, ka, lo + i)
         elif nrows == 2:
             a = st[0]
             b = st[1]
@@ -167,8 +192,8 @@ def _templates(stamp):
                 q, na, nb, _ = element(widen(p[i]), gradient(widen(g[i]), clip), x,
                                        widen(b[i]), x, sc, flags)
                 p[i] = narrow_param(q, p[i], sr, skey, lo + i)
-                a[i] = narrow_state(na, a[i])
-                b[i] = narrow_state(nb, b[i])
+                a[i] = narrow_state(na, a[i], sr, ka, lo + i)
+                b[i] = narrow_state(nb, b[i], sr, kb, lo + i)
         else:
             a = st[0]
             b = st[1]
@@ -180,9 +205,9 @@ def _templates(stamp):
                 q, na, nb, nc = element(widen(p[i]), gradient(widen(g[i]), clip),
                                         widen(a[i]), widen(b[i]), widen(c[i]), sc, flags)
                 p[i] = narrow_param(q, p[i], sr, skey, lo + i)
-                a[i] = narrow_state(na, a[i])
-                b[i] = narrow_state(nb, b[i])
-                c[i] = narrow_state(nc, c[i])
+                a[i] = narrow_state(na, a[i], sr, ka, lo + i)
+                b[i] = narrow_state(nb, b[i], sr, kb, lo + i)
+                c[i] = narrow_state(nc, c[i], sr, kc, lo + i)
 
     def _block8(pp, gg, ca, cb, cc, sa, sb, sc_, ma, mb, mc, buf, nrows, sc, flags, clip, sr,
                 skey, first):
@@ -261,6 +286,9 @@ def _templates(stamp):
         # One scratch buffer, the rows at fixed distances: to LLVM one object,
         # so the loops need few run-time overlap checks (it vectorises a loop
         # only under a small budget of them, and a buffer per row exceeded it).
+        ka = state_key(skey, 0)
+        kb = state_key(skey, 1)
+        kc = state_key(skey, 2)
         aa = ra[total:].view(np.float32)
         ab = rb[total:].view(np.float32)
         ac = rc[total:].view(np.float32)
@@ -275,11 +303,12 @@ def _templates(stamp):
             cc = rc[col:col + n]
             ua, ub, uc = block8(pp, gg, ca, cb, cc, sa, sb, sc_, aa[block], ab[block], ac[block],
                                 buf, nrows, sc, flags, clip, sr, skey, lo + start)
-            aa[block] = _quantise(buf, 0, n, ca, signed[0], ua)
+            first = lo + start
+            aa[block] = _quantise(buf, 0, n, ca, signed[0], ua, sr, ka, first)
             if nrows > 1:
-                ab[block] = _quantise(buf, BLOCK, n, cb, signed[1], ub)
+                ab[block] = _quantise(buf, BLOCK, n, cb, signed[1], ub, sr, kb, first)
             if nrows > 2:
-                ac[block] = _quantise(buf, 2 * BLOCK, n, cc, signed[2], uc)
+                ac[block] = _quantise(buf, 2 * BLOCK, n, cc, signed[2], uc, sr, kc, first)
 
     def _run_task(table, keys, st, scal, lo, hi, flags, clip, sr, signed, total, like):
         """Update elements ``lo:hi`` of the bucket (``like``: an array of the

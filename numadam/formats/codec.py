@@ -13,9 +13,10 @@ from numba import njit
 
 from numadam.core.jitcache import CACHE
 from numadam.formats import BLOCK
-from numadam.formats.bf16 import round_nearest, to_float32
+from numadam.formats.bf16 import noise16, round_nearest, round_stochastic, to_float32
 from numadam.formats.dynamic8 import (decode_signed, decode_unsigned, encode_signed,
                                       encode_unsigned)
+from numadam.formats.stochastic import encode_signed_sr, encode_unsigned_sr
 
 __all__ = ["bf16_bits", "bf16_values", "encode8", "decode8", "nblocks"]
 
@@ -26,9 +27,9 @@ def nblocks(size):
 
 
 @njit(cache=CACHE, error_model="numpy")
-def _bf16_bits(x, out):
+def _bf16_bits(x, out, sr, rkey):
     for i in range(x.size):
-        out[i] = round_nearest(x[i])
+        out[i] = round_stochastic(x[i], noise16(rkey, i)) if sr else round_nearest(x[i])
 
 
 @njit(cache=CACHE, error_model="numpy")
@@ -37,12 +38,14 @@ def _bf16_values(h, out):
         out[i] = to_float32(h[i])
 
 
-def bf16_bits(values):
+def bf16_bits(values, rkey=None):
     """bfloat16 bits (uint16, same shape) of float32 ``values``, rounded to
-    nearest even."""
+    nearest even, or stochastically with the draws of the row key ``rkey``
+    (:func:`numadam.formats.stochastic.state_key`) as the kernels do."""
     x = np.ascontiguousarray(values, np.float32)
     out = np.empty(x.shape, np.uint16)
-    _bf16_bits(x.reshape(-1), out.reshape(-1))
+    _bf16_bits(x.reshape(-1), out.reshape(-1), rkey is not None,
+               np.uint64(0 if rkey is None else rkey))
     return out
 
 
@@ -55,7 +58,7 @@ def bf16_values(bits):
 
 
 @njit(cache=CACHE, error_model="numpy")
-def _encode8(x, codes, absmax, signed):
+def _encode8(x, codes, absmax, signed, sr, rkey):
     for b in range(absmax.size):
         lo = b * BLOCK
         hi = min(lo + BLOCK, x.size)
@@ -73,7 +76,12 @@ def _encode8(x, codes, absmax, signed):
         if bad:
             inv = m
         for i in range(lo, hi):
-            codes[i] = encode_signed(x[i] * inv) if signed else encode_unsigned(x[i] * inv)
+            y = x[i] * inv
+            if sr:
+                r = noise16(rkey, i)
+                codes[i] = encode_signed_sr(y, r) if signed else encode_unsigned_sr(y, r)
+            else:
+                codes[i] = encode_signed(y) if signed else encode_unsigned(y)
         absmax[b] = m
 
 
@@ -84,13 +92,15 @@ def _decode8(codes, absmax, signed, out):
         out[i] = (decode_signed(codes[i]) if signed else decode_unsigned(codes[i])) * m
 
 
-def encode8(values, signed):
+def encode8(values, signed, rkey=None):
     """``(codes, absmax)`` of float32 ``values`` quantised as the kernels do
-    (``signed``: the signed map, else the unsigned one)."""
+    (``signed``: the signed map, else the unsigned one); with a row key
+    ``rkey`` rounded stochastically as the kernels do."""
     x = np.ascontiguousarray(values, np.float32)
     codes = np.empty(x.shape, np.uint8)
     absmax = np.empty(nblocks(x.size), np.float32)
-    _encode8(x.reshape(-1), codes.reshape(-1), absmax, bool(signed))
+    _encode8(x.reshape(-1), codes.reshape(-1), absmax, bool(signed), rkey is not None,
+             np.uint64(0 if rkey is None else rkey))
     return codes, absmax
 
 
