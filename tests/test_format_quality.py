@@ -1,9 +1,11 @@
-"""Compressed state keeps the fits' final loss within 1% of full state's.
+"""Compressed state with stochastic rounding keeps the fits' final loss
+within 1% of full state's.
 
 Shortened runs of ``scripts/format_quality.py`` (the iris logistic
 regression, the Lotka-Volterra fit, the NumPy MLP), each with bfloat16 and
-8-bit state over float32 parameters and with bfloat16 parameters and state
-(stochastic rounding), against full state on the same problem.
+8-bit state over float32 parameters, against full state on the same problem;
+and the stall of nearest-rounded bfloat16 state that stochastic rounding
+removes.
 """
 
 import importlib.util
@@ -46,10 +48,8 @@ def full_losses(quality):
 
 
 @pytest.mark.parametrize("problem", sorted(SHORT))
-@pytest.mark.parametrize("fmt", ["bfloat16", "8bit", "bf16 params"])
+@pytest.mark.parametrize("fmt", ["bfloat16 sr", "8bit sr"])
 def test_final_loss_within_one_percent_of_full_state(quality, full_losses, problem, fmt):
-    if fmt == "bf16 params":
-        pytest.importorskip("ml_dtypes", reason="bfloat16 parameters are ml_dtypes arrays")
     loss, _ = getattr(quality, problem)(fmt, **SHORT[problem])
     full = full_losses[problem]
     assert np.isfinite(loss)
@@ -62,3 +62,14 @@ def test_the_mlp_exercises_8bit_quantisation():
     quality = _script()
     _, shapes = quality.mlp("full", steps=1)
     assert shapes["w1"] >= quality.QUANTISED_FROM and shapes["w2"] >= quality.QUANTISED_FROM
+
+
+def test_nearest_rounded_bfloat16_state_stalls_where_stochastic_rounding_does_not(quality,
+                                                                                   full_losses):
+    # Why the README recommends stochastic_rounding=True for compressed state:
+    # rounded to nearest, bfloat16's v * 0.999 is v again (1e-3 is under half
+    # an ulp), so Adam's second moment never decays; the full-batch MLP, fitted
+    # down to its noise, ends measurably worse (3.5% here, 12.5% in the
+    # script's longer run).
+    nearest, _ = quality.mlp("bfloat16", **SHORT["mlp"])
+    assert quality.relative_difference(nearest, full_losses["mlp"]) > quality.TOLERANCE
