@@ -50,10 +50,12 @@ from numadam.formats.dynamic8 import (SIGNED_MAP, UNSIGNED_MAP, encode_signed,
 __all__ = ["kernels", "Kernels", "widen", "narrow_state", "narrow_param", "PARAM_SR",
            "STATE_SR"]
 
-# Bits of the kernels' ``sr`` argument (``stochastic_rounding=True``): round
-# bfloat16 parameters, and bfloat16 or 8-bit state, stochastically.
+# Bits of a bucket's ``sr`` (``stochastic_rounding=True``): round bfloat16
+# parameters (the kernels' ``sr`` argument), and bfloat16 or 8-bit state (the
+# kernels built with ``stochastic_state``), stochastically.
 PARAM_SR = 1
 STATE_SR = 2
+STOCHASTIC_STATE = False    # a template's global: see kernels()
 
 
 def widen(x):
@@ -68,22 +70,30 @@ def _widen(x):
     return lambda x: x
 
 
-def narrow_state(v, like, sr, rkey, index):
-    """The float32 ``v`` stored as ``like``'s type: for bfloat16 bits,
-    stochastic rounding with the draw of element ``index`` under the row key
-    ``rkey`` when ``sr & STATE_SR``, else round-to-nearest-even; else ``v``."""
+def narrow_state(v, like):
+    """The float32 ``v`` stored as ``like``'s type: bfloat16 bits by
+    round-to-nearest-even for uint16, else ``v``."""
     raise NotImplementedError("narrow_state is only callable from compiled code")
 
 
 @overload(narrow_state)
-def _narrow_state(v, like, sr, rkey, index):
+def _narrow_state(v, like):
     if like == types.uint16:
-        def impl(v, like, sr, rkey, index):
-            if sr & STATE_SR:
-                return round_stochastic(v, noise16(rkey, index))
-            return round_nearest(v)
-        return impl
-    return lambda v, like, sr, rkey, index: v
+        return lambda v, like: round_nearest(v)
+    return lambda v, like: v
+
+
+def narrow_state_sr(v, like, rkey, index):
+    """:func:`narrow_state` with stochastic rounding: the draw of element
+    ``index`` under the row key ``rkey``."""
+    raise NotImplementedError("narrow_state_sr is only callable from compiled code")
+
+
+@overload(narrow_state_sr)
+def _narrow_state_sr(v, like, rkey, index):
+    if like == types.uint16:
+        return lambda v, like, rkey, index: round_stochastic(v, noise16(rkey, index))
+    return lambda v, like, rkey, index: v
 
 
 def narrow_param(v, like, sr, skey, index):
@@ -121,26 +131,39 @@ def _abs_bits(v):
 
 
 @njit(cache=CACHE, error_model="numpy", inline="always")
-def _quantise(x, off, n, codes, signed, top, sr, rkey, first):
-    """Encode ``x[off:off + n]`` into ``codes[:n]`` given ``top``, the largest
-    :func:`_abs_bits` of those values; returns the block's absmax: the largest
-    magnitude, or NaN if any value is NaN or infinite. With ``sr & STATE_SR``
-    the codes are rounded stochastically, element ``first + i`` drawing under
-    the row key ``rkey``."""
+def _block_scale(top):
+    """The absmax of a block whose largest :func:`_abs_bits` is ``top`` (NaN
+    if any value is NaN or infinite), and the factor its values are encoded
+    with."""
     m = bits_float(top)
     if top >= np.uint32(0x7F800000):
         m = np.float32(np.nan)
     inv = np.float32(1) / m if m > 0 else np.float32(0)
     if m != m:
         inv = m     # every code then decodes to NaN times the map: NaN
-    if sr & STATE_SR:
-        if signed:
-            for i in range(n):
-                codes[i] = encode_signed_sr(x[off + i] * inv, noise16(rkey, first + i))
-        else:
-            for i in range(n):
-                codes[i] = encode_unsigned_sr(x[off + i] * inv, noise16(rkey, first + i))
-        return m
+    return m, inv
+
+
+@njit(cache=CACHE, error_model="numpy", inline="always")
+def _quantise_sr(x, off, n, codes, signed, top, rkey, first):
+    """:func:`_quantise` rounding stochastically, element ``first + i``
+    drawing under the row key ``rkey``."""
+    m, inv = _block_scale(top)
+    if signed:
+        for i in range(n):
+            codes[i] = encode_signed_sr(x[off + i] * inv, noise16(rkey, first + i))
+    else:
+        for i in range(n):
+            codes[i] = encode_unsigned_sr(x[off + i] * inv, noise16(rkey, first + i))
+    return m
+
+
+@njit(cache=CACHE, error_model="numpy", inline="always")
+def _quantise(x, off, n, codes, signed, top):
+    """Encode ``x[off:off + n]`` into ``codes[:n]`` given ``top``, the largest
+    :func:`_abs_bits` of those values; returns the block's absmax: the largest
+    magnitude, or NaN if any value is NaN or infinite."""
+    m, inv = _block_scale(top)
     if signed:
         for i in range(n):
             codes[i] = encode_signed(x[off + i] * inv)
@@ -181,7 +204,8 @@ def _templates(stamp):
                 q, na, _, _ = element(widen(p[i]), gradient(widen(g[i]), clip), x, x, x, sc,
                                       flags)
                 p[i] = narrow_param(q, p[i], sr, skey, lo + i)
-                a[i] = narrow_state(na, a[i], sr, ka, lo + i)
+                a[i] = (narrow_state_sr(na, a[i], ka, lo + i) if STOCHASTIC_STATE
+                        else narrow_state(na, a[i]))
         elif nrows == 2:
             a = st[0]
             b = st[1]
@@ -192,8 +216,10 @@ def _templates(stamp):
                 q, na, nb, _ = element(widen(p[i]), gradient(widen(g[i]), clip), x,
                                        widen(b[i]), x, sc, flags)
                 p[i] = narrow_param(q, p[i], sr, skey, lo + i)
-                a[i] = narrow_state(na, a[i], sr, ka, lo + i)
-                b[i] = narrow_state(nb, b[i], sr, kb, lo + i)
+                a[i] = (narrow_state_sr(na, a[i], ka, lo + i) if STOCHASTIC_STATE
+                        else narrow_state(na, a[i]))
+                b[i] = (narrow_state_sr(nb, b[i], kb, lo + i) if STOCHASTIC_STATE
+                        else narrow_state(nb, b[i]))
         else:
             a = st[0]
             b = st[1]
@@ -205,9 +231,12 @@ def _templates(stamp):
                 q, na, nb, nc = element(widen(p[i]), gradient(widen(g[i]), clip),
                                         widen(a[i]), widen(b[i]), widen(c[i]), sc, flags)
                 p[i] = narrow_param(q, p[i], sr, skey, lo + i)
-                a[i] = narrow_state(na, a[i], sr, ka, lo + i)
-                b[i] = narrow_state(nb, b[i], sr, kb, lo + i)
-                c[i] = narrow_state(nc, c[i], sr, kc, lo + i)
+                a[i] = (narrow_state_sr(na, a[i], ka, lo + i) if STOCHASTIC_STATE
+                        else narrow_state(na, a[i]))
+                b[i] = (narrow_state_sr(nb, b[i], kb, lo + i) if STOCHASTIC_STATE
+                        else narrow_state(nb, b[i]))
+                c[i] = (narrow_state_sr(nc, c[i], kc, lo + i) if STOCHASTIC_STATE
+                        else narrow_state(nc, c[i]))
 
     def _block8(pp, gg, ca, cb, cc, sa, sb, sc_, ma, mb, mc, buf, nrows, sc, flags, clip, sr,
                 skey, first):
@@ -304,11 +333,18 @@ def _templates(stamp):
             ua, ub, uc = block8(pp, gg, ca, cb, cc, sa, sb, sc_, aa[block], ab[block], ac[block],
                                 buf, nrows, sc, flags, clip, sr, skey, lo + start)
             first = lo + start
-            aa[block] = _quantise(buf, 0, n, ca, signed[0], ua, sr, ka, first)
-            if nrows > 1:
-                ab[block] = _quantise(buf, BLOCK, n, cb, signed[1], ub, sr, kb, first)
-            if nrows > 2:
-                ac[block] = _quantise(buf, 2 * BLOCK, n, cc, signed[2], uc, sr, kc, first)
+            if STOCHASTIC_STATE:
+                aa[block] = _quantise_sr(buf, 0, n, ca, signed[0], ua, ka, first)
+                if nrows > 1:
+                    ab[block] = _quantise_sr(buf, BLOCK, n, cb, signed[1], ub, kb, first)
+                if nrows > 2:
+                    ac[block] = _quantise_sr(buf, 2 * BLOCK, n, cc, signed[2], uc, kc, first)
+            else:
+                aa[block] = _quantise(buf, 0, n, ca, signed[0], ua)
+                if nrows > 1:
+                    ab[block] = _quantise(buf, BLOCK, n, cb, signed[1], ub)
+                if nrows > 2:
+                    ac[block] = _quantise(buf, 2 * BLOCK, n, cc, signed[2], uc)
 
     def _run_task(table, keys, st, scal, lo, hi, flags, clip, sr, signed, total, like):
         """Update elements ``lo:hi`` of the bucket (``like``: an array of the
@@ -367,33 +403,42 @@ Kernels = namedtuple("Kernels", [name for name, _, _ in _BUILD] + ["prepare_step
 Kernels.__doc__ = "The compiled compressed-format CPU kernels of one rule."
 
 
-def _build(function, namespace, name, rule, options):
+def _build(function, namespace, name, rule, options, variant):
     clone = pytypes.FunctionType(function.__code__, namespace, function.__name__.lstrip("_"),
                                  function.__defaults__, function.__closure__)
-    clone.__qualname__ = f"compressed.{name}.{rule.name}"
+    # The variant in the name: Numba's cache keys a function by its name and
+    # signature, not by the globals (STOCHASTIC_STATE) it was compiled with.
+    clone.__qualname__ = f"compressed.{name}.{rule.name}{variant}"
     clone.__doc__ = function.__doc__
     clone.__module__ = function.__module__
     return njit(cache=CACHE, error_model="numpy", **options)(clone)
 
 
 @functools.lru_cache(maxsize=None)
-def kernels(rule):
-    """The compressed-format CPU kernels of ``rule``, built on first use."""
+def kernels(rule, stochastic_state=False):
+    """The compressed-format CPU kernels of ``rule``, built on first use;
+    with ``stochastic_state``, those that round the state stochastically.
+
+    The choice is a constant of the build, not an argument: a run-time
+    branch on it inside the loops (even one LLVM could hoist) cost the
+    bfloat16-state step 4x at 1e6 (0.24x of full state instead of 1.0x)."""
     base = _cpu.kernels(rule)
     common = dict(globals(), scalars_into=rule.scalars_into,
                   loop_scalars=rule.loop_scalars, element=rule.element,
-                  prepare=base.prepare)
-    templates = _templates(rule.stamp())
+                  prepare=base.prepare, STOCHASTIC_STATE=bool(stochastic_state))
+    variant = ".sr" if stochastic_state else ""
+    templates = _templates(rule.stamp() + (variant,))
     built = {}
     spaces = {}
     for name, options, span in _BUILD:
         if span is None:
-            built[name] = common[name] = _build(templates[name], common, name, rule, options)
+            built[name] = common[name] = _build(templates[name], common, name, rule, options,
+                                                variant)
             continue
         if span not in spaces:
             spaces[span] = dict(common, span=built[span])
         namespace = spaces[span]
         plain = name.rstrip("8")
         built[name] = namespace[plain] = _build(templates[plain], namespace, name, rule,
-                                                options)
+                                                options, variant)
     return Kernels(**built, prepare_step=base.prepare_step)

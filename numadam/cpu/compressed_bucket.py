@@ -67,12 +67,12 @@ class CompressedBucket(Bucket):
         self.like = np.empty(0, stored[0].dtype)    # float32, or uint16 for bfloat16
         self.words = memoryview(self.table).cast("B").cast("q")
         self.grad_buffer = None
-        self.kernels = _kernels.kernels(rule)
         # Which stored values round stochastically (the kernels' sr bits).
         self.sr = 0
         if storage.stochastic_rounding:
             self.sr = ((_kernels.PARAM_SR if is_bfloat16(self.dtype) else 0)
                        | (_kernels.STATE_SR if fmt != "full" else 0))
+        self.kernels = _kernels.kernels(rule, bool(self.sr & _kernels.STATE_SR))
         self.param_keys = np.array([param_key(storage.seed, i) for i in self.indices], np.uint64)
         self.signed = np.zeros(3, np.bool_)
         self.encoded = fmt != "full"
