@@ -387,6 +387,9 @@ def test_state_bytes_per_parameter(fmt, per_param):
     opt.step([np.ones_like(p)])
     if fmt == "8bit":
         assert 2 < opt.state_nbytes / p.size <= per_param
+    elif fmt == "bfloat16":
+        # Rows of 1 MiB and more are padded apart (compressed_bucket.py).
+        assert per_param <= opt.state_nbytes / p.size <= per_param * 1.01
     else:
         assert opt.state_nbytes == per_param * p.size
     assert opt.state_format == fmt
