@@ -1,8 +1,9 @@
 """The bench's ``compressed`` section: Adam's step in each state format.
 
 At each size, in one interleaved run, Adam's step over float32 parameters
-with full, bfloat16 and 8-bit state, over bfloat16 parameters and gradients
-with bfloat16 state (stochastic rounding), and each format's streaming
+with full, bfloat16 and 8-bit state (rounded to nearest, and stochastically:
+``sr``), over bfloat16 parameters and gradients with bfloat16 state
+(stochastic rounding), and each format's streaming
 kernel (:mod:`numadam.bench.streams`). Every row's GB/s counts its own
 format's traffic and its "% stream" compares it with its own format's
 kernel. A format that ``numadam.Adam`` does not accept (a ``TypeError``
@@ -21,6 +22,9 @@ from numadam.bench.streams import STREAMS, TRAFFIC, bf16_bits
 __all__ = ["FORMATS", "CONTENDERS", "STEPS", "annotate", "summary", "state_bytes"]
 
 FORMATS = tuple(TRAFFIC)
+# The steps: each format, and the compressed states rounded stochastically
+# (same traffic and streaming kernel as their format).
+STEP_FORMATS = ("full", "bfloat16", "8bit", "bfloat16 sr", "8bit sr", "bf16 params")
 SECTION = "compressed"
 # Bytes of state per parameter of each step contender, by (name, elements),
 # read from ``opt.state_nbytes`` when the optimizer has it.
@@ -32,9 +36,12 @@ def _numadam(sizes, dtype, amsgrad, fmt):
     params = make_arrays(sizes, np.float32, 1)
     grads = make_arrays(sizes, np.float32, 2)
     kwargs = {}
-    if fmt != "full":
-        kwargs = dict(state_format="bfloat16" if fmt == "bf16 params" else fmt,
-                      stochastic_rounding=True, seed=0)
+    if fmt == "bf16 params":
+        kwargs = dict(state_format="bfloat16", stochastic_rounding=True, seed=0)
+    elif fmt.endswith(" sr"):
+        kwargs = dict(state_format=fmt[:-3], stochastic_rounding=True, seed=0)
+    elif fmt != "full":
+        kwargs = dict(state_format=fmt)
     if fmt == "bf16 params":
         try:
             import ml_dtypes
@@ -59,9 +66,12 @@ STEPS = {fmt: Contender(name, functools.partial(_numadam, fmt=fmt), arrays)
          for fmt, name, arrays in (("full", "numadam full state", 4),
                                    ("bfloat16", "numadam bfloat16 state", 3),
                                    ("8bit", "numadam 8-bit state", 2.5),
+                                   ("bfloat16 sr", "numadam bfloat16 state, sr", 3),
+                                   ("8bit sr", "numadam 8-bit state, sr", 2.5),
                                    ("bf16 params", "numadam bf16 params + state", 2))}
 CONTENDERS = tuple(STEPS.values()) + tuple(STREAMS.values())
 _FORMAT_OF = {c.name: fmt for fmt in FORMATS for c in (STEPS[fmt], STREAMS[fmt])}
+_FORMAT_OF.update({STEPS[fmt].name: fmt[:-3] for fmt in STEP_FORMATS if fmt.endswith(" sr")})
 
 
 def _by_size(rows):
@@ -105,17 +115,17 @@ def summary(rows):
     lines = []
     for n, named in _by_size(rows).items():
         t = {name: r["seconds"] for name, r in named.items()}
-        steps = {fmt: STEPS[fmt].name for fmt in FORMATS}
+        steps = {fmt: STEPS[fmt].name for fmt in STEP_FORMATS}
         streams = {fmt: STREAMS[fmt].name for fmt in FORMATS}
         text = [f"bf16 step at {_ratio(t, streams['bfloat16'], steps['bfloat16'])} of its "
                 "stream's speed",
                 "full step / " + ", ".join(f"{fmt} {_ratio(t, steps['full'], steps[fmt])}x"
-                                           for fmt in FORMATS[1:]),
+                                           for fmt in STEP_FORMATS[1:]),
                 "full stream / " + ", ".join(
                     f"{fmt} {_ratio(t, streams['full'], streams[fmt])}x"
                     for fmt in FORMATS[1:])]
         nbytes = [f"{fmt} {named[steps[fmt]]['state_bytes_per_param']:.3g}"
-                  for fmt in FORMATS if "state_bytes_per_param" in named[steps[fmt]]]
+                  for fmt in STEP_FORMATS if "state_bytes_per_param" in named[steps[fmt]]]
         text.append("state B/param " + (", ".join(nbytes) or "- (no opt.state_nbytes)"))
         lines.append(f"compressed {n:.0e}: " + "; ".join(text))
     return lines
