@@ -536,7 +536,8 @@ def test_version_2_files_still_load(tmp_path):
     opt.save(path)
 
     def to_v2(header):
-        assert header["version"] == 3 and header.pop("schedule") is None
+        assert header["version"] == 4 and header.pop("schedule") is None
+        assert header.pop("state_format") == "full"
         header["version"] = 2
     _edit_schedule(path, to_v2)
     loaded = numadam.load(path)

@@ -31,8 +31,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["FORMATS", "BLOCK", "MIN_8BIT", "Storage", "storage", "is_bfloat16", "convert_state_dict",
-           "state_store_dtype", "bytes_per_value"]
+__all__ = ["FORMATS", "BLOCK", "MIN_8BIT", "Storage", "storage", "is_bfloat16",
+           "convert_state_dict"]
 
 FORMATS = ("full", "bfloat16", "8bit")
 BLOCK = 256          # elements per 8-bit block (bitsandbytes' blockwise optimizers, torchao)
@@ -72,19 +72,6 @@ def storage(state_format="full", stochastic_rounding=False, seed=0):
             or not 0 <= int(seed) < 2 ** 63):
         raise ValueError(f"seed must be an int in [0, 2**63), got {seed!r}")
     return Storage(state_format, bool(stochastic_rounding), int(seed))
-
-
-def state_store_dtype(fmt, compute_dtype):
-    """The dtype of the stored state array of format ``fmt``."""
-    return {"full": np.dtype(compute_dtype), "bfloat16": np.dtype(np.uint16),
-            "8bit": np.dtype(np.uint8)}[fmt]
-
-
-def bytes_per_value(fmt, compute_dtype):
-    """Bytes of state per value (the 8-bit format's absmax included)."""
-    if fmt == "8bit":
-        return 1 + 4 / BLOCK
-    return state_store_dtype(fmt, compute_dtype).itemsize
 
 
 def __getattr__(name):

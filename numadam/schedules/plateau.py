@@ -57,7 +57,7 @@ class ReduceLROnPlateau(LRScheduler):
                 "cooldown": _int("cooldown", cooldown, 0),
                 "eps": _real("eps", eps, 0.0), "mode": mode,
                 "threshold": _real("threshold", threshold, 0.0),
-                "threshold_mode": threshold_mode, "best": float(best),
+                "threshold_mode": threshold_mode, "best": _number(best),
                 "cooldown_counter": _int("cooldown_counter", cooldown_counter, 0),
                 "num_bad_epochs": _int("num_bad_epochs", num_bad_epochs, 0),
                 "mode_worse": worse}
@@ -132,3 +132,9 @@ class ReduceLROnPlateau(LRScheduler):
         raise TypeError("ReduceLROnPlateau's rates depend on the metric of each step, which "
                         "is not known in advance: it has no lr_table; step it with "
                         "sched.step(metric) and set the rates in the loop")
+
+
+def _number(value):
+    """``value`` as a Python int or float: an int metric stays an int, as
+    torch keeps it (a float of 2**53 + 1 would load as another number)."""
+    return int(value) if isinstance(value, numbers.Integral) else float(value)
