@@ -302,28 +302,28 @@ class Optimizer:
         """The host buckets of the arrays ``params[k] for k in rows`` (one
         dtype): a plain bucket, or compressed ones as the storage says (8-bit
         state only for arrays of at least ``MIN_8BIT`` elements)."""
-        dtype = params[rows[0]].dtype
-        fmt = self._storage.state_format
-        bf16 = _formats.is_bfloat16(dtype)
-        if not bf16 and fmt == "full":
-            parts = [(rows, None)]
-        elif fmt == "8bit":
-            big = [k for k in rows if params[k].size >= _formats.MIN_8BIT]
-            small = [k for k in rows if params[k].size < _formats.MIN_8BIT]
-            parts = [(big, "8bit"), (small, "full" if bf16 else None)]
-        else:
-            parts = [(rows, fmt)]
+        # Full state of float32/float64 parameters: the plain bucket (None).
+        plain = not _formats.is_bfloat16(params[rows[0]].dtype)
         out = []
-        for part, part_fmt in parts:
-            if not part:
-                continue
+        for part, part_fmt in self._format_parts(rows, [p.size for p in params]):
             arrays, indices = [params[k] for k in part], [first + k for k in part]
-            if part_fmt is None:
+            if part_fmt == "full" and plain:
                 out.append(Bucket(self.rule, arrays, indices, gi))
             else:
                 out.append(CompressedBucket(self.rule, arrays, indices, gi, part_fmt,
                                             self._storage))
         return out
+
+    def _format_parts(self, rows, sizes):
+        """``rows`` (indices into ``sizes``, the arrays' element counts) cut
+        into ``(part, state format)`` by the storage: 8-bit state only for
+        arrays of at least ``MIN_8BIT`` elements, full state for the others."""
+        fmt = self._storage.state_format
+        if fmt != "8bit":
+            return [(rows, fmt)]
+        big = [k for k in rows if sizes[k] >= _formats.MIN_8BIT]
+        small = [k for k in rows if sizes[k] < _formats.MIN_8BIT]
+        return [(part, f) for part, f in ((big, "8bit"), (small, "full")) if part]
 
     def _device_buckets(self, params, infos, rows, first, gi):
         """The device buckets of the arrays ``params[k] for k in rows`` (one
@@ -331,16 +331,8 @@ class Optimizer:
         :meth:`_host_buckets` splits host arrays."""
         from numadam.cuda.bucket import DeviceBucket
         from numadam.cuda.compressed_bucket import CompressedDeviceBucket
-        fmt = self._storage.state_format
-        if fmt == "8bit":
-            parts = [([k for k in rows if infos[k].size >= _formats.MIN_8BIT], "8bit"),
-                     ([k for k in rows if infos[k].size < _formats.MIN_8BIT], "full")]
-        else:
-            parts = [(rows, fmt)]
         out = []
-        for part, part_fmt in parts:
-            if not part:
-                continue
+        for part, part_fmt in self._format_parts(rows, [info.size for info in infos]):
             arrays, part_infos = [params[k] for k in part], [infos[k] for k in part]
             indices = [first + k for k in part]
             if part_fmt == "full":

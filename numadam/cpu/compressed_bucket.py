@@ -11,7 +11,7 @@ import numpy as np
 
 from numadam.cpu import compressed as _kernels
 from numadam.cpu.bucket import Bucket
-from numadam.cpu.kernels import LIVE, OFFSET, SIZE, STEP, address
+from numadam.cpu.kernels import OFFSET, SIZE, STEP, address
 from numadam.cpu.pool import run_tasks, start_workers, task_bounds, uninterrupted
 from numadam.core.config import config
 from numadam.formats import BLOCK, is_bfloat16

@@ -41,13 +41,13 @@ from numba.core import config as numba_config
 
 from numadam.core.jitcache import CACHE
 from numadam.core.math import mul_rn
-from numadam.cpu.compressed import _decode
 from numadam.cpu.kernels import OFFSET, PTR_G, PTR_P, SIZE
 from numadam.cuda import kernels as _cuda_kernels
 from numadam.cuda.kernels import _find, _instantiate, _load, _store, device_element
 from numadam.formats import BLOCK
 from numadam.formats.bf16 import round_nearest, to_float32
-from numadam.formats.dynamic8 import encode_signed, encode_unsigned
+from numadam.formats.dynamic8 import (decode_signed, decode_unsigned, encode_signed,
+                                      encode_unsigned)
 
 __all__ = ["kernels", "Kernels", "Step16Args", "Step8Args", "signature16", "signature8",
            "launch16", "launch8"]
@@ -55,6 +55,11 @@ __all__ = ["kernels", "Kernels", "Step16Args", "Step8Args", "signature16", "sign
 
 def _simulated_mul(a, b):
     return np.float32(a) * np.float32(b)
+
+
+@njit(cache=CACHE, error_model="numpy", inline="always")
+def _decode(code, signed):
+    return decode_signed(code) if signed else decode_unsigned(code)
 
 
 @njit(cache=CACHE, error_model="numpy", inline="always")

@@ -15,7 +15,7 @@ import numpy as np
 from numba import cuda
 
 from numadam.cpu.compressed_bucket import CompressedBucket
-from numadam.cpu.kernels import LIVE, OFFSET, SIZE, STEP
+from numadam.cpu.kernels import LIVE, OFFSET, SIZE
 from numadam.cuda import compressed as _kernels
 from numadam.cuda.adapters import _on_device
 from numadam.cuda.bucket import DeviceBucket, _threads
@@ -51,7 +51,6 @@ class CompressedDeviceBucket(DeviceBucket):
     _encode_row = CompressedBucket._encode_row
     _is_signed = CompressedBucket._is_signed
     put = CompressedBucket.put
-    state_nbytes = CompressedBucket.state_nbytes
 
     # ----------------------------------------------------------------- state
     def allocate(self, args, live=False):
@@ -107,13 +106,7 @@ class CompressedDeviceBucket(DeviceBucket):
         """Parameter ``k``'s state dict entry: the stored arrays, as
         :meth:`CompressedBucket.param_state` gives them (waits for the stream)."""
         self.synchronize()
-        out = {"step": int(self.table[k, STEP])} if self.rule.keeps_step else {}
-        for name in self.keys():
-            values, absmax = self.stored(k, self.rows.index(name))
-            out[name] = values
-            if absmax is not None:
-                out[name + "_absmax"] = absmax
-        return out
+        return CompressedBucket.param_state(self, k)
 
     # ------------------------------------------------------------------ step
     def _numba_kernel(self):
