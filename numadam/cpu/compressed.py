@@ -28,7 +28,6 @@ between threads and the bits do not depend on the thread count.
 """
 
 import functools
-import types as pytypes
 from collections import namedtuple
 
 import numpy as np
@@ -404,14 +403,11 @@ Kernels.__doc__ = "The compiled compressed-format CPU kernels of one rule."
 
 
 def _build(function, namespace, name, rule, options, variant):
-    clone = pytypes.FunctionType(function.__code__, namespace, function.__name__.lstrip("_"),
-                                 function.__defaults__, function.__closure__)
-    # The variant in the name: Numba's cache keys a function by its name and
-    # signature, not by the globals (STOCHASTIC_STATE) it was compiled with.
-    clone.__qualname__ = f"compressed.{name}.{rule.name}{variant}"
-    clone.__doc__ = function.__doc__
-    clone.__module__ = function.__module__
-    return njit(cache=CACHE, error_model="numpy", **options)(clone)
+    # The build in the name ("8": the 8-bit span; ".sr": stochastic state):
+    # Numba's cache keys a function by its name and signature, not by the
+    # globals (span, STOCHASTIC_STATE) it was compiled with.
+    suffix = ("8" if name.endswith("8") else "") + variant
+    return _cpu._instantiate(function, namespace, rule, suffix, **options)
 
 
 @functools.lru_cache(maxsize=None)

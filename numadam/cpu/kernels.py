@@ -327,7 +327,7 @@ Kernels = namedtuple("Kernels", [name for name, _ in _BUILD])
 Kernels.__doc__ = "The compiled CPU kernels of one rule (see :func:`kernels`)."
 
 
-def _instantiate(function, namespace, rule, **options):
+def _instantiate(function, namespace, rule, suffix="", **options):
     """``function`` compiled with ``namespace`` as its globals, for ``rule``.
 
     The qualified name carries the rule's name, which gives each rule its own
@@ -336,12 +336,13 @@ def _instantiate(function, namespace, rule, **options):
     entries of one index at once (MPI ranks at different rules, say) can
     leave one entry's key pointing at the other's code. Within one rule the
     entries differ by signature only, so such a race cannot hand a rule
-    another rule's kernel.
+    another rule's kernel. ``suffix`` tells apart builds of one template
+    for one rule with different globals (Numba's cache does not see them).
     """
     name = function.__name__.lstrip("_")
     clone = pytypes.FunctionType(function.__code__, namespace, name,
                                  function.__defaults__, function.__closure__)
-    clone.__qualname__ = f"{function.__qualname__}.{rule.name}"
+    clone.__qualname__ = f"{function.__qualname__}.{rule.name}{suffix}"
     clone.__doc__ = function.__doc__
     clone.__module__ = function.__module__
     return njit(cache=CACHE, error_model="numpy", **options)(clone)
