@@ -16,7 +16,7 @@ from numadam.rules import CLASSES as _CLASSES
 from numadam.rules import module as _rule_module
 
 __all__ = ["Adam", "AdamW", "SGD", "Adagrad", "RMSprop", "minimize", "functional", "save",
-           "load", "CheckpointError", "schedules", "config", "__version__"]
+           "load", "CheckpointError", "schedules", "formats", "config", "__version__"]
 __version__ = "0.1.0"
 
 # Every rule's class (Adam's too) loads with its rule on first use, and with
@@ -29,7 +29,8 @@ _LAZY = {"functional": ("numadam.functional", None),
          "save": ("numadam.checkpoint", "save"),
          "load": ("numadam.checkpoint", "load"),
          "CheckpointError": ("numadam.checkpoint", "CheckpointError"),
-         "schedules": ("numadam.schedules", None)}
+         "schedules": ("numadam.schedules", None),
+         "formats": ("numadam.formats", None)}
 
 
 def __getattr__(name):

@@ -474,3 +474,14 @@ def test_converted_state_dicts_hold_what_the_kernels_store(src, dst):
     other, _ = make("amsgrad", "float32", dst)
     other.load_state_dict(converted)
     assert_state_equal(other.state_dict()["state"], expected, "loaded")
+
+
+def test_formats_is_reachable_from_the_package_without_importing_numba():
+    import subprocess
+    import sys
+    code = ("import sys, numadam; f = numadam.formats; "
+            "assert f.FORMATS == ('full', 'bfloat16', '8bit'); "
+            "assert 'numba' not in sys.modules, 'numadam.formats imported numba'; "
+            "assert callable(f.convert_state_dict)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
