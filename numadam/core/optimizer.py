@@ -23,8 +23,7 @@ from numadam.core.rule import KernelArgs
 from numadam.core.state_view import StateView
 from numadam import formats as _formats
 from numadam.cpu.bucket import Bucket
-from numadam.cpu.compressed_bucket import CompressedBucket, host_address
-from numadam.cpu.kernels import NCOLS, PTR_G, address
+from numadam.cpu.kernels import NCOLS, PTR_G, address, host_address
 from numadam.cpu.norm import NBINS, NONFINITE, bins_to_sum
 
 __all__ = ["Optimizer"]
@@ -308,8 +307,11 @@ class Optimizer:
         for part, part_fmt in self._format_parts(rows, [p.size for p in params]):
             arrays, indices = [params[k] for k in part], [first + k for k in part]
             if part_fmt == "full" and plain:
+                # The usual case: the compressed buckets' module (and its
+                # 9 ms of imports) loads only for optimizers that use it.
                 out.append(Bucket(self.rule, arrays, indices, gi))
             else:
+                from numadam.cpu.compressed_bucket import CompressedBucket
                 out.append(CompressedBucket(self.rule, arrays, indices, gi, part_fmt,
                                             self._storage))
         return out

@@ -18,7 +18,7 @@ from numadam.formats import BLOCK, is_bfloat16
 from numadam.formats import codec
 from numadam.formats.bf16 import param_key
 
-__all__ = ["CompressedBucket", "host_address"]
+__all__ = ["CompressedBucket"]
 
 _CARRIER = np.empty((0, 0), np.float32)     # the dtype of the scalars: float32
 
@@ -40,14 +40,6 @@ def _row_pad(row_bytes):
     if row_bytes < _PAD_FROM:
         return 0
     return (_ROW_OFFSET - row_bytes) % 4096
-
-
-def host_address(array):
-    """The address of a host array's first element, bfloat16 arrays included
-    (Numba has no bfloat16 type; the kernels see their bits as uint16)."""
-    if is_bfloat16(array.dtype):
-        array = array.view(np.uint16)
-    return address(array)
 
 
 class CompressedBucket(Bucket):

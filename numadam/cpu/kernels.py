@@ -27,11 +27,10 @@ from numba import carray, njit, types
 from numba.extending import intrinsic, overload
 
 from numadam.core.jitcache import CACHE
-from numadam.formats.bf16 import to_float32
 
 __all__ = ["kernels", "Kernels", "nonfinite_task", "address", "address_as_pointer",
-           "gradient", "undo_prepare", "compile_kernels", "PTR_P", "PTR_G", "OFFSET", "SIZE",
-           "STEP", "LIVE", "NCOLS"]
+           "gradient", "host_address", "undo_prepare", "compile_kernels", "PTR_P", "PTR_G",
+           "OFFSET", "SIZE", "STEP", "LIVE", "NCOLS"]
 
 # Columns of the bucket table. LIVE: the parameter has state (torch's
 # ``state[p]`` is not empty).
@@ -80,6 +79,10 @@ def gradient(x, clip):
 @overload(gradient)
 def _gradient_overload(x, clip):
     if x == types.uint16:
+        # Imported here: only kernels reading bfloat16 gradients need it, and
+        # its module costs every process that imports the kernels 5 ms.
+        from numadam.formats.bf16 import to_float32
+
         # bfloat16 bits (numadam.formats): read as their float32 value.
         if isinstance(clip, types.NoneType):
             return lambda x, clip: to_float32(x)
@@ -111,6 +114,14 @@ def address(array):
     """The address of ``array``'s first element (146 ns, against 1.7 us for
     ``array.ctypes.data`` from Python)."""
     return array.ctypes.data
+
+
+def host_address(array):
+    """The address of a host array's first element, bfloat16 arrays included
+    (Numba has no bfloat16 type; the kernels see their bits as uint16)."""
+    if array.dtype.name == "bfloat16":
+        array = array.view(np.uint16)
+    return address(array)
 
 
 @njit(cache=CACHE, error_model="numpy")
